@@ -1,0 +1,19 @@
+# Copyright (c) monai_tfm contributors. Licensed under the Apache License, Version 2.0.
+"""Small utilities shared by the package."""
+
+from __future__ import annotations
+
+from .bundle import find_bundle_root, log_forecasts, log_run_summary, setup_logging
+from .io import atomic_path, atomic_save_nifti, atomic_save_torch, atomic_write, atomic_write_text
+
+__all__ = [
+    "atomic_path",
+    "atomic_save_nifti",
+    "atomic_save_torch",
+    "atomic_write",
+    "atomic_write_text",
+    "find_bundle_root",
+    "log_forecasts",
+    "log_run_summary",
+    "setup_logging",
+]

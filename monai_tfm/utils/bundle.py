@@ -1,0 +1,99 @@
+# Copyright (c) monai_tfm contributors. Licensed under the Apache License, Version 2.0.
+"""Helpers used by the bundle configs: locating the bundle folder, logging set-up, run summaries."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+__all__ = ["find_bundle_root", "setup_logging", "log_run_summary", "log_forecasts"]
+
+logger = logging.getLogger("monai_tfm")
+
+
+def find_bundle_root(name: str) -> str:
+    """Locate the folder of bundle ``name`` so that configs work from the repository root or the bundle folder.
+
+    Search order: ``$MONAI_TFM_BUNDLES/<name>``, the current folder if it is that bundle, ``./bundles/<name>``,
+    and the ``bundles/`` folder beside the installed package (editable installs). Users can always pass
+    ``--bundle_root`` instead.
+
+    Args:
+        name: bundle folder name, e.g. ``"synthetic_forecasting"``.
+
+    Returns:
+        absolute path of the bundle folder.
+
+    Raises:
+        FileNotFoundError: none of the candidates holds ``configs/metadata.json``.
+    """
+    candidates = []
+    if os.environ.get("MONAI_TFM_BUNDLES"):
+        candidates.append(Path(os.environ["MONAI_TFM_BUNDLES"]) / name)
+    cwd = Path.cwd()
+    candidates += [cwd, cwd / "bundles" / name, Path(__file__).resolve().parents[2] / "bundles" / name]
+    for c in candidates:
+        if (c / "configs" / "metadata.json").is_file() and (c.name == name or c != cwd):
+            return str(c.resolve())
+    raise FileNotFoundError(
+        f"bundle {name!r} not found in {[str(c) for c in candidates]}; pass --bundle_root PATH to the bundle folder."
+    )
+
+
+def setup_logging(level: int | str = logging.INFO) -> None:
+    """Send the package's log records to stderr once (MONAI's bundle runner configures only its own logger).
+
+    Args:
+        level: log level of the ``monai_tfm`` logger.
+    """
+    pkg = logging.getLogger("monai_tfm")
+    pkg.setLevel(level)
+    if not any(getattr(h, "_monai_tfm", False) for h in pkg.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+        handler._monai_tfm = True  # type: ignore[attr-defined]
+        pkg.addHandler(handler)
+        pkg.propagate = False
+
+
+def log_run_summary(checkpointer: Any) -> dict[str, Any]:
+    """Log where a training run left its best model and how good it was.
+
+    Args:
+        checkpointer: the run's :class:`monai_tfm.engines.TrainingCheckpointer`.
+
+    Returns:
+        the summary dict (best value, epoch, paths).
+    """
+    summary = {
+        "key_metric": checkpointer.key_metric,
+        "best": checkpointer.best,
+        "best_epoch": checkpointer.best_epoch,
+        "model": str(checkpointer.model_path),
+        "resume_checkpoint": str(checkpointer.last_path),
+    }
+    logger.info(
+        "training finished: best %s = %.5f at epoch %d; weights %s",
+        summary["key_metric"],
+        summary["best"],
+        summary["best_epoch"],
+        summary["model"],
+    )
+    return summary
+
+
+def log_forecasts(folder: str | Path) -> list[str]:
+    """Log the forecast files an inference run wrote.
+
+    Args:
+        folder: output folder of the inference.
+
+    Returns:
+        the sorted file names.
+    """
+    files = sorted(p.name for p in Path(folder).glob("*.nii*")) if Path(folder).is_dir() else []
+    logger.info("%d forecast(s) in %s", len(files), folder)
+    return files
