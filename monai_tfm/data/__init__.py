@@ -1,0 +1,29 @@
+# Copyright (c) monai_tfm contributors. Licensed under the Apache License, Version 2.0.
+"""Datalists, synthetic phantoms and dataset preparation (SPEC sections 6 and 10)."""
+
+from __future__ import annotations
+
+from .datalist import DatalistError, load_series_datalist, validate_series_item, write_series_datalist
+from .synthetic import (
+    DATALIST_NAME,
+    GENERATOR_VERSION,
+    cardiac_curve,
+    ensure_synthetic_dataset,
+    generate_synthetic_dataset,
+    make_heart_series,
+    make_tumour_series,
+)
+
+__all__ = [
+    "DATALIST_NAME",
+    "GENERATOR_VERSION",
+    "DatalistError",
+    "cardiac_curve",
+    "ensure_synthetic_dataset",
+    "generate_synthetic_dataset",
+    "load_series_datalist",
+    "make_heart_series",
+    "make_tumour_series",
+    "validate_series_item",
+    "write_series_datalist",
+]
