@@ -1,0 +1,43 @@
+# Copyright (c) monai_tfm contributors. Licensed under the Apache License, Version 2.0.
+"""Sequence transforms: series loading, context sampling, grid embedding, LOCF (SPEC section 10)."""
+
+from __future__ import annotations
+
+from .context import (
+    ContextDraw,
+    ContextProtocol,
+    InferenceContextd,
+    RandContextd,
+    SelectContextd,
+    draw_context,
+    make_fixed_draws,
+    select_context,
+    subject_rng,
+)
+from .grid import FillLOCF, FillLOCFd, GridEmbed, GridEmbedd, grid_slots
+from .output import AsForecastImaged
+from .series import LoadedSeries, LoadSeries, LoadSeriesD, LoadSeriesd, LoadSeriesDict, SeriesReadError
+
+__all__ = [
+    "ContextDraw",
+    "ContextProtocol",
+    "InferenceContextd",
+    "AsForecastImaged",
+    "RandContextd",
+    "SelectContextd",
+    "draw_context",
+    "make_fixed_draws",
+    "select_context",
+    "subject_rng",
+    "FillLOCF",
+    "FillLOCFd",
+    "GridEmbed",
+    "GridEmbedd",
+    "grid_slots",
+    "LoadedSeries",
+    "LoadSeries",
+    "LoadSeriesd",
+    "LoadSeriesD",
+    "LoadSeriesDict",
+    "SeriesReadError",
+]

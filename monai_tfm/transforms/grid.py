@@ -1,0 +1,190 @@
+# Copyright (c) monai_tfm contributors. Licensed under the Apache License, Version 2.0.
+"""Grid embedding and last-observation-carried-forward filling (SPEC section 3, CRONOS appendix A.1).
+
+MONAI has no notion of a time grid over a frame stack, so both operators are written here, as array
+transforms (operating on ``(T, C, D, H, W)`` frames with ``(T,)`` times and mask) and dictionary transforms
+on the SPEC keys.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping
+from typing import Any
+
+import torch
+from monai.transforms import MapTransform, Transform
+
+__all__ = ["grid_slots", "GridEmbed", "FillLOCF", "GridEmbedd", "FillLOCFd"]
+
+
+def grid_slots(times: torch.Tensor, origin: float, spacing: float, num_slots: int) -> torch.Tensor:
+    """Slot of each time on the grid ``g_k = origin + (k - 1) spacing`` (0-based result).
+
+    ``q(t) = clip(1 + floor((t - g_1) / Delta + 1/2), 1, K)``, returned minus one.
+
+    Args:
+        times: ``(T,)`` times.
+        origin: ``g_1``.
+        spacing: ``Delta`` (> 0).
+        num_slots: K.
+
+    Returns:
+        ``(T,)`` long slot indices in ``[0, K-1]``.
+
+    Raises:
+        ValueError: non-positive spacing or slot count.
+    """
+    if spacing <= 0:
+        raise ValueError(f"grid spacing must be > 0, got {spacing}.")
+    if num_slots < 1:
+        raise ValueError(f"number of grid slots must be >= 1, got {num_slots}.")
+    t = torch.as_tensor(times, dtype=torch.float64)
+    q = torch.floor((t - origin) / spacing + 0.5).long()
+    return torch.clamp(q, 0, num_slots - 1)
+
+
+class GridEmbed(Transform):
+    """Place frames onto a K-slot time grid; empty slots are zeros, occupancy is returned.
+
+    Where several frames fall into one slot the latest (in time) wins.
+
+    Args:
+        num_slots: K.
+        spacing: grid spacing ``Delta`` in the dataset's time unit.
+        origin: ``g_1``.
+    """
+
+    def __init__(self, num_slots: int, spacing: float, origin: float = 0.0) -> None:
+        self.num_slots = int(num_slots)
+        self.spacing = float(spacing)
+        self.origin = float(origin)
+
+    def __call__(
+        self, frames: torch.Tensor, times: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Embed.
+
+        Args:
+            frames: ``(T, C, D, H, W)``.
+            times: ``(T,)``.
+            mask: ``(T,)`` bool, real frames (padding is ignored); ``None``: all real.
+
+        Returns:
+            ``(slots (K, C, D, H, W), slot_times (K,), occupancy (K,) bool)``.
+        """
+        frames = torch.as_tensor(frames)
+        times = torch.as_tensor(times, dtype=torch.float32)
+        mask = torch.ones(len(times), dtype=torch.bool) if mask is None else torch.as_tensor(mask).bool()
+        out = torch.zeros((self.num_slots, *frames.shape[1:]), dtype=frames.dtype)
+        occupancy = torch.zeros(self.num_slots, dtype=torch.bool)
+        slot = grid_slots(times, self.origin, self.spacing, self.num_slots)
+        # latest wins: visit the real frames in time order, later writes overwrite earlier ones
+        for i in torch.argsort(times, stable=True).tolist():
+            if mask[i]:
+                out[slot[i]] = frames[i]
+                occupancy[slot[i]] = True
+        slot_times = self.origin + self.spacing * torch.arange(self.num_slots, dtype=torch.float32)
+        return out, slot_times, occupancy
+
+
+class FillLOCF(Transform):
+    """Last observation carried forward over empty slots; leading empty slots take the first observed frame.
+
+    Args:
+        fill: ``"locf"`` (paper default) or ``"zeros"`` (ablation "no LOCF": empty slots stay zero).
+    """
+
+    def __init__(self, fill: str = "locf") -> None:
+        if fill not in ("locf", "zeros"):
+            raise ValueError(f"fill must be 'locf' or 'zeros', got {fill!r}.")
+        self.fill = fill
+
+    def __call__(self, slots: torch.Tensor, occupancy: torch.Tensor) -> torch.Tensor:
+        """Fill.
+
+        Args:
+            slots: ``(K, C, D, H, W)``, empty slots arbitrary.
+            occupancy: ``(K,)`` bool.
+
+        Returns:
+            filled ``(K, C, D, H, W)`` (a new tensor).
+
+        Raises:
+            ValueError: no occupied slot at all.
+        """
+        occupancy = torch.as_tensor(occupancy).bool()
+        if not bool(occupancy.any()):
+            raise ValueError("cannot fill a grid with no observed frame (all slots are missing).")
+        slots = torch.as_tensor(slots)
+        if self.fill == "zeros":
+            return torch.where(occupancy.reshape(-1, *([1] * (slots.ndim - 1))), slots, torch.zeros_like(slots))
+        first = int(torch.nonzero(occupancy)[0])
+        source = []
+        current = first
+        for k in range(len(occupancy)):
+            if occupancy[k]:
+                current = k
+            source.append(current)
+        return slots[torch.as_tensor(source)].clone()
+
+
+class GridEmbedd(MapTransform):
+    """Dictionary form of :class:`GridEmbed` on the SPEC keys (``context``, ``context_time``, ``context_mask``).
+
+    After it, ``context`` holds K slots, ``context_time`` the grid times and ``context_mask`` the occupancy.
+
+    Args:
+        num_slots: K.
+        spacing: grid spacing.
+        origin: ``g_1``.
+    """
+
+    def __init__(self, num_slots: int, spacing: float, origin: float = 0.0, allow_missing_keys: bool = False):
+        super().__init__(["context", "context_time", "context_mask"], allow_missing_keys)
+        self.embed = GridEmbed(num_slots, spacing, origin)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict:
+        """Embed the context of one sample.
+
+        Args:
+            data: sample dict.
+
+        Returns:
+            the sample with grid-embedded context.
+        """
+        d = dict(data)
+        d["context"], d["context_time"], d["context_mask"] = self.embed(
+            d["context"], d["context_time"], d.get("context_mask")
+        )
+        return d
+
+
+class FillLOCFd(MapTransform):
+    """Dictionary form of :class:`FillLOCF`; the occupancy stays in ``context_mask``.
+
+    Args:
+        fill: ``"locf"`` or ``"zeros"``.
+    """
+
+    def __init__(self, fill: str = "locf", allow_missing_keys: bool = False) -> None:
+        super().__init__(["context", "context_mask"], allow_missing_keys)
+        self.filler = FillLOCF(fill)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict:
+        """Fill the context of one sample.
+
+        Args:
+            data: sample dict.
+
+        Returns:
+            the sample with filled context.
+
+        Raises:
+            ValueError: all slots missing (names the subject).
+        """
+        d = dict(data)
+        try:
+            d["context"] = self.filler(d["context"], d["context_mask"])
+        except ValueError as e:
+            raise ValueError(f"subject {d.get('subject', '?')!r}: {e}") from e
+        return d

@@ -1,0 +1,151 @@
+# Copyright (c) monai_tfm contributors. Licensed under the Apache License, Version 2.0.
+"""Grid embedding and LOCF (CRONOS appendix A.1) and the context sampling protocol (SPEC sections 3 and 6)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from monai_tfm.transforms import (
+    ContextProtocol,
+    FillLOCF,
+    FillLOCFd,
+    GridEmbed,
+    GridEmbedd,
+    RandContextd,
+    SelectContextd,
+    draw_context,
+    grid_slots,
+    make_fixed_draws,
+    select_context,
+    subject_rng,
+)
+
+
+def _frames(values):
+    """Frames (T, 1, 2, 2, 2) whose voxels all equal the given values, so slots are identifiable."""
+    return torch.tensor(values, dtype=torch.float32).reshape(-1, 1, 1, 1, 1).expand(-1, 1, 2, 2, 2).clone()
+
+
+class TestGrid:
+    def test_slot_formula(self):
+        # q(t) = clip(1 + floor((t - g1)/Delta + 1/2), 1, K), here 0-based; g1 = 1, Delta = 2, K = 4
+        times = torch.tensor([1.0, 1.9, 2.1, 4.9, 5.0, 100.0, -7.0])
+        assert grid_slots(times, 1.0, 2.0, 4).tolist() == [0, 0, 1, 2, 2, 3, 0]
+        with pytest.raises(ValueError, match="spacing"):
+            grid_slots(times, 0.0, 0.0, 4)
+
+    def test_embed_collision_latest_wins_and_padding_ignored(self):
+        frames = _frames([10, 20, 30, 99])
+        times = torch.tensor([0.0, 2.1, 1.8, 3.0])  # frames 1 and 2 both fall into slot 2; frame 1 is later
+        mask = torch.tensor([True, True, True, False])  # frame 3 is padding
+        slots, slot_t, occ = GridEmbed(num_slots=5, spacing=1.0)(frames, times, mask)
+        assert occ.tolist() == [True, False, True, False, False]
+        assert slots[:, 0, 0, 0, 0].tolist() == [10, 0, 20, 0, 0]
+        torch.testing.assert_close(slot_t, torch.arange(5, dtype=torch.float32))
+
+    def test_locf_leading_gap_and_carry(self):
+        slots = _frames([0, 5, 0, 0, 7, 0])
+        occ = torch.tensor([0, 1, 0, 0, 1, 0]).bool()
+        filled = FillLOCF()(slots, occ)
+        assert filled[:, 0, 0, 0, 0].tolist() == [5, 5, 5, 5, 7, 7]
+        zeros = FillLOCF("zeros")(slots, occ)
+        assert zeros[:, 0, 0, 0, 0].tolist() == [0, 5, 0, 0, 7, 0]
+        assert slots[:, 0, 0, 0, 0].tolist() == [0, 5, 0, 0, 7, 0]  # input untouched
+
+    def test_all_missing_raises(self):
+        with pytest.raises(ValueError, match="no observed frame"):
+            FillLOCF()(_frames([1, 2]), torch.zeros(2, dtype=torch.bool))
+        d = {"subject": "p7", "context": _frames([1, 2]), "context_mask": torch.zeros(2, dtype=torch.bool)}
+        with pytest.raises(ValueError, match="p7"):
+            FillLOCFd()(d)
+
+    def test_dict_pipeline_keeps_occupancy(self):
+        d = {
+            "context": _frames([1, 3, 3]),
+            "context_time": torch.tensor([0.0, 0.3, 0.3]),
+            "context_mask": torch.tensor([True, True, False]),
+        }
+        d = FillLOCFd()(GridEmbedd(num_slots=4, spacing=0.1)(d))
+        assert d["context_mask"].tolist() == [True, False, False, True]
+        assert d["context"][:, 0, 0, 0, 0].tolist() == [1, 1, 1, 3]
+        assert d["context"].shape == (4, 1, 2, 2, 2)
+
+
+class TestContext:
+    protocol = ContextProtocol(gap=3, keep_prob=0.5, min_keep=1, max_context=11)
+
+    def test_draws_respect_protocol(self):
+        rng = np.random.default_rng(0)
+        targets = set()
+        for _ in range(500):
+            d = draw_context(rng, 12, self.protocol)
+            targets.add(d.target_index)
+            assert 4 <= d.target_index <= 11
+            assert 1 <= len(d.context_indices) and list(d.context_indices) == sorted(d.context_indices)
+            assert max(d.context_indices) < d.target_index - 3  # the 3 frames before the target are hidden
+        assert targets == set(range(4, 12))
+
+    def test_keep_all_window_last_and_samples(self):
+        rng = np.random.default_rng(1)
+        d = draw_context(rng, 10, ContextProtocol(target="last", gap=3, window=4))
+        assert d.target_index == 9 and d.context_indices == (2, 3, 4, 5)
+        d = draw_context(rng, 10, ContextProtocol(target="last", num_context_samples=2))
+        assert d.target_index == 9 and len(d.context_indices) == 2
+        d = draw_context(rng, 12, ContextProtocol(gap=0, max_context=2))
+        assert len(d.context_indices) <= 2
+        with pytest.raises(ValueError, match="too short"):
+            draw_context(rng, 4, ContextProtocol(gap=3))
+
+    def test_subject_rng_is_keyed(self):
+        a = subject_rng(0, "p1", 0).random(3)
+        assert np.array_equal(a, subject_rng(0, "p1", 0).random(3))
+        assert not np.array_equal(a, subject_rng(0, "p1", 1).random(3))
+        assert not np.array_equal(a, subject_rng(1, "p1", 0).random(3))
+        assert not np.array_equal(a, subject_rng(0, "p2", 0).random(3))
+
+    def test_fixed_draws_reproducible_and_persisted(self, tmp_path):
+        items = [{"subject": f"s{i}", "frames": [{}] * 12} for i in range(5)]
+        a = make_fixed_draws(items, self.protocol, seed=3, num_draws=2, path=tmp_path / "run_a" / "draws.json")
+        b = make_fixed_draws(items[::-1], self.protocol, seed=3, num_draws=2, path=tmp_path / "run_b" / "draws.json")
+        key = lambda x: (x["subject"], x["draw"])  # noqa: E731
+        assert sorted((key(x), x["target_index"], x["context_indices"]) for x in a) == sorted(
+            (key(x), x["target_index"], x["context_indices"]) for x in b
+        )
+        saved = json.loads((tmp_path / "run_a" / "draws.json").read_text())
+        assert saved["seed"] == 3 and len(saved["draws"]) == 10
+        # reuse of an existing file, and refusal when the protocol changed
+        again = make_fixed_draws(items, self.protocol, seed=3, num_draws=2, path=tmp_path / "run_a" / "draws.json")
+        assert [key(x) for x in again] == [key(x) for x in a]
+        with pytest.raises(ValueError, match="another protocol"):
+            make_fixed_draws(items, ContextProtocol(gap=2), seed=3, num_draws=2, path=tmp_path / "run_a" / "draws.json")
+
+    def test_select_context_pads_with_last_frame(self):
+        series = _frames(list(range(8)))
+        times = torch.linspace(0, 0.7, 8)
+        out = select_context(series, times, target_index=7, context_indices=[1, 3], max_context=4)
+        assert out["context"][:, 0, 0, 0, 0].tolist() == [1, 3, 3, 3]
+        assert out["context_mask"].tolist() == [True, True, False, False]
+        torch.testing.assert_close(out["context_time"], times[[1, 3, 3, 3]])
+        assert float(out["target"][0, 0, 0, 0]) == 7 and float(out["target_time"]) == pytest.approx(0.7)
+        with pytest.raises(ValueError, match="before the target"):
+            select_context(series, times, 2, [1, 3])
+
+    def test_rand_context_dict(self):
+        series = _frames(list(range(12)))
+        item = {"subject": "s", "series": series, "series_time": torch.linspace(0, 1, 12), "frames": [1, 2]}
+        t = RandContextd(self.protocol)
+        t.set_random_state(seed=5)
+        out = t(item)
+        assert out["context"].shape == (11, 1, 2, 2, 2) and out["draw"] == -1 and "frames" not in out
+        assert "series" not in out
+        k = out["target_index"]
+        assert float(out["target"][0, 0, 0, 0]) == k
+        t2 = RandContextd(self.protocol)
+        t2.set_random_state(seed=5)
+        assert t2(item)["target_index"] == k
+        fixed = SelectContextd(max_context=11)({**item, "target_index": 5, "context_indices": [0, 1]})
+        assert fixed["context_mask"].sum() == 2 and float(fixed["target"][0, 0, 0, 0]) == 5
