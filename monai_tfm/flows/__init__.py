@@ -1,0 +1,35 @@
+# Copyright (c) monai_tfm contributors. Licensed under the Apache License, Version 2.0.
+"""The flow: interpolation path, target velocity, flowed times, solvers with NFE counting."""
+
+from __future__ import annotations
+
+from .path import (
+    broadcast_target,
+    flowed_times,
+    interpolate,
+    last_real_index,
+    reduce_frames,
+    sample_tau,
+    sigma_at,
+    target_velocity,
+    tie_padding,
+)
+from .solvers import ADAPTIVE_SOLVERS, FIXED_STEP_SOLVERS, CountingField, SolverResult, euler_maruyama, integrate
+
+__all__ = [
+    "broadcast_target",
+    "flowed_times",
+    "interpolate",
+    "last_real_index",
+    "reduce_frames",
+    "sample_tau",
+    "sigma_at",
+    "target_velocity",
+    "tie_padding",
+    "ADAPTIVE_SOLVERS",
+    "FIXED_STEP_SOLVERS",
+    "CountingField",
+    "SolverResult",
+    "euler_maruyama",
+    "integrate",
+]
