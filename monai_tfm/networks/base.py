@@ -1,0 +1,97 @@
+# Copyright (c) monai_tfm contributors. Licensed under the Apache License, Version 2.0.
+"""What every velocity network shares: the frame-stack contract of docs/DESIGN.md and the time conditioning call."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+__all__ = ["check_frames_input", "FrameVelocityNet"]
+
+
+def check_frames_input(x: torch.Tensor, spatial_dims: int, num_frames: int, in_channels: int) -> None:
+    """Check that `x` is `(B, K, C, *spatial)` with the network's `K` and `C`.
+
+    Args:
+        x: the network input.
+        spatial_dims: number of spatial dimensions.
+        num_frames: expected `K`.
+        in_channels: expected `C`.
+
+    Raises:
+        ValueError: on a mismatch.
+    """
+    if x.ndim != 3 + spatial_dims or x.shape[1] != num_frames or x.shape[2] != in_channels:
+        raise ValueError(
+            f"expected x of shape (B, K={num_frames}, C={in_channels}, {spatial_dims} spatial dims), "
+            f"got {tuple(x.shape)}."
+        )
+
+
+class FrameVelocityNet(nn.Module):
+    """Base of the velocity networks: ``(x (B, K, C, *S), tau, times) -> v (B, K, C, *S)``.
+
+    Subclasses set ``spatial_dims``, ``num_frames``, ``in_channels`` and ``time_cond`` (a
+    :class:`~monai_tfm.networks.blocks.TimeConditioning`), and implement :meth:`down_strides` and :meth:`backbone`,
+    which maps the frames stacked along channels ``(B, K*C, *S)`` and the conditioning vector to ``(B, K*C, *S)``.
+    """
+
+    spatial_dims: int
+    num_frames: int
+    in_channels: int
+    time_cond: nn.Module
+
+    def down_strides(self, spatial_size: Sequence[int]) -> list[tuple[int, ...]]:
+        """Stride of each downsampling step for an input of ``spatial_size``.
+
+        Args:
+            spatial_size: spatial size of the input.
+
+        Returns:
+            one stride tuple per downsampling step.
+        """
+        raise NotImplementedError
+
+    def backbone(self, h: torch.Tensor, cond: torch.Tensor, strides: list[tuple[int, ...]]) -> torch.Tensor:
+        """The UNet on channel-stacked frames.
+
+        Args:
+            h: ``(B, K*C, *S)``.
+            cond: ``(B, cond_dim)`` conditioning vector.
+            strides: from :meth:`down_strides`.
+
+        Returns:
+            ``(B, K*C, *S)`` velocities.
+        """
+        raise NotImplementedError
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        tau: float | torch.Tensor,
+        frame_times: torch.Tensor | None = None,
+        frame_mask: torch.Tensor | None = None,
+        target_time: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Predict the velocity of every frame.
+
+        Args:
+            x: `(B, K, C, *S)` the current state of the K frames.
+            tau: flow step `(B,)` (or a number / 0-d tensor, broadcast to the batch).
+            frame_times: `(B, K)` flowed, scaled frame times (continuous mode; ignored in discrete mode).
+            frame_mask: `(B, K)` bool, real frames (continuous mode time code).
+            target_time: `(B,)` scaled target time (continuous mode).
+
+        Returns:
+            the velocity, `(B, K, C, *S)`.
+
+        Raises:
+            ValueError: for a mis-shaped `x`, or missing time inputs in continuous mode.
+        """
+        check_frames_input(x, self.spatial_dims, self.num_frames, self.in_channels)
+        b, spatial = x.shape[0], x.shape[3:]
+        cond = self.time_cond(tau, frame_times, frame_mask, target_time, batch_size=b).to(x.dtype)
+        v = self.backbone(x.reshape(b, -1, *spatial), cond, self.down_strides(spatial))
+        return v.reshape(x.shape)

@@ -1,0 +1,111 @@
+# Copyright (c) monai_tfm contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#     http://www.apache.org/licenses/LICENSE-2.0
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""Per-axis down/upsampling for UNets on anisotropic, thin or odd-sized volumes.
+
+MONAI's UNet blocks use one fixed stride per level, which breaks on thin volumes (e.g. 8 slices through four
+scales) and on odd sizes unless the input is padded to a multiple of 2**levels. Here the stride of every axis is
+chosen from the actual size (an axis is halved only while it stays >= `min_size` voxels), the strided convolution
+takes that stride at call time, and the decoder resizes to the exact size of each skip.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from monai.networks.layers import Conv
+from torch import nn
+
+__all__ = ["StridedConvDownsample", "compute_down_strides", "resize_to"]
+
+
+def compute_down_strides(
+    spatial_size: Sequence[int], num_down: int, min_size: int = 4, axes: Sequence[int] | None = None
+) -> list[tuple[int, ...]]:
+    """Strides of `num_down` successive stride-2 (kernel 3, padding 1) convolutions, per axis.
+
+    A stride-2 step maps a size `n` to `ceil(n / 2)`; an axis is halved only while the result stays
+    `>= min_size`, otherwise its stride is 1 from then on.
+
+    Args:
+        spatial_size: the input's spatial size, e.g. `(D, H, W)`.
+        num_down: number of downsampling steps.
+        min_size: smallest size an axis may be halved to.
+        axes: the axes that may be downsampled (e.g. `(1, 2)` for in-plane only on `(D, H, W)`); default all.
+
+    Returns:
+        one stride tuple per step, e.g. `[(2, 2, 2), (2, 2, 1), (1, 2, 1)]`.
+
+    Raises:
+        ValueError: for a negative `num_down` or `min_size < 1`.
+    """
+    if num_down < 0 or min_size < 1:
+        raise ValueError(f"need num_down >= 0 and min_size >= 1, got {num_down} and {min_size}.")
+    allowed = set(range(len(spatial_size))) if axes is None else {a % len(spatial_size) for a in axes}
+    size = [int(s) for s in spatial_size]
+    strides = []
+    for _ in range(num_down):
+        step = tuple(2 if a in allowed and (n + 1) // 2 >= min_size else 1 for a, n in enumerate(size))
+        size = [(n + s - 1) // s for n, s in zip(size, step)]
+        strides.append(step)
+    return strides
+
+
+class StridedConvDownsample(nn.Module):
+    """Convolution (kernel 3, padding 1) whose per-axis stride is given at call time.
+
+    Args:
+        spatial_dims: number of spatial dimensions (2 or 3).
+        in_channels: input channels.
+        out_channels: output channels (default `in_channels`).
+        kernel_size: odd kernel size.
+    """
+
+    def __init__(self, spatial_dims: int, in_channels: int, out_channels: int | None = None, kernel_size: int = 3):
+        super().__init__()
+        self.spatial_dims = spatial_dims
+        self.conv = Conv[Conv.CONV, spatial_dims](
+            in_channels, out_channels or in_channels, kernel_size=kernel_size, padding=kernel_size // 2
+        )
+
+    def forward(self, x: torch.Tensor, stride: Sequence[int]) -> torch.Tensor:
+        """Apply the convolution.
+
+        Args:
+            x: `(B, C, *S)`.
+            stride: one stride per spatial axis (1 or 2).
+
+        Returns:
+            `(B, C_out, *ceil(S / stride))`.
+        """
+        conv_fn = F.conv3d if self.spatial_dims == 3 else F.conv2d if self.spatial_dims == 2 else F.conv1d
+        return conv_fn(x, self.conv.weight, self.conv.bias, stride=tuple(stride), padding=self.conv.padding)
+
+
+def resize_to(x: torch.Tensor, size: Sequence[int], mode: str = "linear") -> torch.Tensor:
+    """Resize `x` to the exact spatial `size` (a no-op when the size already matches).
+
+    Args:
+        x: `(B, C, *S)`.
+        size: target spatial size.
+        mode: `"linear"` (bi/trilinear by dimension, `align_corners=False`) or `"nearest"`.
+
+    Returns:
+        `(B, C, *size)`.
+    """
+    size = tuple(int(s) for s in size)
+    if tuple(x.shape[2:]) == size:
+        return x
+    if mode == "linear":
+        mode = {1: "linear", 2: "bilinear", 3: "trilinear"}[x.ndim - 2]
+        return F.interpolate(x, size=size, mode=mode, align_corners=False)
+    return F.interpolate(x, size=size, mode=mode)
