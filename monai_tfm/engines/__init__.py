@@ -1,0 +1,28 @@
+# Copyright (c) monai_tfm contributors. Licensed under the Apache License, Version 2.0.
+"""Engine pieces on MONAI + ignite: prepare-batch, loss, metrics, checkpoints, handlers."""
+
+from __future__ import annotations
+
+from .checkpoint import TrainingCheckpointer, WeightsLoader, load_weights
+from .forecast_metrics import ForecastMetrics, last_context_image
+from .handlers import GradientClipHandler
+from .loss import FlowMatchingLoss
+from .prepare_batch import VARIANTS, FlowMatchingPrepareBatch, ForecastPrepareBatch, counted_frames
+from .progress import ProgressBarHandler
+from .report import ForecastReportWriter
+
+__all__ = [
+    "TrainingCheckpointer",
+    "load_weights",
+    "WeightsLoader",
+    "ForecastMetrics",
+    "last_context_image",
+    "GradientClipHandler",
+    "FlowMatchingLoss",
+    "VARIANTS",
+    "FlowMatchingPrepareBatch",
+    "ForecastPrepareBatch",
+    "counted_frames",
+    "ProgressBarHandler",
+    "ForecastReportWriter",
+]

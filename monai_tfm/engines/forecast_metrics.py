@@ -1,0 +1,155 @@
+# Copyright (c) monai_tfm contributors. Licensed under the Apache License, Version 2.0.
+"""Validation/evaluation metric of forecasts: model and LCI side by side, per sample (SPEC section 7).
+
+An ignite ``Metric`` (so that MONAI's evaluator can use it as its key metric) that also needs the batch
+metadata (subject, draw, target time) and the context: ignite's ``output_transform`` only sees the engine
+output, so :meth:`ForecastMetrics.iteration_completed` reads ``engine.state.batch`` as well.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from ignite.engine import Engine
+from ignite.metrics import Metric
+
+from monai_tfm.flows.path import last_real_index
+from monai_tfm.metrics import compute_forecast_metrics
+
+__all__ = ["ForecastMetrics", "last_context_image"]
+
+logger = logging.getLogger(__name__)
+
+
+def last_context_image(context: torch.Tensor, context_mask: torch.Tensor) -> torch.Tensor:
+    """The Last Context Image of each sample: the latest real frame of the context.
+
+    Args:
+        context: ``(B, T, C, D, H, W)``.
+        context_mask: ``(B, T)`` bool.
+
+    Returns:
+        ``(B, C, D, H, W)``.
+    """
+    idx = last_real_index(torch.as_tensor(context_mask).bool())
+    context = torch.as_tensor(context)
+    return context[torch.arange(context.shape[0]), idx.to(context.device)]
+
+
+def _as_list(value: Any, n: int) -> list:
+    if value is None:
+        return [None] * n
+    if isinstance(value, torch.Tensor):
+        return value.reshape(-1).tolist() if value.numel() == n else [value.item()] * n
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    return [value] * n
+
+
+class ForecastMetrics(Metric):
+    """Per-sample forecast metrics of the model and of LCI; the mean of ``key`` (model) is the metric value.
+
+    ``completed`` also writes ``<prefix>_<method>_<metric>`` means into ``engine.state.metrics`` (e.g.
+    ``val_model_psnr``, ``val_lci_psnr``) and keeps the per-sample rows in ``self.rows``.
+
+    Args:
+        key: metric whose model mean is the value of this metric (``nrmse``, ``psnr``, ``ssim``, ...).
+        prefix: prefix of the summary names written into ``engine.state.metrics``.
+        clip: clip forecasts to [0, 1] before all metrics (the data are on the [0, 1] scale).
+    """
+
+    def __init__(self, key: str = "nrmse", prefix: str = "val", clip: bool = False) -> None:
+        self.key = key
+        self.prefix = prefix
+        self.clip = clip
+        self.rows: list[dict[str, Any]] = []
+        super().__init__(output_transform=lambda x: x)
+
+    def reset(self) -> None:
+        """Forget the rows of the previous epoch."""
+        self.rows = []
+
+    def update(self, output: Sequence[torch.Tensor]) -> None:
+        """Not used: rows are added in :meth:`iteration_completed`, which also needs the batch.
+
+        Args:
+            output: ignored.
+        """
+
+    def iteration_completed(self, engine: Engine) -> None:
+        """Add the rows of one evaluated batch.
+
+        Args:
+            engine: the evaluator (``state.output`` holds ``pred`` and ``label``; ``state.batch`` the SPEC batch).
+        """
+        output, batch = engine.state.output, engine.state.batch
+        pred = torch.as_tensor(output["pred"]).detach().float().cpu()
+        target = torch.as_tensor(batch["target"]).detach().float().cpu()
+        lci = last_context_image(batch["context"], batch["context_mask"]).detach().float().cpu()
+        if self.clip:
+            pred = pred.clamp(0, 1)
+        n = pred.shape[0]
+        subjects = _as_list(batch.get("subject"), n)
+        draws = _as_list(batch.get("draw"), n)
+        times = _as_list(batch.get("target_time"), n)
+        for i in range(n):
+            row: dict[str, Any] = {"subject": subjects[i], "draw": draws[i], "target_time": times[i]}
+            for name, value in compute_forecast_metrics(pred[i], target[i], lci[i]).items():
+                row[f"model_{name}"] = value
+            for name, value in compute_forecast_metrics(lci[i], target[i], lci[i]).items():
+                row[f"lci_{name}"] = value
+            self.rows.append(row)
+
+    def summary(self) -> dict[str, float]:
+        """Mean of every ``<method>_<metric>`` column over the rows (NaN entries ignored).
+
+        Returns:
+            dict of means.
+        """
+        if not self.rows:
+            return {}
+        out = {}
+        for col in self.rows[0]:
+            if col.startswith(("model_", "lci_")):
+                vals = np.asarray([r[col] for r in self.rows], dtype=np.float64)
+                finite = vals[np.isfinite(vals)]
+                out[col] = float(finite.mean()) if finite.size else math.nan
+        return out
+
+    def compute(self) -> float:
+        """Model mean of ``key``.
+
+        Returns:
+            the value.
+
+        Raises:
+            RuntimeError: no sample was evaluated.
+        """
+        if not self.rows:
+            raise RuntimeError("ForecastMetrics: no sample was evaluated (empty validation set?).")
+        return self.summary()[f"model_{self.key}"]
+
+    def completed(self, engine: Engine, name: str) -> None:
+        """Store the key value under ``name`` and all summary means under ``<prefix>_<column>``.
+
+        Args:
+            engine: the evaluator.
+            name: this metric's name.
+        """
+        summary = self.summary()
+        engine.state.metrics[name] = summary[f"model_{self.key}"]
+        for col, value in summary.items():
+            engine.state.metrics[f"{self.prefix}_{col}"] = value
+        engine.state.forecast_rows = list(self.rows)
+        logger.info(
+            "%s: model %s, LCI %s (%d samples)",
+            self.prefix,
+            ", ".join(f"{m}={summary.get(f'model_{m}', math.nan):.4f}" for m in ("nrmse", "psnr", "ssim")),
+            ", ".join(f"{m}={summary.get(f'lci_{m}', math.nan):.4f}" for m in ("nrmse", "psnr", "ssim")),
+            len(self.rows),
+        )
