@@ -1,0 +1,723 @@
+# Copyright (c) monai_tfm contributors. Licensed under the Apache License, Version 2.0.
+"""ACDC cine MRI preparation (SPEC section 6): official download -> per-frame NIfTI files + ``datalist.json``.
+
+The ACDC challenge ships, per patient, a 4D short-axis cine series ``patientXXX_4d.nii.gz`` ``(x, y, slice, time)``
+and an ``Info.cfg`` (``ED``, ``ES``, ``Group``, ``NbFrame``, ... as ``Key: value`` lines; frame numbers are 1-based),
+plus expert masks of the ED and ES frames (``patientXXX_frameNN_gt.nii.gz``). Two folder layouts are read:
+
+* official: ``src/{training,testing}/patientXXX/...`` (or ``src/database/{training,testing}/...``);
+* flat: ``src/patientXXX/...`` (e.g. the cropped development copy, with ``..._gt_crop.nii.gz`` masks).
+
+Per patient, :func:`prepare_acdc` keeps the frames ED..ES and resamples them *jointly* in space and time
+(separable linear interpolation: trilinear in space, linear in time) onto ``num_frames`` equally spaced phases of a
+``spatial_size`` grid; phase ``k`` gets the time ``k / (num_frames - 1)`` in ``[0, 1]`` (ED = 0, ES = 1). Spatial
+resampling keeps the field of view (voxel centres at ``(i + 0.5) * n_in / n_out - 0.5``), so the output spacing is
+``spacing * n_in / n_out`` along each axis and the orientation of the source affine is kept. Intensities are then
+clipped to the 0.5 / 99.5 percentiles of the whole resampled series and scaled to ``[0, 1]`` with one clip/scale
+for all frames of a patient (per-frame normalisation would erase the motion to forecast, SPEC section 9.7). The
+ED/ES masks are resampled with nearest neighbour in space only (SPEC section 9.7: never splines on label maps) and
+attached to the first/last frame.
+
+Output (``dst``)::
+
+    dst/patientXXX/frame_KK.nii.gz      K = 0 .. num_frames - 1
+    dst/patientXXX/label_ed.nii.gz      when the ED mask exists (and include_labels)
+    dst/patientXXX/label_es.nii.gz      when the ES mask exists (and include_labels)
+    dst/datalist.json                   written last: sections "training" (each item with "fold") and "test"
+
+The source folder is only read. Use :func:`fold_split` (or :func:`split_folds`) to get the train/validation lists
+of one cross-validation fold.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+from tqdm.auto import tqdm
+
+from monai_tfm.data.datalist import load_series_datalist, write_series_datalist
+from monai_tfm.utils.io import atomic_save_nifti
+
+__all__ = [
+    "ACDCPatient",
+    "ACDC_DATALIST_NAME",
+    "ACDC_DEFAULT_SPATIAL_SIZE",
+    "ACDC_DEV_SPATIAL_SIZE",
+    "ACDC_PREPARE_VERSION",
+    "assign_folds",
+    "default_acdc_spatial_size",
+    "find_acdc_patients",
+    "fold_split",
+    "prepare_acdc",
+    "read_info_cfg",
+    "resample_labels",
+    "resample_series",
+    "resampled_affine",
+    "split_folds",
+]
+
+logger = logging.getLogger(__name__)
+
+PathLike = str | os.PathLike
+
+#: bump when the prepared data change, so that stored datasets can be told apart
+ACDC_PREPARE_VERSION = "1"
+#: file name of the datalist written by :func:`prepare_acdc`
+ACDC_DATALIST_NAME = "datalist.json"
+#: paper grid (full-size ACDC)
+ACDC_DEFAULT_SPATIAL_SIZE = (128, 128, 32)
+#: grid of the cropped development copy (in-plane 100 x 95 voxels, 5 to 7 slices)
+ACDC_DEV_SPATIAL_SIZE = (96, 96, 8)
+#: intensity percentiles of the shared (per-series) clip
+ACDC_PERCENTILES = (0.5, 99.5)
+#: first patient id of the official test set (patients 101 - 150)
+ACDC_FIRST_TEST_ID = 101
+
+_PATIENT_RE = re.compile(r"^patient(\d+)$")
+_TOKEN_RE = re.compile(r"^[+-]?\d+$")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Info.cfg
+
+
+def _parse_value(text: str) -> int | float | str:
+    if _TOKEN_RE.match(text):
+        return int(text)
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def read_info_cfg(path: PathLike) -> dict[str, Any]:
+    """Read an ACDC ``Info.cfg`` (``Key: value`` lines) into a dict.
+
+    Integer-looking values become ``int``, other numbers ``float``, the rest stays ``str`` (e.g. ``Group: DCM``).
+    Blank lines are ignored.
+
+    Args:
+        path: the ``Info.cfg`` file.
+
+    Returns:
+        key -> value, keys as written in the file (``ED``, ``ES``, ``Group``, ``Height``, ``NbFrame``, ``Weight``).
+
+    Raises:
+        FileNotFoundError: if the file does not exist.
+        ValueError: if a non-blank line has no ``:`` or an empty key, or a key occurs twice.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"ACDC info file '{path}' does not exist.")
+    out: dict[str, Any] = {}
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for n, raw in enumerate(f, start=1):
+            line = raw.strip()
+            if not line:
+                continue
+            key, sep, value = line.partition(":")
+            key = key.strip()
+            if not sep or not key:
+                raise ValueError(f"'{path}', line {n}: expected 'Key: value', got {line!r}.")
+            if key in out:
+                raise ValueError(f"'{path}', line {n}: key {key!r} occurs twice.")
+            out[key] = _parse_value(value.strip())
+    return out
+
+
+def _frame_number(info: Mapping[str, Any], key: str, cfg: Path) -> int:
+    if key not in info:
+        raise ValueError(f"'{cfg}' has no '{key}' entry (the {key} frame number, 1-based); keys: {sorted(info)}.")
+    value = info[key]
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"'{cfg}': '{key}' must be a frame number >= 1, got {value!r}.")
+    return value
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# discovery
+
+
+@dataclass
+class ACDCPatient:
+    """One patient of an ACDC download (paths only; ``info``, ``ed`` and ``es`` are filled when it is checked).
+
+    Attributes:
+        subject: patient id (``patientXXX``).
+        number: the numeric id.
+        folder: the patient folder.
+        split: ``"training"`` or ``"test"``.
+        source_root: the download folder (``source`` paths in the datalist are relative to it).
+        info: the parsed ``Info.cfg``.
+        ed: ED frame number (1-based).
+        es: ES frame number (1-based).
+    """
+
+    subject: str
+    number: int
+    folder: Path
+    split: str  # "training" or "test"
+    source_root: Path
+    info: dict[str, Any] = field(default_factory=dict)
+    ed: int = 0
+    es: int = 0
+
+    @property
+    def image(self) -> Path:
+        return self.folder / f"{self.subject}_4d.nii.gz"
+
+
+def _patient_dirs(folder: Path) -> list[tuple[str, int, Path]]:
+    out = []
+    for p in sorted(folder.iterdir()):
+        m = _PATIENT_RE.match(p.name)
+        if m and p.is_dir():
+            out.append((p.name, int(m.group(1)), p))
+    return out
+
+
+def find_acdc_patients(src: PathLike) -> list[ACDCPatient]:
+    """List the patients of an ACDC download (official or flat layout), sorted by id.
+
+    Patients of the official ``testing`` folder, and in any layout patients with id >= 101, go to the test split.
+
+    Args:
+        src: the download folder (holding ``training``/``testing``, ``database/{training,testing}`` or
+            ``patientXXX`` folders).
+
+    Returns:
+        the patients (subject id, number, folder, split), sorted by id.
+
+    Raises:
+        FileNotFoundError: if ``src`` does not exist or holds no patient folder.
+        ValueError: if a patient id occurs twice.
+    """
+    root = Path(src).expanduser()
+    if not root.is_dir():
+        raise FileNotFoundError(f"ACDC source folder '{root}' does not exist or is not a folder.")
+    base = root
+    if not any((root / s).is_dir() for s in ("training", "testing")) and (root / "database").is_dir():
+        base = root / "database"
+    found: list[tuple[str, int, Path, str]] = []
+    official = [s for s in ("training", "testing") if (base / s).is_dir()]
+    for sub in official:
+        for name, number, folder in _patient_dirs(base / sub):
+            split = "test" if sub == "testing" or number >= ACDC_FIRST_TEST_ID else "training"
+            found.append((name, number, folder, split))
+    for name, number, folder in _patient_dirs(base):  # flat layout (also tolerated next to the official one)
+        found.append((name, number, folder, "test" if number >= ACDC_FIRST_TEST_ID else "training"))
+    if not found:
+        raise FileNotFoundError(
+            f"no ACDC patients found under '{root}': expected 'training/patientXXX', 'testing/patientXXX' "
+            "or 'patientXXX' folders, each with 'patientXXX_4d.nii.gz' and 'Info.cfg'."
+        )
+    seen: dict[str, Path] = {}
+    for name, _, folder, _ in found:
+        if name in seen:
+            raise ValueError(f"ACDC patient '{name}' occurs twice under '{root}': '{seen[name]}' and '{folder}'.")
+        seen[name] = folder
+    found.sort(key=lambda x: (x[1], x[0]))
+    return [ACDCPatient(name, number, folder, split, root) for name, number, folder, split in found]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# resampling (separable linear interpolation, written out as small matrices)
+
+
+def _check_size(spatial_size: Sequence[int] | int) -> tuple[int, int, int]:
+    """Validate an output grid: three positive integers (an int means the same size along every axis)."""
+    values = [spatial_size] * 3 if isinstance(spatial_size, (int, np.integer)) else spatial_size
+    msg = f"spatial_size must be three positive integers, got {spatial_size!r}."
+    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or len(values) != 3:
+        raise ValueError(msg)
+    if any(isinstance(v, bool) or not isinstance(v, (int, np.integer, float)) or v != int(v) or v < 1 for v in values):
+        raise ValueError(msg)
+    return int(values[0]), int(values[1]), int(values[2])
+
+
+def _centre_coords(n_in: int, n_out: int) -> np.ndarray:
+    """Input index coordinates of the output voxel centres when a grid of ``n_in`` is resampled to ``n_out``.
+
+    The field of view is kept: output voxel ``i`` covers ``[i, i + 1) * n_in / n_out`` in input voxel units.
+    """
+    return (np.arange(n_out, dtype=np.float64) + 0.5) * (n_in / n_out) - 0.5
+
+
+def _linear_matrix(coords: np.ndarray, n_in: int) -> np.ndarray:
+    """``(len(coords), n_in)`` matrix of 1D linear interpolation at ``coords`` (edge values beyond the ends)."""
+    coords = np.clip(coords, 0.0, n_in - 1.0)
+    lo = np.floor(coords).astype(np.int64)
+    hi = np.minimum(lo + 1, n_in - 1)
+    w = coords - lo
+    mat = np.zeros((len(coords), n_in), dtype=np.float64)
+    rows = np.arange(len(coords))
+    np.add.at(mat, (rows, lo), 1.0 - w)
+    np.add.at(mat, (rows, hi), w)
+    return mat
+
+
+def _apply_along(array: np.ndarray, mat: np.ndarray, axis: int) -> np.ndarray:
+    if mat.shape[0] == mat.shape[1] and np.array_equal(mat, np.eye(mat.shape[0])):
+        return array
+    moved = np.moveaxis(array, axis, -1)
+    out = moved @ mat.T.astype(array.dtype)
+    return np.moveaxis(out, -1, axis)
+
+
+def resample_series(series: np.ndarray, spatial_size: Sequence[int], num_frames: int) -> np.ndarray:
+    """Resample a 4D series ``(x, y, z, t)`` jointly in space and time (linear interpolation along every axis).
+
+    Space keeps the field of view (voxel centres, see :func:`resampled_affine`); time maps the first and last input
+    frames onto the first and last output frames, with ``num_frames`` equally spaced phases in between.
+    Separable linear interpolation along four axes is exactly 4-linear (trilinear in space, linear in time).
+
+    Args:
+        series: the array ``(x, y, z, t)`` with ``t >= 2``.
+        spatial_size: output ``(x, y, z)``.
+        num_frames: output number of frames (>= 2).
+
+    Returns:
+        float32 array ``(*spatial_size, num_frames)``.
+
+    Raises:
+        ValueError: for a non-4D array, fewer than 2 input or output frames, or a bad ``spatial_size``.
+    """
+    size = _check_size(spatial_size)
+    if series.ndim != 4:
+        raise ValueError(f"expected a 4D series (x, y, z, t), got shape {series.shape}.")
+    n_t = series.shape[3]
+    if n_t < 2 or int(num_frames) < 2:
+        raise ValueError(f"need at least 2 input and 2 output frames, got {n_t} and {num_frames}.")
+    out = np.asarray(series, dtype=np.float32)
+    for axis, n_out in enumerate(size):
+        n_in = out.shape[axis]
+        out = _apply_along(out, _linear_matrix(_centre_coords(n_in, n_out), n_in), axis)
+    t_coords = np.linspace(0.0, n_t - 1.0, int(num_frames))
+    out = _apply_along(out, _linear_matrix(t_coords, n_t), 3)
+    return np.ascontiguousarray(out, dtype=np.float32)
+
+
+def resample_labels(labels: np.ndarray, spatial_size: Sequence[int]) -> np.ndarray:
+    """Nearest-neighbour resampling of a 3D label map on the same field of view (no new label values).
+
+    Args:
+        labels: integer-valued array ``(x, y, z)``.
+        spatial_size: output ``(x, y, z)``.
+
+    Returns:
+        array of ``spatial_size`` with the dtype of ``labels``.
+
+    Raises:
+        ValueError: for a non-3D array or a bad ``spatial_size``.
+    """
+    size = _check_size(spatial_size)
+    if labels.ndim != 3:
+        raise ValueError(f"expected a 3D label map, got shape {labels.shape}.")
+    idx = [
+        np.clip(np.floor(_centre_coords(n_in, n_out) + 0.5).astype(np.int64), 0, n_in - 1)
+        for n_in, n_out in zip(labels.shape, size)
+    ]
+    return np.ascontiguousarray(labels[np.ix_(*idx)])
+
+
+def resampled_affine(affine: np.ndarray, in_size: Sequence[int], out_size: Sequence[int]) -> np.ndarray:
+    """Affine of a grid resampled from ``in_size`` to ``out_size`` voxels over the same field of view.
+
+    Each voxel axis is scaled by ``in / out`` (spacing ``* in / out``; directions unchanged) and the origin moves to
+    the centre of the first new voxel.
+
+    Args:
+        affine: the source 4x4 voxel-to-world affine.
+        in_size: source ``(x, y, z)``.
+        out_size: output ``(x, y, z)``.
+
+    Returns:
+        the 4x4 affine of the output grid.
+    """
+    affine = np.asarray(affine, dtype=np.float64)
+    ratio = np.asarray(in_size, dtype=np.float64) / np.asarray(out_size, dtype=np.float64)
+    out = affine.copy()
+    out[:3, :3] = affine[:3, :3] * ratio[None, :]
+    first = 0.5 * ratio - 0.5  # input index coordinate of the first output voxel centre
+    out[:3, 3] = affine[:3, :3] @ first + affine[:3, 3]
+    return out
+
+
+def _normalise(series: np.ndarray, subject: str) -> tuple[np.ndarray, float, float]:
+    """Clip to the shared 0.5 / 99.5 percentiles of the whole series and scale to [0, 1]."""
+    if not np.all(np.isfinite(series)):
+        raise ValueError(f"{subject}: the series holds non-finite voxels.")
+    lo, hi = (float(v) for v in np.percentile(series, ACDC_PERCENTILES))
+    if hi <= lo:
+        logger.warning("%s: constant intensities after clipping (%g); writing zeros.", subject, lo)
+        return np.zeros_like(series, dtype=np.float32), lo, hi
+    out = (np.clip(series, lo, hi) - lo) / (hi - lo)
+    return np.clip(out, 0.0, 1.0).astype(np.float32), lo, hi
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# folds
+
+
+def assign_folds(subjects: Sequence[str], groups: Sequence[Any] | None, num_folds: int, seed: int = 0) -> dict:
+    """Deterministic cross-validation folds, stratified by group.
+
+    The sorted subject ids are shuffled with ``numpy.random.default_rng(seed)``, then ordered by group (stable, so
+    the shuffled order is kept within a group) and dealt round-robin onto the folds: every fold gets about the
+    same number of subjects of every group, and the fold sizes differ by at most one.
+
+    Args:
+        subjects: subject ids.
+        groups: group of each subject (same order), or None for no stratification.
+        num_folds: number of folds (>= 2).
+        seed: shuffling seed.
+
+    Returns:
+        subject id -> fold in ``0 .. num_folds - 1``.
+
+    Raises:
+        ValueError: if ``num_folds < 2``, or ``groups`` has another length than ``subjects``.
+    """
+    if int(num_folds) < 2:
+        raise ValueError(f"num_folds must be >= 2, got {num_folds}.")
+    if groups is not None and len(groups) != len(subjects):
+        raise ValueError(f"got {len(subjects)} subjects but {len(groups)} groups.")
+    group_of = dict(zip(subjects, groups if groups is not None else [None] * len(subjects)))
+    ordered = sorted(group_of)
+    perm = np.random.default_rng(int(seed)).permutation(len(ordered))
+    shuffled = [ordered[i] for i in perm]
+    shuffled.sort(key=lambda s: "" if group_of[s] is None else str(group_of[s]))
+    return {s: i % int(num_folds) for i, s in enumerate(shuffled)}
+
+
+def split_folds(items: Sequence[Mapping], fold: int) -> tuple[list[Mapping], list[Mapping]]:
+    """Split datalist items into fold ``fold``'s training and validation lists (validation: ``item["fold"] == fold``).
+
+    Args:
+        items: datalist entries, each with an integer ``"fold"`` (as written by :func:`prepare_acdc`).
+        fold: the validation fold.
+
+    Returns:
+        ``(train_items, val_items)``, in the order of ``items``.
+
+    Raises:
+        ValueError: if an item has no integer ``fold``, or no item belongs to ``fold``.
+    """
+    folds = set()
+    for i, item in enumerate(items):
+        f = item.get("fold")
+        if isinstance(f, bool) or not isinstance(f, int):
+            raise ValueError(f"item #{i} ({item.get('subject')!r}) has no integer 'fold' key (got {f!r}).")
+        folds.add(f)
+    if int(fold) not in folds:
+        raise ValueError(f"fold {fold} has no subjects; folds present: {sorted(folds)}.")
+    train = [item for item in items if item["fold"] != int(fold)]
+    val = [item for item in items if item["fold"] == int(fold)]
+    return train, val
+
+
+def fold_split(datalist: PathLike, fold: int, section: str = "training", **kwargs: Any) -> tuple[list, list]:
+    """Load a prepared datalist and return fold ``fold``'s ``(train_items, val_items)``.
+
+    Args:
+        datalist: the ``datalist.json`` written by :func:`prepare_acdc`.
+        fold: the validation fold.
+        section: the section holding the folds.
+        kwargs: further arguments of :func:`monai_tfm.data.load_series_datalist` (``check_files``, ...).
+
+    Returns:
+        ``(train_items, val_items)`` with absolute frame paths.
+
+    Raises:
+        ValueError: see :func:`split_folds` and :func:`monai_tfm.data.load_series_datalist`.
+        FileNotFoundError: if the datalist (or a frame file) does not exist.
+    """
+    return split_folds(load_series_datalist(datalist, section=section, **kwargs), fold)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# preparation
+
+
+def _image_header(path: Path) -> tuple[Any, tuple[int, ...]]:
+    if not path.is_file():
+        raise FileNotFoundError(f"ACDC cine series '{path}' does not exist.")
+    try:
+        img = nib.load(str(path))
+    except Exception as e:  # nibabel raises several types for broken files
+        raise ValueError(f"cannot read '{path}' as NIfTI: {e}") from e
+    shape = tuple(int(s) for s in img.shape)
+    if len(shape) != 4:
+        raise ValueError(f"'{path}' has shape {shape} ({len(shape)}D); expected a 4D cine series (x, y, slice, time).")
+    return img, shape
+
+
+def default_acdc_spatial_size(shapes: Sequence[Sequence[int]]) -> tuple[int, int, int]:
+    """The default grid for the given source shapes: the development grid if any image is cropped.
+
+    Full-size ACDC has in-plane sizes of 154 voxels and more, so an in-plane size below 128 marks the cropped
+    development copy (100 x 95). The slice count is not used: full-size ACDC has as few as 6 slices (10 mm apart).
+
+    Args:
+        shapes: source shapes ``(x, y, z[, t])``.
+
+    Returns:
+        :data:`ACDC_DEV_SPATIAL_SIZE` or :data:`ACDC_DEFAULT_SPATIAL_SIZE`.
+    """
+    if any(min(int(s[0]), int(s[1])) < ACDC_DEFAULT_SPATIAL_SIZE[0] for s in shapes):
+        return ACDC_DEV_SPATIAL_SIZE
+    return ACDC_DEFAULT_SPATIAL_SIZE
+
+
+def _find_label(patient: ACDCPatient, frame: int, shape: tuple[int, ...]) -> Path | None:
+    """The expert mask of 1-based ``frame`` on the series grid (``_gt`` or ``_gt_crop``), or None."""
+    candidates = [patient.folder / f"{patient.subject}_frame{frame:02d}_gt{s}.nii.gz" for s in ("", "_crop")]
+    present = [p for p in candidates if p.is_file()]
+    for p in present:
+        if tuple(nib.load(str(p)).shape) == shape:
+            return p
+    if present:
+        got = {str(p): tuple(nib.load(str(p)).shape) for p in present}
+        raise ValueError(f"{patient.subject}: mask(s) {got} are not on the grid of '{patient.image}' ({shape}).")
+    return None
+
+
+def _clear_subject_folder(folder: Path) -> None:
+    """Remove only the files this module writes (stale frames of an earlier run with more frames)."""
+    if not folder.is_dir():
+        return
+    for p in folder.iterdir():
+        if p.is_file() and (
+            re.match(r"^frame_\d+\.nii\.gz$", p.name) or p.name in ("label_ed.nii.gz", "label_es.nii.gz")
+        ):
+            p.unlink()
+
+
+def _is_within(path: Path, parent: Path) -> bool:
+    try:
+        path.relative_to(parent)
+        return True
+    except ValueError:
+        return False
+
+
+def _check_patient(patient: ACDCPatient) -> tuple[Any, tuple[int, ...]]:
+    """Read ``Info.cfg`` and the 4D header of a patient, check ED/ES; return the (lazy) image and its shape."""
+    cfg = patient.folder / "Info.cfg"
+    if not cfg.is_file():
+        raise FileNotFoundError(f"{patient.subject}: '{cfg}' does not exist (ACDC needs it for ED/ES).")
+    info = read_info_cfg(cfg)
+    ed, es = _frame_number(info, "ED", cfg), _frame_number(info, "ES", cfg)
+    img, shape = _image_header(patient.image)
+    n_t = shape[3]
+    if es < ed:
+        raise ValueError(f"'{cfg}': ES ({es}) comes before ED ({ed}); expected ED <= ES (1-based frame numbers).")
+    if es == ed:
+        raise ValueError(f"'{cfg}': ED and ES are the same frame ({ed}); ED..ES needs at least 2 frames.")
+    if es > n_t:
+        raise ValueError(
+            f"'{cfg}': ED={ed}, ES={es} outside the series '{patient.image}', which has {n_t} frames (1-based)."
+        )
+    if "NbFrame" in info and info["NbFrame"] != n_t:
+        logger.warning(
+            "%s: Info.cfg says NbFrame=%s but the series has %d frames.", patient.subject, info["NbFrame"], n_t
+        )
+    patient.info, patient.ed, patient.es = info, ed, es
+    return img, shape
+
+
+def _prepare_patient(
+    patient: ACDCPatient,
+    img: Any,
+    shape: tuple[int, ...],
+    dst: Path,
+    spatial_size: tuple[int, int, int],
+    num_frames: int,
+    include_labels: bool,
+) -> dict[str, Any]:
+    """Resample, normalise and write one patient; return its datalist entry (without ``fold``)."""
+    info = patient.info
+    ed, es = patient.ed, patient.es
+    n_t = shape[3]
+    series = np.asarray(img.dataobj[..., ed - 1 : es], dtype=np.float32)
+    resampled = resample_series(series, spatial_size, num_frames)
+    normalised, lo, hi = _normalise(resampled, patient.subject)
+    affine = resampled_affine(img.affine, shape[:3], spatial_size)
+
+    folder = dst / patient.subject
+    _clear_subject_folder(folder)
+    frames = []
+    for k in range(num_frames):
+        rel = f"{patient.subject}/frame_{k:02d}.nii.gz"
+        atomic_save_nifti(np.ascontiguousarray(normalised[..., k]), affine, dst / rel)
+        frames.append({"image": rel, "time": k / (num_frames - 1)})
+
+    labels = {}
+    if include_labels:
+        for name, frame, index in (("ed", ed, 0), ("es", es, num_frames - 1)):
+            path = _find_label(patient, frame, shape[:3])
+            if path is None:
+                continue
+            lab = np.asanyarray(nib.load(str(path)).dataobj)
+            if not np.all(np.isfinite(lab)) or not np.array_equal(lab, np.round(lab)):
+                raise ValueError(f"'{path}' is not a label map (non-integer values).")
+            lab = np.round(lab).astype(np.int64)
+            dtype = np.uint8 if lab.min() >= 0 and lab.max() < 256 else np.int16
+            rel = f"{patient.subject}/label_{name}.nii.gz"
+            atomic_save_nifti(resample_labels(lab.astype(dtype), spatial_size), affine, dst / rel)
+            frames[index]["label"] = rel
+            labels[name] = path.name
+
+    spacing = np.sqrt((np.asarray(img.affine)[:3, :3] ** 2).sum(axis=0))
+    metadata = {
+        "group": info.get("Group"),
+        "ed": ed,
+        "es": es,
+        "nb_frames": n_t,
+        "source": patient.image.relative_to(patient.source_root).as_posix(),
+        "source_shape": list(shape),
+        "source_spacing": [round(float(s), 6) for s in spacing],
+        "spacing": [round(float(s) * n / m, 6) for s, n, m in zip(spacing, shape[:3], spatial_size)],
+        "intensity_clip": [lo, hi],
+        "labels": labels,
+    }
+    for key in ("Height", "Weight"):
+        if key in info:
+            metadata[key.lower()] = info[key]
+    return {"subject": patient.subject, "frames": frames, "metadata": metadata}
+
+
+def prepare_acdc(
+    src: PathLike,
+    dst: PathLike,
+    spatial_size: Sequence[int] | None = None,
+    num_frames: int = 12,
+    num_folds: int = 5,
+    seed: int = 0,
+    overwrite: bool = False,
+    include_labels: bool = True,
+    progress: bool = True,
+) -> Path:
+    """Convert an ACDC download into per-frame NIfTI files and a series datalist (SPEC section 6).
+
+    Per patient: frames ED..ES resampled jointly in space and time to ``num_frames`` phases (times
+    ``k / (num_frames - 1)``) of ``spatial_size`` voxels (trilinear + linear in time), clipped to the 0.5 / 99.5
+    percentiles of the whole resampled series and scaled to [0, 1] (one clip/scale per patient), written as
+    ``dst/patientXXX/frame_KK.nii.gz`` with an affine of spacing ``spacing * n_in / n_out`` and the source
+    orientation. ED/ES masks (``..._gt.nii.gz`` or ``..._gt_crop.nii.gz``) are resampled with nearest neighbour to
+    ``label_ed.nii.gz`` / ``label_es.nii.gz`` and referenced by the first / last frame.
+
+    The datalist (written last) has a ``training`` section (every item with ``"fold"`` in ``0 .. num_folds - 1``,
+    stratified by group, see :func:`assign_folds`) and a ``test`` section (the official ``testing`` folder and
+    patients 101-150); every item carries ``"metadata"`` (``group``, ``ed``, ``es``, ``nb_frames``, ``source``,
+    ...). The source folder is only read.
+
+    Args:
+        src: the ACDC download (``training``/``testing`` folders, ``database/``, or flat ``patientXXX`` folders).
+        dst: output folder (created); must not be inside ``src``.
+        spatial_size: output grid ``(x, y, z)``; default (128, 128, 32), or (96, 96, 8) when the source is the
+            cropped development copy (in-plane size below 128, see :func:`default_acdc_spatial_size`).
+        num_frames: number of output phases ED..ES (>= 2).
+        num_folds: number of cross-validation folds of the training section (>= 2).
+        seed: seed of the fold assignment.
+        overwrite: replace a dataset already prepared in ``dst``.
+        include_labels: also write the ED/ES masks where the download has them.
+        progress: show a tqdm progress bar over patients.
+
+    Returns:
+        the path of ``dst/datalist.json``.
+
+    Raises:
+        FileNotFoundError: if ``src`` holds no patients, or a patient has no ``Info.cfg`` or no 4D series.
+        FileExistsError: if ``dst`` already holds a ``datalist.json`` and ``overwrite`` is False.
+        ValueError: for ``Info.cfg`` without ED/ES, ES before ED, ED/ES outside the series, a 3D image where a 4D
+            series is expected, masks on another grid, bad sizes, or ``dst`` inside ``src``.
+    """
+    start = time.perf_counter()
+    num_frames, num_folds = int(num_frames), int(num_folds)
+    if num_frames < 2:
+        raise ValueError(f"num_frames must be >= 2 (ED and ES), got {num_frames}.")
+    if num_folds < 2:
+        raise ValueError(f"num_folds must be >= 2, got {num_folds}.")
+    size = None if spatial_size is None else _check_size(spatial_size)
+    src_dir = Path(src).expanduser()
+    dst_dir = Path(dst).expanduser().absolute()
+    if src_dir.is_dir() and _is_within(dst_dir.resolve(), src_dir.resolve()):
+        raise ValueError(f"the output folder '{dst_dir}' is inside the source folder '{src_dir}'; it is read-only.")
+    datalist = dst_dir / ACDC_DATALIST_NAME
+    if datalist.exists() and not overwrite:
+        raise FileExistsError(
+            f"'{dst_dir}' already holds a prepared dataset ({datalist.name}); pass overwrite=True to replace it."
+        )
+
+    # check every patient before writing anything (a bad Info.cfg fails fast, not after an hour)
+    patients = find_acdc_patients(src_dir)
+    headers = [_check_patient(patient) for patient in patients]
+    if size is None:
+        size = default_acdc_spatial_size([shape for _, shape in headers])
+        kind = "cropped development copy" if size == ACDC_DEV_SPATIAL_SIZE else "full-size ACDC"
+        logger.info("ACDC: default grid %s chosen (%s).", size, kind)
+    logger.info(
+        "ACDC: preparing %d patients from %s into %s (grid %s, %d frames).",
+        len(patients),
+        src_dir,
+        dst_dir,
+        size,
+        num_frames,
+    )
+
+    dst_dir.mkdir(parents=True, exist_ok=True)
+    if datalist.exists():  # overwrite: invalidate the old dataset before touching its files
+        datalist.unlink()
+    entries: dict[str, list[dict]] = {"training": [], "test": []}
+    for patient, (img, shape) in zip(
+        tqdm(patients, desc="ACDC prepare", unit="patient", disable=not progress), headers
+    ):
+        entry = _prepare_patient(patient, img, shape, dst_dir, size, num_frames, include_labels)
+        entries[patient.split].append(entry)
+
+    training = entries["training"]
+    if training:
+        folds = assign_folds(
+            [e["subject"] for e in training], [e["metadata"]["group"] for e in training], num_folds, seed
+        )
+        if len(training) < num_folds:
+            logger.warning("ACDC: %d training patients for %d folds; some folds are empty.", len(training), num_folds)
+        for e in training:
+            e["fold"] = folds[e["subject"]]
+    metadata = {
+        "dataset": "ACDC",
+        "preparer": "monai_tfm.data.acdc",
+        "preparer_version": ACDC_PREPARE_VERSION,
+        "source": str(src_dir.absolute()),
+        "spatial_size": list(size),
+        "num_frames": num_frames,
+        "num_folds": num_folds,
+        "seed": int(seed),
+        "include_labels": bool(include_labels),
+        "frames": "ED..ES, resampled jointly in space (trilinear) and time (linear); time = phase in [0, 1]",
+        "intensity": f"per patient: clip to percentiles {list(ACDC_PERCENTILES)} of the series, scale to [0, 1]",
+    }
+    sections = {k: v for k, v in entries.items() if v or k == "training"}
+    out = write_series_datalist(
+        datalist, sections, name="ACDC cine MRI", time_unit="cardiac phase", metadata=metadata, overwrite=overwrite
+    )
+    logger.info(
+        "ACDC: wrote %s (%d training, %d test) in %.1f s.",
+        out,
+        len(entries["training"]),
+        len(entries["test"]),
+        time.perf_counter() - start,
+    )
+    return out
