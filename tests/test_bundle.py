@@ -1,0 +1,176 @@
+# Copyright (c) monai_tfm contributors. Licensed under the Apache License, Version 2.0.
+"""The synthetic bundle end to end through MONAI's bundle machinery (tiny grid, one epoch)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from monai.bundle import ConfigWorkflow, verify_metadata
+from monai.transforms import ScaleIntensityRangePercentilesd
+
+from monai_tfm.data import load_series_datalist
+from monai_tfm.metrics import compute_forecast_metrics
+from monai_tfm.transforms import LoadSeriesd
+
+REPO = Path(__file__).resolve().parents[1]
+BUNDLE = REPO / "bundles" / "synthetic_forecasting"
+CONFIGS = BUNDLE / "configs"
+SCHEMA = REPO / "bundles" / "schema" / "monai_tfm_meta_schema_v1.json"
+METHODS = ("cronos_discrete", "cronos_continuous", "tfm")
+
+
+def _small(tmp: Path, data: Path, **extra) -> dict:
+    return {
+        "bundle_root": str(BUNDLE),
+        "dataset_dir": str(data),
+        "output_dir": str(tmp),
+        "max_epochs": 1,
+        "num_train": 3,
+        "num_val": 2,
+        "num_test": 2,
+        "spatial_size": [16, 16, 8],
+        "network_def#channels": 8,
+        "val_draws": 1,
+        "eval_draws": 2,
+        "batch_size": 2,
+        **extra,
+    }
+
+
+def _workflow(files, workflow_type, run_id, **overrides) -> ConfigWorkflow:
+    wf = ConfigWorkflow(
+        config_file=[str(f) for f in files],
+        meta_file=str(CONFIGS / "metadata.json"),
+        workflow_type=workflow_type,
+        run_id=run_id,
+        **overrides,
+    )
+    wf.initialize()
+    return wf
+
+
+def _files(method: str, *more: str) -> list[Path]:
+    return [CONFIGS / "train.yaml", CONFIGS / "methods" / f"{method}.yaml", *(CONFIGS / m for m in more)]
+
+
+def test_metadata_verifies(tmp_path):
+    verify_metadata(meta_file=str(CONFIGS / "metadata.json"), filepath=str(SCHEMA))
+    bad = json.loads((CONFIGS / "metadata.json").read_text())
+    del bad["task"]
+    (tmp_path / "bad.json").write_text(json.dumps(bad))
+    with pytest.raises(Exception, match="task"):
+        verify_metadata(meta_file=str(tmp_path / "bad.json"), filepath=str(SCHEMA))
+
+
+def test_property_checks(tmp_path):
+    train = _workflow([CONFIGS / "train.yaml"], "train", "training", **_small(tmp_path / "r", tmp_path / "d"))
+    assert train.check_properties() == []
+    infer = _workflow(
+        [CONFIGS / "inference.yaml"], "infer", "run", bundle_root=str(BUNDLE), dataset_dir=str(tmp_path / "d")
+    )
+    assert infer.check_properties() == []
+
+
+def _lci_metrics_from_draws(row: dict, draws: dict, datalist: str, split: str) -> dict:
+    """Recompute LCI's metrics for one CSV row from the saved draws, independently of the engine."""
+    rec = next(d for d in draws["draws"] if d["subject"] == row["subject"] and d["draw"] == int(row["draw"]))
+    item = next(i for i in load_series_datalist(datalist, split) if i["subject"] == row["subject"])
+    s = ScaleIntensityRangePercentilesd("series", 0.5, 99.5, 0.0, 1.0, clip=True)(LoadSeriesd()(item))["series"]
+    lci = s[rec["context_indices"][-1]]
+    return compute_forecast_metrics(lci, s[rec["target_index"]], lci)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_train_evaluate_infer(tmp_path, method):
+    data, run = tmp_path / "data", tmp_path / "run"
+    wf = _workflow(_files(method), "train", "training", **_small(run, data))
+    wf.run()
+    wf.finalize()
+    assert (run / "models" / "model.pt").is_file()
+    state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    assert state["trainer"]["iteration"] == state["trainer"]["epoch_length"] == 2  # one epoch of 2 steps
+    assert set(state) >= {"network", "optimizer", "lr_scheduler", "trainer", "checkpointer"}
+    weights = torch.load(run / "models" / "model.pt", weights_only=True)
+    assert all(torch.is_tensor(v) for v in weights.values())
+
+    ev = _workflow(_files(method, "evaluate.yaml"), "train", "evaluating", **_small(run, data))
+    ev.run()
+    rows = list(csv.DictReader(open(run / "eval_test" / "per_sample.csv")))
+    assert len(rows) == 2 * 2  # 2 test subjects x 2 fixed draws
+    assert {"model_nrmse", "model_psnr", "model_ssim", "lci_nrmse", "lci_psnr", "lci_ssim"} <= set(rows[0])
+    for r in rows:
+        assert 0 <= float(r["model_ssim"]) <= 100 and float(r["model_rmse"]) >= 0
+        assert float(r["lci_skill"]) == pytest.approx(0.0)
+    draws = json.loads((run / "eval_test" / "draws.json").read_text())
+    datalist = str(data / "datalist.json")
+    for r in rows[:2]:
+        ref = _lci_metrics_from_draws(r, draws, datalist, "test")
+        assert float(r["lci_psnr"]) == pytest.approx(ref["psnr"], rel=1e-5)
+        assert float(r["lci_nrmse"]) == pytest.approx(ref["nrmse"], rel=1e-5)
+    summary = (run / "eval_test" / "summary.md").read_text()
+    assert "| model |" in summary and "| lci |" in summary and "network evaluations per forecast" in summary
+
+    inf = _workflow(
+        [CONFIGS / "inference.yaml", CONFIGS / "methods" / f"{method}.yaml"],
+        "infer",
+        "run",
+        bundle_root=str(BUNDLE),
+        dataset_dir=str(data),
+        datalist=datalist,
+        output_dir=str(run),
+        **{"network_def#channels": 8},
+    )
+    inf.run()
+    inf.finalize()
+    outs = sorted((run / "forecasts").glob("*.nii.gz"))
+    assert len(outs) == 2
+    ref = nib.load(load_series_datalist(datalist, "test")[0]["frames"][-1]["image"])
+    out = nib.load(outs[0])
+    assert out.shape == ref.shape and np.allclose(out.affine, ref.affine)
+    assert np.isfinite(out.get_fdata()).all()
+
+
+def test_fixed_draws_shared_by_models_and_resume(tmp_path):
+    data = tmp_path / "data"
+    for method in ("cronos_discrete", "cronos_continuous"):
+        wf = _workflow(_files(method), "train", "training", **_small(tmp_path / method, data))
+        wf.run()
+    a = json.loads((tmp_path / "cronos_discrete" / "val_draws.json").read_text())
+    b = json.loads((tmp_path / "cronos_continuous" / "val_draws.json").read_text())
+    assert a == b and len(a["draws"]) == 2
+
+    run = tmp_path / "cronos_discrete"
+    with pytest.raises(RuntimeError) as err:  # MONAI's config runner chains our FileExistsError
+        _workflow(_files("cronos_discrete"), "train", "training", **_small(run, data)).run()
+    cause = err.value
+    while cause.__cause__ is not None:
+        cause = cause.__cause__
+    assert isinstance(cause, FileExistsError) and "--resume true" in str(cause)
+    wf = _workflow(_files("cronos_discrete"), "train", "training", **_small(run, data, max_epochs=2, resume=True))
+    wf.run()
+    state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    steps_per_epoch = 2  # 3 training subjects, batch size 2
+    assert state["trainer"]["iteration"] == 2 * steps_per_epoch and state["trainer"]["max_epochs"] == 2
+    assert state["lr_scheduler"]["last_epoch"] == 2 * steps_per_epoch
+
+
+def test_monai_bundle_command_line(tmp_path):
+    """`python -m monai.bundle run` (default id) trains, as a user would type it."""
+    args = []
+    for key, value in _small(tmp_path / "run", tmp_path / "data").items():
+        args += [f"--{key}", json.dumps(value) if isinstance(value, list) else str(value)]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(CONFIGS / "train.yaml"), *args]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tmp_path / "run" / "models" / "model.pt").is_file()
+    assert list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents*"))
