@@ -92,12 +92,14 @@ class Commands:
         root = _default_bundle(bundle)
         _run("evaluating", bundle_configs(root, method, evaluate=True), root, overrides)
 
-    def quickstart(self, output_dir: str = "runs/quickstart", method: str | None = None, **overrides: Any) -> None:
+    def quickstart(
+        self, output_dir: str = "runs/quickstart", method: str = "cronos_continuous", **overrides: Any
+    ) -> None:
         """Train on the synthetic phantoms, then evaluate on the test split: the README's main job.
 
         Args:
             output_dir: run folder (checkpoints, TensorBoard logs, evaluation report).
-            method: method overlay (default: discrete CRONOS).
+            method: method overlay (default: continuous CRONOS, which gets the target time).
             overrides: further config overrides, e.g. ``--max_epochs 10``.
         """
         root = _default_bundle(None)
