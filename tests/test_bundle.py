@@ -14,12 +14,10 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from helpers import lci_metrics_from_draws, workflow
 from monai.bundle import ConfigWorkflow, verify_metadata
-from monai.transforms import ScaleIntensityRangePercentilesd
 
 from monai_tfm.data import load_series_datalist
-from monai_tfm.metrics import compute_forecast_metrics
-from monai_tfm.transforms import LoadSeriesd
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLE = REPO / "bundles" / "synthetic_forecasting"
@@ -47,15 +45,7 @@ def _small(tmp: Path, data: Path, **extra) -> dict:
 
 
 def _workflow(files, workflow_type, run_id, **overrides) -> ConfigWorkflow:
-    wf = ConfigWorkflow(
-        config_file=[str(f) for f in files],
-        meta_file=str(CONFIGS / "metadata.json"),
-        workflow_type=workflow_type,
-        run_id=run_id,
-        **overrides,
-    )
-    wf.initialize()
-    return wf
+    return workflow(files, workflow_type, run_id, CONFIGS / "metadata.json", **overrides)
 
 
 def _files(method: str, *more: str) -> list[Path]:
@@ -78,15 +68,6 @@ def test_property_checks(tmp_path):
         [CONFIGS / "inference.yaml"], "infer", "run", bundle_root=str(BUNDLE), dataset_dir=str(tmp_path / "d")
     )
     assert infer.check_properties() == []
-
-
-def _lci_metrics_from_draws(row: dict, draws: dict, datalist: str, split: str) -> dict:
-    """Recompute LCI's metrics for one CSV row from the saved draws, independently of the engine."""
-    rec = next(d for d in draws["draws"] if d["subject"] == row["subject"] and d["draw"] == int(row["draw"]))
-    item = next(i for i in load_series_datalist(datalist, split) if i["subject"] == row["subject"])
-    s = ScaleIntensityRangePercentilesd("series", 0.5, 99.5, 0.0, 1.0, clip=True)(LoadSeriesd()(item))["series"]
-    lci = s[rec["context_indices"][-1]]
-    return compute_forecast_metrics(lci, s[rec["target_index"]], lci)
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -113,7 +94,7 @@ def test_train_evaluate_infer(tmp_path, method):
     draws = json.loads((run / "eval_test" / "draws.json").read_text())
     datalist = str(data / "datalist.json")
     for r in rows[:2]:
-        ref = _lci_metrics_from_draws(r, draws, datalist, "test")
+        ref = lci_metrics_from_draws(r, draws, load_series_datalist(datalist, "test"))
         assert float(r["lci_psnr"]) == pytest.approx(ref["psnr"], rel=1e-5)
         assert float(r["lci_nrmse"]) == pytest.approx(ref["nrmse"], rel=1e-5)
     summary = (run / "eval_test" / "summary.md").read_text()

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from . import acdc
+from .acdc import ensure_acdc_prepared, fold_split, prepare_acdc
 from .datalist import DatalistError, load_series_datalist, validate_series_item, write_series_datalist
 from .synthetic import (
     DATALIST_NAME,
@@ -18,6 +20,10 @@ __all__ = [
     "DATALIST_NAME",
     "GENERATOR_VERSION",
     "DatalistError",
+    "acdc",
+    "ensure_acdc_prepared",
+    "fold_split",
+    "prepare_acdc",
     "cardiac_curve",
     "ensure_synthetic_dataset",
     "generate_synthetic_dataset",

@@ -31,6 +31,7 @@ of one cross-validation fold.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -55,6 +56,7 @@ __all__ = [
     "ACDC_PREPARE_VERSION",
     "assign_folds",
     "default_acdc_spatial_size",
+    "ensure_acdc_prepared",
     "find_acdc_patients",
     "fold_split",
     "prepare_acdc",
@@ -721,3 +723,34 @@ def prepare_acdc(
         time.perf_counter() - start,
     )
     return out
+
+
+def ensure_acdc_prepared(dataset_dir: PathLike, prepared_dir: PathLike, **kwargs: Any) -> str:
+    """The datalist of an ACDC dataset, preparing it first when ``dataset_dir`` holds the official download.
+
+    * ``dataset_dir/datalist.json`` exists: ``dataset_dir`` is already prepared; its datalist is used.
+    * else ``prepared_dir/datalist.json`` exists: a previous run prepared it; that datalist is used.
+    * else ``dataset_dir`` is read as an official ACDC download and prepared into ``prepared_dir``.
+
+    Args:
+        dataset_dir: a prepared folder or an official ACDC download (never written to).
+        prepared_dir: where to prepare a download.
+        kwargs: options of :func:`prepare_acdc` (``spatial_size``, ``num_frames``, ...).
+
+    Returns:
+        path of the datalist.
+    """
+    own = Path(dataset_dir) / ACDC_DATALIST_NAME
+    if own.is_file():
+        return str(own)
+    done = Path(prepared_dir) / ACDC_DATALIST_NAME
+    if done.is_file():
+        source = json.loads(done.read_text()).get("metadata", {}).get("source")
+        if source is not None and Path(source).resolve() != Path(dataset_dir).resolve():
+            raise ValueError(
+                f"{prepared_dir} holds ACDC data prepared from {source}, not from {dataset_dir}; "
+                "point prepared_dir to a new folder (or dataset_dir to the prepared folder)."
+            )
+        logger.info("using the prepared ACDC data in %s", prepared_dir)
+        return str(done)
+    return str(prepare_acdc(dataset_dir, prepared_dir, **kwargs))

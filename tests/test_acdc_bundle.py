@@ -1,0 +1,120 @@
+# Copyright (c) monai_tfm contributors. Licensed under the Apache License, Version 2.0.
+"""The ACDC bundle on two shared patients: prepare, train one epoch at a tiny grid, evaluate.
+
+Skipped when ../shared is absent.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import REPO, SHARED_ACDC, lci_metrics_from_draws, workflow
+from monai.bundle import verify_metadata
+
+from monai_tfm.data import fold_split
+
+CONFIGS = REPO / "bundles" / "acdc_cine_forecasting" / "configs"
+META = CONFIGS / "metadata.json"
+
+needs_shared = pytest.mark.skipif(not SHARED_ACDC.is_dir(), reason="../shared/data/acdc_cine is not available")
+
+
+def test_metadata_verifies():
+    verify_metadata(meta_file=str(META), filepath=str(REPO / "bundles" / "schema" / "monai_tfm_meta_schema_v1.json"))
+
+
+@pytest.fixture(scope="module")
+def two_patients(tmp_path_factory) -> Path:
+    """An official-layout folder of symlinks to two shared patients (nothing is copied)."""
+    if not SHARED_ACDC.is_dir():
+        pytest.skip("../shared/data/acdc_cine is not available")
+    src = tmp_path_factory.mktemp("acdc_src") / "training"
+    src.mkdir()
+    for pid in ("patient001", "patient021"):
+        (src / pid).symlink_to(SHARED_ACDC / pid, target_is_directory=True)
+    return src.parent
+
+
+def _small(src: Path, tmp: Path, **extra) -> dict:
+    return {
+        "dataset_dir": str(src),
+        "prepared_dir": str(tmp / "prepared"),
+        "spatial_size": [32, 32, 8],
+        "output_dir": str(tmp / "run"),
+        "fold": 0,
+        "max_epochs": 1,
+        "network_def#channels": 8,
+        "val_draws": 1,
+        "eval_draws": 2,
+        "batch_size": 2,
+        **extra,
+    }
+
+
+@needs_shared
+def test_properties(two_patients, tmp_path):
+    train = workflow([CONFIGS / "train.yaml"], "train", "training", META, **_small(two_patients, tmp_path))
+    assert train.check_properties() == []
+    infer = workflow(
+        [CONFIGS / "inference.yaml"],
+        "infer",
+        "run",
+        META,
+        dataset_dir=str(two_patients),
+        prepared_dir=str(tmp_path / "prepared"),
+        spatial_size=[32, 32, 8],
+        infer_split="training",  # the development copy has no test patients
+    )
+    assert infer.check_properties() == []
+
+
+@needs_shared
+@pytest.mark.parametrize("method", ["cronos_discrete", "cronos_continuous"])
+def test_prepare_train_evaluate(two_patients, tmp_path, method):
+    files = [CONFIGS / "train.yaml", CONFIGS / "methods" / f"{method}.yaml"]
+    over = _small(two_patients, tmp_path)
+    wf = workflow(files, "train", "training", META, **over)
+    wf.run()
+    run = tmp_path / "run"
+    assert (run / "models" / "model.pt").is_file()
+    datalist = tmp_path / "prepared" / "datalist.json"
+    train_items, val_items = fold_split(datalist, 0)
+    assert len(train_items) == 1 and len(val_items) == 1
+    ev = workflow(files + [CONFIGS / "evaluate.yaml"], "train", "evaluating", META, **over)
+    ev.run()
+    rows = list(csv.DictReader(open(run / "eval_validation" / "per_sample.csv")))
+    assert len(rows) == 2 and {r["subject"] for r in rows} == {val_items[0]["subject"]}
+    draws = json.loads((run / "eval_validation" / "draws.json").read_text())
+    for r in rows:
+        assert 0 < float(r["model_nrmse"]) < 1 and 0 <= float(r["model_ssim"]) <= 100
+        assert float(r["model_psnr"]) > 5 and 0 <= float(r["target_time"]) <= 1
+        ref = lci_metrics_from_draws(r, draws, val_items)  # LCI from the very draws the model was scored on
+        assert float(r["lci_nrmse"]) == pytest.approx(ref["nrmse"], rel=1e-5)
+        assert float(r["lci_ssim"]) == pytest.approx(ref["ssim"], rel=1e-5)
+    # the prepared frames have the requested grid and 12 phases
+    frames = val_items[0]["frames"]
+    assert len(frames) == 12 and frames[-1]["time"] == pytest.approx(1.0)
+    state = torch.load(run / "models" / "model.pt", weights_only=True)
+    assert all(torch.is_tensor(v) for v in state.values())
+
+
+@needs_shared
+def test_continuous_time_protocol_overlay(two_patients, tmp_path):
+    files = [
+        CONFIGS / "train.yaml",
+        CONFIGS / "methods" / "cronos_continuous.yaml",
+        CONFIGS / "protocols" / "continuous_time.yaml",
+    ]
+    over = _small(two_patients, tmp_path)
+    over.pop("output_dir")
+    wf = workflow(files, "train", "training", META, **over)
+    wf.run()
+    out = Path(wf.parser.get_parsed_content("output_dir"))
+    assert out.name == "cronos_continuous_ct_fold0" or (out / "models" / "model.pt").is_file()
+    draws = json.loads((out / "val_draws.json").read_text())
+    for d in draws["draws"]:
+        assert len(d["context_indices"]) == 2 and d["target_index"] - d["context_indices"][0] <= 3
