@@ -62,34 +62,22 @@ def _means(result: dict) -> dict:
     return {m: {k: v["mean"] for k, v in cells.items()} for m, cells in result["summary"].items()}
 
 
-def _table(names: list[str], results: dict, folds: list[int], eval_name: str = "eval_validation") -> str:
+def _table(names: list[str], results: dict, folds: list[int]) -> str:
     """Mean +- std over folds of per-fold means; LCI from the same draws (identical for every method)."""
-    rows = []
+    md = ["| method | folds | " + " | ".join(METRICS) + " |", "|---" * (len(METRICS) + 2) + "|"]
+    lci_row = None
     for name in names:
         per_fold = [results[name][f] for f in folds if results.get(name, {}).get(f)]
         if not per_fold:
             continue
-        runs = aggregate_runs([{"model": _means(r)["model"]} for r in per_fold], METRICS, ["model"])
-        rows.append((name, runs["model"], len(per_fold)))
-    md = ["| method | folds | " + " | ".join(METRICS) + " |", "|---" * (len(METRICS) + 2) + "|"]
-    for name, cells, n in rows:
-        md.append(
-            f"| {name} | {n} | "
-            + " | ".join(f"{cells[m]['mean']:.4g} +- {cells[m]['std']:.2g}" for m in METRICS)
-            + " |"
-        )
-    lci = []  # one LCI value per fold: every method is evaluated on the same fixed draws
-    for f in folds:
-        r = next((results[n][f] for n in names if results.get(n, {}).get(f)), None)
-        if r is not None:
-            lci.append({"lci": _means(r)["lci"]})
-    if lci:
-        cells = aggregate_runs(lci, METRICS, ["lci"])["lci"]
-        md.append(
-            f"| LCI | {len(lci)} | "
-            + " | ".join(f"{cells[m]['mean']:.4g} +- {cells[m]['std']:.2g}" for m in METRICS)
-            + " |"
-        )
+        runs = aggregate_runs([_means(r) for r in per_fold], METRICS, ["model"])
+        cells = " | ".join(f"{runs['model'][m]['mean']:.4g} +- {runs['model'][m]['std']:.2g}" for m in METRICS)
+        md.append(f"| {name} | {len(per_fold)} | {cells} |")
+        if lci_row is None or len(per_fold) > lci_row[0]:
+            lci = " | ".join(f"{runs['lci'][m]['mean']:.4g} +- {runs['lci'][m]['std']:.2g}" for m in METRICS)
+            lci_row = (len(per_fold), f"| LCI | {len(per_fold)} | {lci} |")
+    if lci_row is not None:
+        md.append(lci_row[1])
     return "\n".join(md)
 
 
@@ -101,12 +89,16 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--channels", type=int, default=16)
     parser.add_argument("--runs", default=",".join(RUNS))
+    parser.add_argument("--ablation-folds", default="0", help="folds on which the non-main runs are trained")
+    parser.add_argument("--report-only", action="store_true", help="collect finished runs and write the report")
+    parser.add_argument("--no-figure", action="store_true")
     parser.add_argument("--out", default=str(REPO / "docs" / "results" / "acdc.md"))
     parser.add_argument("--figure", default=str(REPO / "docs" / "results" / "acdc_examples.png"))
     args = parser.parse_args()
     work = (REPO / args.work).resolve()
     work.mkdir(parents=True, exist_ok=True)
     folds = [int(f) for f in args.folds.split(",")]
+    ablation_folds = [int(f) for f in args.ablation_folds.split(",")]
     names = args.runs.split(",")
     info = provenance()
     prepared = work / "prepared"
@@ -148,9 +140,9 @@ def main() -> None:
             "",
             _table([n for n in names if n in MAIN], results, folds),
             "",
-            "## Ablations (discrete CRONOS, CRONOS Table 4)",
+            f"## Ablations (discrete CRONOS, CRONOS Table 4; fold(s) {ablation_folds})",
             "",
-            _table([n for n in ("cronos_discrete", "cronos_discrete_no_locf") if n in names], results, folds),
+            _table([n for n in ("cronos_discrete", "cronos_discrete_no_locf") if n in names], results, ablation_folds),
             "",
             "`no_locf`: empty grid slots stay zero instead of last-observation-carried-forward (trained that way).",
             "",
@@ -174,12 +166,14 @@ def main() -> None:
             "",
             "dopri5 (rtol = atol = 1e-5) reports the network evaluations it actually made.",
             "",
-            "## Continuous-time protocol (CRONOS appendix B.6.2)",
+            f"## Continuous-time protocol (CRONOS appendix B.6.2; fold(s) {ablation_folds})",
             "",
             "A window of 4 frames: 2 of the 3 frames before the target are context. The discrete model gets the two "
             "frames without times; the continuous one their times and the target time.",
             "",
-            _table([n for n in ("ct_protocol_discrete", "ct_protocol_continuous") if n in names], results, folds),
+            _table(
+                [n for n in ("ct_protocol_discrete", "ct_protocol_continuous") if n in names], results, ablation_folds
+            ),
             "",
             "## Training wall time per run (s)",
             "",
@@ -195,8 +189,12 @@ def main() -> None:
     for fold in folds:
         for name in names:
             method, extra, overrides = RUNS[name]
+            if name not in MAIN and fold not in ablation_folds:
+                continue
             out = work / f"{name}_fold{fold}"
             kw = {**common, **overrides, "fold": fold, "output_dir": str(out)}
+            if _summary(out) is None and args.report_only:
+                continue
             if _summary(out) is None:
                 walls.setdefault(name, {})[fold] = run_bundle(
                     "training", _files(method, extra), work / f"{out.name}_train.log", **kw
@@ -209,7 +207,7 @@ def main() -> None:
             if name == "cronos_discrete":
                 for abl, ov in NFE.items():
                     eval_name = f"eval_{abl}"
-                    if _summary(out, eval_name) is None:
+                    if _summary(out, eval_name) is None and not args.report_only:
                         run_bundle(
                             "evaluating",
                             _files(method, extra, True),
@@ -220,7 +218,7 @@ def main() -> None:
                         )
                     nfe_results.setdefault(abl, {})[fold] = _summary(out, eval_name)
             write()
-    if "cronos_discrete" in names:
+    if "cronos_discrete" in names and not args.no_figure and (work / f"cronos_discrete_fold{folds[0]}").is_dir():
         from acdc_figure import make_figure
 
         make_figure(work / f"cronos_discrete_fold{folds[0]}", args.figure, common, folds[0])
