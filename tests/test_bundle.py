@@ -155,3 +155,18 @@ def test_monai_bundle_command_line(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (tmp_path / "run" / "models" / "model.pt").is_file()
     assert list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents*"))
+
+
+def test_ema_weights_are_validated_and_exported(tmp_path):
+    """With use_ema the exported best model is the EMA copy, and the resume checkpoint holds it."""
+    run = tmp_path / "run"
+    wf = _workflow(_files("cronos_discrete"), "train", "training", **_small(run, tmp_path / "data", use_ema=True))
+    wf.run()
+    state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    assert "ema" in state
+    exported = torch.load(run / "models" / "model.pt", weights_only=True)
+    online = state["network"]
+    ema = state["ema"]
+    key = next(k for k in exported if k.endswith("weight") and exported[k].dtype.is_floating_point)
+    torch.testing.assert_close(exported[key], ema[key])
+    assert not torch.equal(ema[key], online[key])  # EMA lags the online weights after a few steps
