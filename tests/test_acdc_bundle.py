@@ -10,6 +10,8 @@ import csv
 import json
 from pathlib import Path
 
+import nibabel as nib
+import numpy as np
 import pytest
 import torch
 from helpers import REPO, SHARED_ACDC, lci_metrics_from_draws, workflow
@@ -100,6 +102,30 @@ def test_prepare_train_evaluate(two_patients, tmp_path, method):
     assert len(frames) == 12 and frames[-1]["time"] == pytest.approx(1.0)
     state = torch.load(run / "models" / "model.pt", weights_only=True)
     assert all(torch.is_tensor(v) for v in state.values())
+    # inference on the same official-layout folder: ES forecast from the earlier phases, on the prepared grid
+    inf = workflow(
+        [CONFIGS / "inference.yaml", CONFIGS / "methods" / f"{method}.yaml"],
+        "infer",
+        "run",
+        META,
+        dataset_dir=str(two_patients),
+        prepared_dir=str(tmp_path / "prepared"),
+        spatial_size=[32, 32, 8],
+        infer_split="training",
+        ckpt_path=str(run / "models" / "model.pt"),
+        output_dir=str(run),
+        **{"network_def#channels": 8},
+    )
+    inf.run()
+    outs = sorted((run / "forecasts").glob("*_forecast.nii.gz"))
+    assert [o.name.split("_")[0] for o in outs] == ["patient001", "patient021"]
+    by_subject = {i["subject"]: i for i in train_items + val_items}
+    for out in outs:
+        ref = nib.load(by_subject[out.name.split("_")[0]]["frames"][-1]["image"])
+        img = nib.load(out)
+        assert img.shape == ref.shape == (32, 32, 8)
+        assert np.allclose(img.affine, ref.affine, atol=1e-5)
+        assert np.isfinite(img.get_fdata()).all()
 
 
 @needs_shared
