@@ -143,7 +143,7 @@ def main() -> None:
             "",
             "`no_locf`: empty grid slots stay zero instead of last-observation-carried-forward (trained that way).",
             "",
-            f"## Solver steps and aggregation (discrete CRONOS, evaluation only, CRONOS Table 6; fold {ablation_folds})",
+            f"## Solver steps and aggregation (discrete CRONOS, evaluation only; fold {ablation_folds})",
             "",
             "| setting | NFE per forecast | ms per forecast | nrmse | ssim | psnr |",
             "|---|---|---|---|---|---|",
