@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from .checkpoint import TrainingCheckpointer, WeightsLoader, load_weights
+from .direct import DirectPrepareBatch, require_trainable
 from .forecast_metrics import ForecastMetrics, last_context_image
 from .handlers import GradientClipHandler
 from .loss import FlowMatchingLoss
@@ -25,4 +26,6 @@ __all__ = [
     "counted_frames",
     "ProgressBarHandler",
     "ForecastReportWriter",
+    "DirectPrepareBatch",
+    "require_trainable",
 ]

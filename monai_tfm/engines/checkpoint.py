@@ -60,16 +60,28 @@ class WeightsLoader:
     Like MONAI's ``CheckpointLoader`` for a single network, but it reads flat ``model.pt`` files and resume
     checkpoints alike, with ``weights_only=True``, and fails with a message that names the missing file.
 
+    Nothing is loaded (and no file is needed) when ``path`` is ``None`` or the network has no state at all
+    (parameter-free baselines such as LCI and linear extrapolation).
+
     Args:
         network: the network to fill.
-        path: weights file.
+        path: weights file, or ``None`` for nothing to load.
         strict: passed to ``load_state_dict``.
     """
 
-    def __init__(self, network: torch.nn.Module, path: str | Path, strict: bool = True) -> None:
+    def __init__(self, network: torch.nn.Module, path: str | Path | None, strict: bool = True) -> None:
         self.network = network
-        self.path = Path(path)
+        self.path = None if path is None else Path(path)
         self.strict = strict
+
+    def _load(self, _: Engine) -> None:
+        if self.path is None:
+            logger.info("no weights path given: evaluating %s as constructed", type(self.network).__name__)
+            return
+        if not self.network.state_dict():
+            logger.info("%s has no parameters or buffers: nothing to load", type(self.network).__name__)
+            return
+        load_weights(self.network, self.path, self.strict)
 
     def attach(self, engine: Engine) -> None:
         """Attach to an evaluator.
@@ -77,7 +89,7 @@ class WeightsLoader:
         Args:
             engine: the engine.
         """
-        engine.add_event_handler(Events.STARTED, lambda _: load_weights(self.network, self.path, self.strict))
+        engine.add_event_handler(Events.STARTED, self._load)
 
 
 class TrainingCheckpointer:

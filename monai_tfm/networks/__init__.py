@@ -12,8 +12,29 @@
 
 from __future__ import annotations
 
+from .baselines import (
+    ODELSTM3D,
+    ConvLSTM3D,
+    DirectForecaster,
+    LastContextImage,
+    LinearExtrapolation,
+    SimVP3D,
+    ViViT3D,
+)
 from .blocks import FourierFeatures, TimeConditioning
 from .cronos_unet import CronosUNet
 from .tfm_unet import TFMUNet
 
-__all__ = ["CronosUNet", "FourierFeatures", "TFMUNet", "TimeConditioning"]
+__all__ = [
+    "CronosUNet",
+    "FourierFeatures",
+    "TFMUNet",
+    "TimeConditioning",
+    "ConvLSTM3D",
+    "DirectForecaster",
+    "LastContextImage",
+    "LinearExtrapolation",
+    "ODELSTM3D",
+    "SimVP3D",
+    "ViViT3D",
+]

@@ -1,0 +1,59 @@
+# Copyright (c) monai_tfm contributors. Licensed under the Apache License, Version 2.0.
+"""Last Context Image (LCI): the latest real context frame as the forecast (no parameters; SPEC sections 2 and 8)."""
+
+from __future__ import annotations
+
+import torch
+
+from monai_tfm.flows.path import last_real_index
+from monai_tfm.networks.baselines.base import DirectForecaster
+
+__all__ = ["LastContextImage", "select_frames"]
+
+
+def select_frames(context: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Pick one frame per sample.
+
+    Args:
+        context: ``(B, T, C, *S)``.
+        index: ``(B,)`` long frame index per sample.
+
+    Returns:
+        ``(B, C, *S)``.
+    """
+    return context[torch.arange(context.shape[0], device=context.device), index.to(context.device)]
+
+
+class LastContextImage(DirectForecaster):
+    """Forecast = the latest real context frame, whatever the target time (the lower bound every model must beat).
+
+    Args:
+        spatial_dims: number of spatial dimensions.
+    """
+
+    needs_time = False
+
+    def __init__(self, spatial_dims: int = 3) -> None:
+        super().__init__()
+        self.spatial_dims = int(spatial_dims)
+
+    def forward(
+        self,
+        context: torch.Tensor,
+        frame_times: torch.Tensor | None = None,
+        frame_mask: torch.Tensor | None = None,
+        target_time: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Return the last real frame.
+
+        Args:
+            context: ``(B, T, C, *S)``.
+            frame_times: unused.
+            frame_mask: ``(B, T)`` bool real frames (``None``: all real).
+            target_time: unused.
+
+        Returns:
+            ``(B, C, *S)``.
+        """
+        context, _, mask, _ = self.check_inputs(context, frame_times, frame_mask, target_time)
+        return select_frames(context, last_real_index(mask))
