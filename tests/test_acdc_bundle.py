@@ -136,11 +136,12 @@ def test_continuous_time_protocol_overlay(two_patients, tmp_path):
         CONFIGS / "protocols" / "continuous_time.yaml",
     ]
     over = _small(two_patients, tmp_path)
-    over.pop("output_dir")
+    over.pop("output_dir")  # the overlay names the run folder; keep it under tmp_path, not in the repository
+    over["bundle_root"] = str(tmp_path)
     wf = workflow(files, "train", "training", META, **over)
     wf.run()
     out = Path(wf.parser.get_parsed_content("output_dir"))
-    assert out.name == "cronos_continuous_ct_fold0" or (out / "models" / "model.pt").is_file()
+    assert out == tmp_path / "runs" / "cronos_continuous_ct_fold0" and (out / "models" / "model.pt").is_file()
     draws = json.loads((out / "val_draws.json").read_text())
     for d in draws["draws"]:
         assert len(d["context_indices"]) == 2 and d["target_index"] - d["context_indices"][0] <= 3
