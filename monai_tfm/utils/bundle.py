@@ -44,19 +44,22 @@ def find_bundle_root(name: str) -> str:
 
 
 def setup_logging(level: int | str = logging.INFO) -> None:
-    """Send the package's log records to stderr once (MONAI's bundle runner configures only its own logger).
+    """Show the package's log records on stderr (MONAI's bundle runner configures only its own logger).
+
+    A handler is added to the ``monai_tfm`` logger once, and only when the root logger has none (an application that
+    configured logging keeps its own). Records still propagate, so log capture (e.g. pytest's) keeps working.
 
     Args:
         level: log level of the ``monai_tfm`` logger.
     """
     pkg = logging.getLogger("monai_tfm")
     pkg.setLevel(level)
-    if not any(getattr(h, "_monai_tfm", False) for h in pkg.handlers):
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
-        handler._monai_tfm = True  # type: ignore[attr-defined]
-        pkg.addHandler(handler)
-        pkg.propagate = False
+    if logging.getLogger().handlers or any(getattr(h, "_monai_tfm", False) for h in pkg.handlers):
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+    handler._monai_tfm = True  # type: ignore[attr-defined]
+    pkg.addHandler(handler)
 
 
 def log_run_summary(checkpointer: Any) -> dict[str, Any]:
