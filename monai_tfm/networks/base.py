@@ -23,25 +23,25 @@ def check_frames_input(x: torch.Tensor, spatial_dims: int, num_frames: int, in_c
     Raises:
         ValueError: on a mismatch.
     """
-    if x.ndim != 3 + spatial_dims or x.shape[1] != num_frames or x.shape[2] != in_channels:
+    if x.dim() != 3 + spatial_dims or x.shape[1] != num_frames or x.shape[2] != in_channels:
         raise ValueError(
             f"expected x of shape (B, K={num_frames}, C={in_channels}, {spatial_dims} spatial dims), "
-            f"got {tuple(x.shape)}."
+            f"got {list(x.shape)}."
         )
 
 
 class FrameVelocityNet(nn.Module):
     """Base of the velocity networks: ``(x (B, K, C, *S), tau, times) -> v (B, K, C, *S)``.
 
-    Subclasses set ``spatial_dims``, ``num_frames``, ``in_channels`` and ``time_cond`` (a
-    :class:`~monai_tfm.networks.blocks.TimeConditioning`), and implement :meth:`down_strides` and :meth:`backbone`,
-    which maps the frames stacked along channels ``(B, K*C, *S)`` and the conditioning vector to ``(B, K*C, *S)``.
-    """
+    Subclasses set ``spatial_dims``, ``num_frames``, ``in_channels`` (ints) and ``time_cond`` (a
+    :class:`~monai_tfm.networks.blocks.TimeConditioning`), and implement :meth:`down_strides` (tuples, for callers),
+    :meth:`stride_lists` (the same as lists, used by ``forward``) and :meth:`backbone`, which maps the frames stacked
+    along channels ``(B, K*C, *S)`` and the conditioning vector to ``(B, K*C, *S)``.
 
-    spatial_dims: int
-    num_frames: int
-    in_channels: int
-    time_cond: nn.Module
+    The forward pass is TorchScript-compatible: ``torch.jit.script(net)`` (and so MONAI's ``ckpt_export``) gives a
+    module with the same arguments, including the flow step and the times (no class-level attribute annotations
+    here: TorchScript cannot read them under postponed evaluation of annotations).
+    """
 
     def down_strides(self, spatial_size: Sequence[int]) -> list[tuple[int, ...]]:
         """Stride of each downsampling step for an input of ``spatial_size``.
@@ -54,13 +54,24 @@ class FrameVelocityNet(nn.Module):
         """
         raise NotImplementedError
 
-    def backbone(self, h: torch.Tensor, cond: torch.Tensor, strides: list[tuple[int, ...]]) -> torch.Tensor:
+    def stride_lists(self, spatial_size: list[int]) -> list[list[int]]:
+        """:meth:`down_strides` as lists (TorchScript has no variable-length tuples).
+
+        Args:
+            spatial_size: spatial size of the input.
+
+        Returns:
+            one stride list per downsampling step.
+        """
+        raise NotImplementedError
+
+    def backbone(self, h: torch.Tensor, cond: torch.Tensor, strides: list[list[int]]) -> torch.Tensor:
         """The UNet on channel-stacked frames.
 
         Args:
             h: ``(B, K*C, *S)``.
             cond: ``(B, cond_dim)`` conditioning vector.
-            strides: from :meth:`down_strides`.
+            strides: from :meth:`stride_lists`.
 
         Returns:
             ``(B, K*C, *S)`` velocities.
@@ -91,7 +102,8 @@ class FrameVelocityNet(nn.Module):
             ValueError: for a mis-shaped `x`, or missing time inputs in continuous mode.
         """
         check_frames_input(x, self.spatial_dims, self.num_frames, self.in_channels)
-        b, spatial = x.shape[0], x.shape[3:]
+        b = x.shape[0]
+        spatial = [int(s) for s in x.shape[3:]]
         cond = self.time_cond(tau, frame_times, frame_mask, target_time, batch_size=b).to(x.dtype)
-        v = self.backbone(x.reshape(b, -1, *spatial), cond, self.down_strides(spatial))
+        v = self.backbone(x.reshape([b, -1] + spatial), cond, self.stride_lists(spatial))
         return v.reshape(x.shape)

@@ -12,16 +12,24 @@
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Sequence
 
 import torch
+import torch.utils.checkpoint
 from monai.networks.layers import Conv
 from torch import nn
 
 from monai_tfm.networks.base import FrameVelocityNet
 from monai_tfm.networks.blocks.attention import WindowAttention
 from monai_tfm.networks.blocks.film import FiLMResBlock
-from monai_tfm.networks.blocks.resample import StridedConvDownsample, compute_down_strides, resize_to
+from monai_tfm.networks.blocks.interfaces import CondModule, StridedModule, TensorModule
+from monai_tfm.networks.blocks.resample import (
+    StridedConvDownsample,
+    compute_down_strides,
+    down_stride_lists,
+    resize_to,
+)
 from monai_tfm.networks.blocks.time_embedding import TimeConditioning
 
 __all__ = ["CronosUNet"]
@@ -62,6 +70,9 @@ class CronosUNet(FrameVelocityNet):
         spatial_size: if given, the stride pattern is fixed from this size; otherwise it is computed from every
             input's size.
         film_mode: FiLM form, ``"paper"`` (``alpha * GN(h) + beta + h``, default) or ``"scale_shift"``.
+        activation_checkpointing: in training mode, recompute the activations of every residual block in the
+            backward pass instead of storing them (``torch.utils.checkpoint``): less memory, about one more forward
+            pass of compute, the same gradients. Not available in a TorchScript module in training mode.
     """
 
     def __init__(
@@ -84,8 +95,10 @@ class CronosUNet(FrameVelocityNet):
         min_size: int = 4,
         spatial_size: Sequence[int] | None = None,
         film_mode: str = "paper",
+        activation_checkpointing: bool = False,
     ) -> None:
         super().__init__()
+        self.activation_checkpointing = bool(activation_checkpointing)
         if spatial_dims not in (2, 3):
             raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}.")
         if len(channel_mult) < 1:
@@ -98,6 +111,8 @@ class CronosUNet(FrameVelocityNet):
         self._fixed_strides = (
             None if spatial_size is None else compute_down_strides(spatial_size, self.num_levels - 1, min_size)
         )
+        # the same for TorchScript: a non-empty int list (zeros: strides follow the input size)
+        self._fixed_size = [0] * spatial_dims if spatial_size is None else [int(v) for v in spatial_size]
         conv = Conv[Conv.CONV, spatial_dims]
         widths = [channels * m for m in channel_mult]
         io_channels = num_frames * in_channels
@@ -121,7 +136,7 @@ class CronosUNet(FrameVelocityNet):
             prev = w
 
         self.mid_block1 = FiLMResBlock(spatial_dims, prev, prev, cond_dim, norm_groups, film_mode)
-        self.mid_attn: nn.Module = (
+        self.mid_attn = (
             WindowAttention(spatial_dims, prev, attention_heads, attention_window, attention_head_dim, norm_groups)
             if attention
             else nn.Identity()
@@ -154,31 +169,63 @@ class CronosUNet(FrameVelocityNet):
             return self._fixed_strides
         return compute_down_strides(spatial_size, self.num_levels - 1, self.min_size)
 
-    def backbone(self, h: torch.Tensor, cond: torch.Tensor, strides: list[tuple[int, ...]]) -> torch.Tensor:
+    def stride_lists(self, spatial_size: list[int]) -> list[list[int]]:
+        """:meth:`down_strides` as lists (TorchScript-compatible, used by ``forward``).
+
+        Args:
+            spatial_size: spatial size of the input.
+
+        Returns:
+            one stride list per downsampling step.
+        """
+        size = spatial_size if self._fixed_size[0] <= 0 else self._fixed_size
+        return down_stride_lists(size, self.num_levels - 1, self.min_size, [True] * len(size))
+
+    @torch.jit.unused
+    def _checkpointed(self, name: str, index: int, h: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """Run the residual block ``name`` (``[index]`` when ``index >= 0``) under activation checkpointing."""
+        block = getattr(self, name)
+        block = block[index] if index >= 0 else block
+        return torch.utils.checkpoint.checkpoint(block, h, cond, use_reentrant=False)
+
+    def backbone(self, h: torch.Tensor, cond: torch.Tensor, strides: list[list[int]]) -> torch.Tensor:
         """The UNet on channel-stacked frames (see :class:`FrameVelocityNet`).
 
         Args:
             h: `(B, K*C, *S)`.
             cond: conditioning vector `(B, cond_dim)`.
-            strides: from :meth:`down_strides`.
+            strides: from :meth:`stride_lists`.
 
         Returns:
             `(B, K*C, *S)` velocities.
         """
         h = self.stem(h)
-        skips = []
+        skips: list[torch.Tensor] = []
+        ckpt = self.activation_checkpointing and self.training
         for i, block in enumerate(self.down_blocks):
-            h = block(h, cond)
+            h = self._checkpointed("down_blocks", i, h, cond) if ckpt else block(h, cond)
             skips.append(h)
             if i < self.num_levels - 1:
-                h = self.downsamples[i](h, strides[i])
+                down: StridedModule = self.downsamples[i]
+                h = down.forward(h, strides[i])
 
-        h = self.mid_block2(self.mid_attn(self.mid_block1(h, cond)), cond)
+        h = self._checkpointed("mid_block1", -1, h, cond) if ckpt else self.mid_block1(h, cond)
+        h = self.mid_attn(h)
+        h = self._checkpointed("mid_block2", -1, h, cond) if ckpt else self.mid_block2(h, cond)
 
-        for i in reversed(range(self.num_levels)):
+        for i in range(self.num_levels - 1, -1, -1):
             if i < self.num_levels - 1:
-                h = self.up_convs[i](resize_to(h, skips[i].shape[2:], mode="linear"))
-            h = self.up_blocks[i](torch.cat([h, skips[i]], dim=1), cond)
+                up_conv: TensorModule = self.up_convs[i]
+                h = up_conv.forward(resize_to(h, skips[i].shape[2:], mode="linear"))
+            up_block: CondModule = self.up_blocks[i]
+            h = torch.cat([h, skips[i]], dim=1)
+            h = self._checkpointed("up_blocks", i, h, cond) if ckpt else up_block.forward(h, cond)
 
         v = self.out_conv(self.head(h))
         return v
+
+
+# TorchScript types the stub of an unused method from its runtime annotations, which ``from __future__ import
+# annotations`` leaves as strings ("Unknown type annotation: 'str'"): evaluate them so that torch.jit.script (and
+# MONAI's ckpt_export) can compile the network.
+CronosUNet._checkpointed.__annotations__ = typing.get_type_hints(CronosUNet._checkpointed)

@@ -25,7 +25,13 @@ from torch import nn
 
 from monai_tfm.networks.base import FrameVelocityNet
 from monai_tfm.networks.blocks.attention import WindowAttention
-from monai_tfm.networks.blocks.resample import StridedConvDownsample, compute_down_strides, resize_to
+from monai_tfm.networks.blocks.interfaces import StridedModule, TensorModule
+from monai_tfm.networks.blocks.resample import (
+    StridedConvDownsample,
+    compute_down_strides,
+    down_stride_lists,
+    resize_to,
+)
 from monai_tfm.networks.blocks.time_embedding import TimeConditioning
 
 __all__ = ["TFMUNet", "TimeEmbedResBlock"]
@@ -82,7 +88,7 @@ class TimeEmbedResBlock(nn.Module):
             `(B, C_out, *S)`.
         """
         h = self.in_layers(x)
-        h = h + self.emb_layers(emb).reshape(emb.shape[0], -1, *([1] * self.spatial_dims))
+        h = h + self.emb_layers(emb).reshape([emb.shape[0], -1] + [1] * self.spatial_dims)
         return self.skip(x) + self.out_layers(h)
 
 
@@ -164,6 +170,7 @@ class TFMUNet(FrameVelocityNet):
         self.min_size = min_size
         # in-plane axes: the last two (H, W); for 2D inputs that is both
         self._down_axes = (spatial_dims - 2, spatial_dims - 1)
+        self._down_mask = [a in self._down_axes for a in range(spatial_dims)]  # the same for TorchScript
         conv = Conv[Conv.CONV, spatial_dims]
         io_channels = num_frames * in_channels
 
@@ -236,13 +243,24 @@ class TFMUNet(FrameVelocityNet):
         """
         return compute_down_strides(spatial_size, self.num_levels - 1, self.min_size, axes=self._down_axes)
 
-    def backbone(self, h: torch.Tensor, cond: torch.Tensor, strides: list[tuple[int, ...]]) -> torch.Tensor:
+    def stride_lists(self, spatial_size: list[int]) -> list[list[int]]:
+        """:meth:`down_strides` as lists (TorchScript-compatible, used by ``forward``).
+
+        Args:
+            spatial_size: spatial size of the input.
+
+        Returns:
+            one stride list per downsampling step.
+        """
+        return down_stride_lists(spatial_size, self.num_levels - 1, self.min_size, self._down_mask)
+
+    def backbone(self, h: torch.Tensor, cond: torch.Tensor, strides: list[list[int]]) -> torch.Tensor:
         """The UNet on channel-stacked frames (see :class:`FrameVelocityNet`).
 
         Args:
             h: `(B, K*C, *S)`.
             cond: conditioning vector `(B, cond_dim)`.
-            strides: from :meth:`down_strides`.
+            strides: from :meth:`stride_lists`.
 
         Returns:
             `(B, K*C, *S)` velocities.
@@ -254,7 +272,8 @@ class TFMUNet(FrameVelocityNet):
                 h = block(h, cond)
                 hs.append(h)
             if level < self.num_levels - 1:
-                h = self.downsamples[level](h, strides[level])
+                down: StridedModule = self.downsamples[level]
+                h = down.forward(h, strides[level])
                 hs.append(h)
 
         h = self.mid_block2(self.mid_attn(self.mid_block1(h, cond)), cond)
@@ -263,7 +282,8 @@ class TFMUNet(FrameVelocityNet):
             for block in blocks:
                 h = block(torch.cat([h, hs.pop()], dim=1), cond)
             if j < self.num_levels - 1:
-                h = self.upsamples[j](resize_to(h, hs[-1].shape[2:], mode="nearest"))
+                up: TensorModule = self.upsamples[j]
+                h = up.forward(resize_to(h, hs[-1].shape[2:], mode="nearest"))
 
         v = self.out_conv(self.out_norm(h))
         return v

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from monai.networks.blocks import SABlock
 from torch import nn
 
-__all__ = ["WindowAttention"]
+__all__ = ["WindowAttention", "window_merge", "window_partition"]
 
 
 class WindowAttention(nn.Module):
@@ -64,6 +64,8 @@ class WindowAttention(nn.Module):
             self.window_size = tuple(int(w) for w in window_size)
             if len(self.window_size) != spatial_dims:
                 raise ValueError(f"window_size needs {spatial_dims} entries, got {window_size}.")
+        # the window as a list for TorchScript (0: the whole axis, i.e. global attention)
+        self._window = [0] * spatial_dims if self.window_size is None else list(self.window_size)
         self.norm = nn.GroupNorm(norm_groups, channels)
         self.attn = SABlock(
             hidden_size=channels, num_heads=num_heads, dim_head=head_dim, qkv_bias=True, use_flash_attention=True
@@ -78,55 +80,81 @@ class WindowAttention(nn.Module):
         Returns:
             a tensor of the same shape.
         """
-        b, _, *spatial = x.shape
-        win = spatial if self.window_size is None else [min(w, s) for w, s in zip(self.window_size, spatial)]
-        pads = [(-s) % w for s, w in zip(spatial, win)]
+        b = x.shape[0]
+        spatial = [int(s) for s in x.shape[2:]]
+        win: list[int] = []
+        pads: list[int] = []
+        for i in range(len(spatial)):
+            w = spatial[i] if self._window[i] <= 0 else min(self._window[i], spatial[i])
+            win.append(w)
+            pads.append((w - spatial[i] % w) % w)
         h = self.norm(x)
-        mask = None
-        if any(pads):
+        mask: torch.Tensor | None = None
+        padded_any = sum(pads) > 0
+        if padded_any:
             # F.pad takes (last axis first) pairs (before, after)
-            h = F.pad(h, [p for pad in reversed(pads) for p in (0, pad)])
-            valid = torch.ones((1, 1, *spatial), dtype=h.dtype, device=h.device)
-            valid = F.pad(valid, [p for pad in reversed(pads) for p in (0, pad)])
-            mask = self._partition(valid, win)[..., 0] > 0  # (nW, N)
-            mask = mask.repeat(b, 1)[:, None, None, :]  # (B * nW, 1, 1, N): keys only
-        padded = list(h.shape[2:])
-        tokens = self._partition(h, win)  # (B * nW, N, C)
+            pad_arg: list[int] = []
+            for i in range(len(pads) - 1, -1, -1):
+                pad_arg += [0, pads[i]]
+            h = F.pad(h, pad_arg)
+            valid = torch.ones([1, 1] + spatial, dtype=h.dtype, device=h.device)
+            valid = F.pad(valid, pad_arg)
+            keys = window_partition(valid, win)[..., 0] > 0  # (nW, N)
+            mask = keys.repeat(b, 1)[:, None, None, :]  # (B * nW, 1, 1, N): keys only
+        padded = [int(s) for s in h.shape[2:]]
+        tokens = window_partition(h, win)  # (B * nW, N, C)
         out = self.attn(tokens, attn_mask=mask)
-        out = self._merge(out, b, padded, win)
-        if any(pads):
-            out = out[(slice(None), slice(None), *[slice(0, s) for s in spatial])]
+        out = window_merge(out, b, padded, win)
+        if padded_any:
+            for i in range(len(spatial)):
+                out = out.narrow(2 + i, 0, spatial[i])
         return x + out
 
-    @staticmethod
-    def _partition(h: torch.Tensor, win: Sequence[int]) -> torch.Tensor:
-        """`(B, C, *S)` with `S` a multiple of `win` -> `(B * nW, prod(win), C)`."""
-        b, c, *spatial = h.shape
-        nd = len(spatial)
-        shape = [b, c]
-        for s, w in zip(spatial, win):
-            shape += [s // w, w]
-        h = h.reshape(shape)
-        # (B, C, n1, w1, n2, w2, ...) -> (B, n1, n2, ..., w1, w2, ..., C)
-        perm = [0] + [2 + 2 * i for i in range(nd)] + [3 + 2 * i for i in range(nd)] + [1]
-        h = h.permute(perm)
-        n_win = 1
-        for s, w in zip(spatial, win):
-            n_win *= s // w
-        n_tok = 1
-        for w in win:
-            n_tok *= w
-        return h.reshape(b * n_win, n_tok, c)
 
-    @staticmethod
-    def _merge(tokens: torch.Tensor, b: int, spatial: Sequence[int], win: Sequence[int]) -> torch.Tensor:
-        """Inverse of `_partition`: `(B * nW, prod(win), C)` -> `(B, C, *S)`."""
-        nd = len(spatial)
-        c = tokens.shape[-1]
-        counts = [s // w for s, w in zip(spatial, win)]
-        h = tokens.reshape([b, *counts, *win, c])
-        # (B, n1, ..., nd, w1, ..., wd, C) -> (B, C, n1, w1, n2, w2, ...)
-        perm = [0, 1 + 2 * nd]
-        for i in range(nd):
-            perm += [1 + i, 1 + nd + i]
-        return h.permute(perm).reshape(b, c, *spatial)
+def window_partition(h: torch.Tensor, win: list[int]) -> torch.Tensor:
+    """`(B, C, *S)` with `S` a multiple of `win` -> `(B * nW, prod(win), C)` (TorchScript-compatible).
+
+    Args:
+        h: feature map.
+        win: window edge per spatial axis.
+
+    Returns:
+        the windows as token sequences.
+    """
+    b, c = h.shape[0], h.shape[1]
+    spatial = [int(s) for s in h.shape[2:]]
+    nd = len(spatial)
+    shape = [b, c]
+    n_win = 1
+    n_tok = 1
+    for i in range(nd):
+        shape += [spatial[i] // win[i], win[i]]
+        n_win *= spatial[i] // win[i]
+        n_tok *= win[i]
+    h = h.reshape(shape)
+    # (B, C, n1, w1, n2, w2, ...) -> (B, n1, n2, ..., w1, w2, ..., C)
+    perm = [0] + [2 + 2 * i for i in range(nd)] + [3 + 2 * i for i in range(nd)] + [1]
+    return h.permute(perm).reshape(b * n_win, n_tok, c)
+
+
+def window_merge(tokens: torch.Tensor, b: int, spatial: list[int], win: list[int]) -> torch.Tensor:
+    """Inverse of :func:`window_partition`: `(B * nW, prod(win), C)` -> `(B, C, *S)` (TorchScript-compatible).
+
+    Args:
+        tokens: the windows as token sequences.
+        b: batch size.
+        spatial: spatial size of the (padded) feature map.
+        win: window edge per spatial axis.
+
+    Returns:
+        the feature map.
+    """
+    nd = len(spatial)
+    c = tokens.shape[-1]
+    counts = [spatial[i] // win[i] for i in range(nd)]
+    h = tokens.reshape([b] + counts + win + [c])
+    # (B, n1, ..., nd, w1, ..., wd, C) -> (B, C, n1, w1, n2, w2, ...)
+    perm = [0, 1 + 2 * nd]
+    for i in range(nd):
+        perm += [1 + i, 1 + nd + i]
+    return h.permute(perm).reshape([b, c] + spatial)

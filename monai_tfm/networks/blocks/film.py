@@ -80,7 +80,8 @@ class FiLMResBlock(nn.Module):
         """
         pre = self.conv1(x)
         h = self.norm1(pre)
-        alpha, beta = self.film(cond).reshape(cond.shape[0], 2, -1, *([1] * self.spatial_dims)).unbind(1)
+        ab = self.film(cond).reshape([cond.shape[0], 2, -1] + [1] * self.spatial_dims)
+        alpha, beta = ab[:, 0], ab[:, 1]
         residual = pre if self.film_mode == "paper" else h
         h = self.act(alpha * h + beta + residual)
         h = self.norm2(self.conv2(h))

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from monai.networks.layers import Conv
 from torch import nn
 
-__all__ = ["StridedConvDownsample", "compute_down_strides", "resize_to"]
+__all__ = ["StridedConvDownsample", "compute_down_strides", "down_stride_lists", "resize_to"]
 
 
 def compute_down_strides(
@@ -51,11 +51,30 @@ def compute_down_strides(
     if num_down < 0 or min_size < 1:
         raise ValueError(f"need num_down >= 0 and min_size >= 1, got {num_down} and {min_size}.")
     allowed = set(range(len(spatial_size))) if axes is None else {a % len(spatial_size) for a in axes}
+    mask = [a in allowed for a in range(len(spatial_size))]
+    return [tuple(step) for step in down_stride_lists([int(s) for s in spatial_size], num_down, min_size, mask)]
+
+
+def down_stride_lists(spatial_size: list[int], num_down: int, min_size: int, allowed: list[bool]) -> list[list[int]]:
+    """TorchScript-compatible core of :func:`compute_down_strides` (lists instead of tuples, no checks).
+
+    Args:
+        spatial_size: the input's spatial size.
+        num_down: number of downsampling steps.
+        min_size: smallest size an axis may be halved to.
+        allowed: one flag per axis, True where the axis may be downsampled.
+
+    Returns:
+        one stride list per step.
+    """
     size = [int(s) for s in spatial_size]
-    strides = []
+    strides: list[list[int]] = []
     for _ in range(num_down):
-        step = tuple(2 if a in allowed and (n + 1) // 2 >= min_size else 1 for a, n in enumerate(size))
-        size = [(n + s - 1) // s for n, s in zip(size, step)]
+        step: list[int] = []
+        for a in range(len(size)):
+            step.append(2 if allowed[a] and (size[a] + 1) // 2 >= min_size else 1)
+        for a in range(len(size)):
+            size[a] = (size[a] + step[a] - 1) // step[a]
         strides.append(step)
     return strides
 
@@ -76,36 +95,41 @@ class StridedConvDownsample(nn.Module):
         self.conv = Conv[Conv.CONV, spatial_dims](
             in_channels, out_channels or in_channels, kernel_size=kernel_size, padding=kernel_size // 2
         )
+        self.padding = [kernel_size // 2] * spatial_dims
 
-    def forward(self, x: torch.Tensor, stride: Sequence[int]) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, stride: list[int]) -> torch.Tensor:
         """Apply the convolution.
 
         Args:
             x: `(B, C, *S)`.
-            stride: one stride per spatial axis (1 or 2).
+            stride: one stride per spatial axis (1 or 2); a list or a tuple.
 
         Returns:
             `(B, C_out, *ceil(S / stride))`.
         """
-        conv_fn = F.conv3d if self.spatial_dims == 3 else F.conv2d if self.spatial_dims == 2 else F.conv1d
-        return conv_fn(x, self.conv.weight, self.conv.bias, stride=tuple(stride), padding=self.conv.padding)
+        stride = [int(s) for s in stride]
+        if self.spatial_dims == 3:
+            return F.conv3d(x, self.conv.weight, self.conv.bias, stride=stride, padding=self.padding)
+        if self.spatial_dims == 2:
+            return F.conv2d(x, self.conv.weight, self.conv.bias, stride=stride, padding=self.padding)
+        return F.conv1d(x, self.conv.weight, self.conv.bias, stride=stride, padding=self.padding)
 
 
-def resize_to(x: torch.Tensor, size: Sequence[int], mode: str = "linear") -> torch.Tensor:
+def resize_to(x: torch.Tensor, size: list[int], mode: str = "linear") -> torch.Tensor:
     """Resize `x` to the exact spatial `size` (a no-op when the size already matches).
 
     Args:
         x: `(B, C, *S)`.
-        size: target spatial size.
+        size: target spatial size (a list, tuple or `torch.Size`).
         mode: `"linear"` (bi/trilinear by dimension, `align_corners=False`) or `"nearest"`.
 
     Returns:
         `(B, C, *size)`.
     """
-    size = tuple(int(s) for s in size)
-    if tuple(x.shape[2:]) == size:
+    size = [int(s) for s in size]
+    if list(x.shape[2:]) == size:
         return x
     if mode == "linear":
-        mode = {1: "linear", 2: "bilinear", 3: "trilinear"}[x.ndim - 2]
-        return F.interpolate(x, size=size, mode=mode, align_corners=False)
+        linear = "linear" if x.dim() == 3 else "bilinear" if x.dim() == 4 else "trilinear"
+        return F.interpolate(x, size=size, mode=linear, align_corners=False)
     return F.interpolate(x, size=size, mode=mode)

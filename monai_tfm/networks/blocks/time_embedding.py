@@ -40,13 +40,25 @@ def broadcast_tau(
     Raises:
         ValueError: when `tau` has neither one nor `batch_size` elements.
     """
-    dtype = dtype or torch.get_default_dtype()
-    tau_t = torch.as_tensor(tau, device=device).to(dtype=dtype)
+    if torch.jit.is_scripting():
+        tau_t = _tau_tensor(tau).to(device=device)
+        if dtype is not None:
+            tau_t = tau_t.to(dtype=dtype)
+    else:
+        tau_t = torch.as_tensor(tau, device=device).to(dtype=dtype or torch.get_default_dtype())
     if tau_t.numel() == 1:
         return tau_t.reshape(1).expand(batch_size)
     if tau_t.numel() != batch_size:
-        raise ValueError(f"tau must have 1 or batch_size={batch_size} elements, got shape {tuple(tau_t.shape)}.")
+        raise ValueError(f"tau must have 1 or batch_size={batch_size} elements, got shape {list(tau_t.shape)}.")
     return tau_t.reshape(batch_size)
+
+
+def _tau_tensor(tau: float | torch.Tensor) -> torch.Tensor:
+    """A number or a tensor as a tensor (TorchScript: one refinement of the union, in a function of its own, because
+    a refined union variable used again after the branch does not survive ``torch.jit.save``/``load``)."""
+    if isinstance(tau, torch.Tensor):
+        return tau
+    return torch.tensor(tau)
 
 
 class FourierFeatures(nn.Module):
@@ -171,21 +183,26 @@ class TimeConditioning(nn.Module):
         """
         dtype = self.fourier.freqs.dtype
         device = self.fourier.freqs.device
-        if batch_size is None:
-            if frame_times is not None and self.mode == "continuous":
-                batch_size = frame_times.shape[0]
-            elif isinstance(tau, torch.Tensor) and tau.ndim > 0:
-                batch_size = tau.shape[0]
-            else:
-                raise ValueError("batch_size is needed when tau is a scalar and there are no frame times.")
-        tau_b = broadcast_tau(tau, batch_size, device=device, dtype=dtype)
+        if torch.jit.is_scripting():
+            tau_t = _tau_tensor(tau)
+        else:
+            tau_t = torch.as_tensor(tau)
+        if batch_size is not None:
+            b = batch_size
+        elif frame_times is not None and self.mode == "continuous":
+            b = frame_times.shape[0]
+        elif tau_t.dim() > 0:
+            b = tau_t.shape[0]
+        else:
+            raise ValueError("batch_size is needed when tau is a scalar and there are no frame times.")
+        tau_b = broadcast_tau(tau_t, b, device=device, dtype=dtype)
         codes = [self.fourier(tau_b)]
         if self.mode == "continuous":
-            codes.append(self._frame_code(frame_times, frame_mask, batch_size))
+            codes.append(self._frame_code(frame_times, frame_mask, b))
             if self.use_target_time:
                 if target_time is None:
                     raise ValueError("continuous time conditioning with use_target_time=True needs target_time (B,).")
-                codes.append(self.fourier(broadcast_tau(target_time, batch_size, device=device, dtype=dtype)))
+                codes.append(self.fourier(broadcast_tau(target_time, b, device=device, dtype=dtype)))
         return self.mlp(torch.cat(codes, dim=-1))
 
     def _frame_code(
@@ -194,16 +211,20 @@ class TimeConditioning(nn.Module):
         """Masked mean of the frame-time codes (CRONOS eq. 11); zeros for rows without a real frame."""
         if frame_times is None:
             raise ValueError("continuous time conditioning needs frame_times (B, K); got None.")
-        frame_times = torch.as_tensor(frame_times, device=self.fourier.freqs.device).to(self.fourier.freqs.dtype)
-        if frame_times.ndim != 2 or frame_times.shape[0] != batch_size:
-            raise ValueError(f"frame_times must have shape (B={batch_size}, K), got {tuple(frame_times.shape)}.")
+        if not torch.jit.is_scripting():
+            frame_times = torch.as_tensor(frame_times)
+        frame_times = frame_times.to(device=self.fourier.freqs.device, dtype=self.fourier.freqs.dtype)
+        if frame_times.dim() != 2 or frame_times.shape[0] != batch_size:
+            raise ValueError(f"frame_times must have shape (B={batch_size}, K), got {list(frame_times.shape)}.")
         gam = self.fourier(frame_times)  # (B, K, F)
         if frame_mask is None:
             return gam.mean(dim=1)
-        frame_mask = torch.as_tensor(frame_mask, device=gam.device)
+        if not torch.jit.is_scripting():
+            frame_mask = torch.as_tensor(frame_mask)
+        frame_mask = frame_mask.to(device=gam.device)
         if frame_mask.shape != frame_times.shape:
             raise ValueError(
-                f"frame_mask shape {tuple(frame_mask.shape)} must match frame_times shape {tuple(frame_times.shape)}."
+                f"frame_mask shape {list(frame_mask.shape)} must match frame_times shape {list(frame_times.shape)}."
             )
         weights = frame_mask.to(gam.dtype).unsqueeze(-1)  # (B, K, 1)
         # torch.where (not a product) so that non-finite times of padded frames cannot leak in as NaN
