@@ -67,6 +67,62 @@ def _run(run_id: str, files: list[str], bundle_root: Path, overrides: dict[str, 
     run(run_id, config_file=files, **overrides)
 
 
+# options that take several values; fire gives a flag one value, so ``--scans a b c`` is joined into one list first
+LIST_FLAGS = {"forecast": ("--scans", "--times")}
+
+
+def _is_flag(token: str) -> bool:
+    if token.startswith("--"):
+        return True
+    return len(token) > 1 and token.startswith("-") and not token[1].isdigit() and token[1] != "."
+
+
+def _list_value(value: str) -> str:
+    """``[a,b]`` with bare paths (which fire would keep as one string) -> ``['a', 'b']``."""
+    import ast
+
+    if not (value.startswith("[") and value.endswith("]")):
+        return value
+    try:
+        if isinstance(ast.literal_eval(value), list):
+            return value
+    except (ValueError, SyntaxError):
+        pass
+    return repr([item.strip().strip("'\"") for item in value[1:-1].split(",") if item.strip()])
+
+
+def _group_list_flags(argv: list[str]) -> list[str]:
+    """Join the values of list options into one Python list literal that fire parses.
+
+    ``forecast --scans a.nii.gz b.nii.gz --times 0 0.3`` becomes
+    ``forecast --scans "['a.nii.gz', 'b.nii.gz']" --times "['0', '0.3']"``; one value (``--scans a.nii.gz``) or a
+    bracketed list (``--scans '[a.nii.gz,b.nii.gz]'``) also work.
+
+    Args:
+        argv: the command line after the program name.
+
+    Returns:
+        the command line for fire.
+    """
+    flags = LIST_FLAGS.get(argv[0], ()) if argv else ()
+    out, i = argv[:1], 1
+    while i < len(argv):
+        token = argv[i]
+        out.append(token)
+        i += 1
+        if token not in flags:
+            continue
+        values = []
+        while i < len(argv) and not _is_flag(argv[i]):
+            values.append(argv[i])
+            i += 1
+        if len(values) == 1:
+            out.append(_list_value(values[0]))
+        elif values:
+            out.append(repr(values))
+    return out
+
+
 class Commands:
     """Forecast 3D medical scans with Temporal Flow Matching / CRONOS (MONAI bundles)."""
 
@@ -157,6 +213,105 @@ class Commands:
             return str(prepare_acdc(src, dst, **kwargs))
         raise CLIError(f"unknown dataset {dataset!r} for 'prepare'; available: ['acdc'].")
 
+    def forecast(
+        self,
+        bundle: str | None = None,
+        scans: Any = None,
+        times: Any = None,
+        target_time: Any = None,
+        output: str | None = None,
+        csv: str | None = None,
+        method: str | None = None,
+        weights: str | None = None,
+        device: str = "cpu",
+        reference: str | None = None,
+        solver: str | None = None,
+        steps: int | None = None,
+        samples: int = 1,
+        sigma: float | None = None,
+        seed: int = 0,
+        preview: str | None = None,
+        truth: str | None = None,
+        overwrite: bool = False,
+        **overrides: Any,
+    ) -> str:
+        """Forecast a patient's scan at ``--target-time`` from earlier scans (NIfTI files or DICOM series folders).
+
+        ``monai-tfm forecast --bundle B --scans s1.nii.gz s2.nii.gz --times 0 0.3 --target-time 0.8 --output p.nii.gz``
+        (lists: space-separated values, or one bracketed list ``--scans '[s1.nii.gz,s2.nii.gz]' --times '[0,0.3]'``),
+        or ``--csv scans.csv --output FOLDER`` with ``subject,path,time`` rows (one ``<subject>_forecast.nii.gz`` per
+        subject). See :func:`monai_tfm.apps.forecast.forecast`.
+
+        Args:
+            bundle: bundle folder (default: the built-in synthetic bundle).
+            scans: the scans of one patient.
+            times: one time per scan.
+            target_time: the time to forecast (``--target-time``).
+            output: forecast file (``--scans``) or folder (``--csv``).
+            csv: table of ``subject,path,time`` rows.
+            method: method overlay of the bundle.
+            weights: weights file (default ``<bundle>/models/model.pt``).
+            device: ``cpu``, ``cuda``, ``cuda:1``, ...
+            reference: write the forecast on this scan's grid (default: the latest scan).
+            solver: ODE solver (``euler``, ``midpoint``, ``rk4``, ``dopri5``, ...).
+            steps: solver steps.
+            samples: stochastic samples (Euler-Maruyama); also writes ``<name>_std.nii.gz``.
+            sigma: SDE noise for ``--samples`` (default: the bundle's training sigma).
+            seed: seed of the stochastic samples.
+            preview: PNG panel of context, forecast (and real scan and residual with ``--truth``).
+            truth: the real scan at the target time, for the preview and logged metrics.
+            overwrite: replace existing outputs.
+            overrides: bundle config ids, e.g. ``--aggregation last``.
+
+        Returns:
+            the written forecast file(s), one per line.
+        """
+        from monai_tfm.apps.forecast import forecast
+
+        results = forecast(
+            _default_bundle(bundle),
+            scans=scans,
+            times=times,
+            target_time=target_time,
+            output=output,
+            csv=csv,
+            method=method,
+            weights=weights,
+            device=device,
+            reference=reference,
+            solver=solver,
+            steps=steps,
+            samples=samples,
+            sigma=sigma,
+            seed=seed,
+            preview=preview,
+            truth=truth,
+            overwrite=overwrite,
+            **overrides,
+        )
+        return "\n".join(str(r.output) for r in results)
+
+    def pack(
+        self, bundle: str | None = None, weights: str | None = None, output: str = "bundle.zip", overwrite: bool = False
+    ) -> str:
+        """Zip a bundle with its weights (``models/model.pt``) reproducibly, without ``runs/`` and ``data/``.
+
+        ``monai-tfm pack --bundle bundles/synthetic_forecasting --weights runs/x/models/model.pt --output b.zip``;
+        unzip it anywhere and run ``monai-tfm forecast --bundle <folder>/synthetic_forecasting ...`` offline.
+
+        Args:
+            bundle: bundle folder (default: the built-in synthetic bundle).
+            weights: weights file (default ``<bundle>/models/model.pt``).
+            output: the zip file.
+            overwrite: replace an existing zip.
+
+        Returns:
+            the zip path.
+        """
+        from monai_tfm.apps.pack import pack_bundle
+
+        return str(pack_bundle(_default_bundle(bundle), output, weights=weights, overwrite=overwrite))
+
     def version(self) -> str:
         """Versions of monai_tfm and its main dependencies.
 
@@ -186,7 +341,8 @@ def main(argv: list[str] | None = None) -> int:
 
     setup_logging()
     try:
-        fire.Fire(Commands, command=argv if argv is not None else sys.argv[1:], name="monai-tfm")
+        command = _group_list_flags(list(argv if argv is not None else sys.argv[1:]))
+        fire.Fire(Commands, command=command, name="monai-tfm")
     except (CLIError, FileNotFoundError, FileExistsError, ValueError) as e:
         sys.stderr.write(f"monai-tfm: error: {e}\n")
         return 2

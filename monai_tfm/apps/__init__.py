@@ -1,0 +1,12 @@
+# Copyright (c) monai_tfm contributors. Licensed under the Apache License, Version 2.0.
+"""Applications on top of the engine, imported on demand (nothing is imported here, so that optional dependencies
+of one application never break another):
+
+* :mod:`monai_tfm.apps.forecast`: forecast a patient's own scans with a trained bundle (``monai-tfm forecast``);
+* :mod:`monai_tfm.apps.pack`: a reproducible, shareable zip of a bundle with its weights (``monai-tfm pack``);
+* :mod:`monai_tfm.apps.monailabel`: the MONAI Label app.
+"""
+
+from __future__ import annotations
+
+__all__: list[str] = []

@@ -1,0 +1,915 @@
+# Copyright (c) monai_tfm contributors. Licensed under the Apache License, Version 2.0.
+"""Forecast a patient's own scans with a trained bundle: the ``monai-tfm forecast`` command (issue 5).
+
+A few scans with their acquisition times in, one forecast volume out::
+
+    from monai_tfm.apps.forecast import forecast
+    forecast("bundles/synthetic_forecasting", scans=["s1.nii.gz", "s2.nii.gz"], times=[0, 0.3], target_time=0.8,
+             output="pred.nii.gz")
+
+Nothing of the model is rebuilt here: the network (``network_def``), the forecasting inferer (``inferer``), the
+batch preparation (``prepare_batch``, which applies ``time_scale``), the variant's transforms
+(``variant_transforms``: grid embedding and LOCF for the discrete variant), the intensity normalisation (the
+``ScaleIntensityRangePercentilesd`` of ``load_transforms``) and the sizes (``num_slots``, ``variant``) all come from
+the bundle's ``configs/inference.yaml`` (plus an optional method overlay), parsed with MONAI's ``ConfigParser``.
+What is added is what a user's own scans need and a datalist does not have:
+
+* reading NIfTI files or DICOM series folders (MONAI ``LoadImage``; ITK for folders) with checks that name the file;
+* resampling scans on other grids onto the reference grid (the latest scan's, or ``reference``) with MONAI's
+  ``ResampleToMatch`` (trilinear), with a logged note;
+* one 0.5/99.5-percentile clip/scale over all scans of a patient (the bundle's transform), inverted on the forecast,
+  so the output is in the original intensity scale, on the reference grid with its affine;
+* the time checks of the variant (the discrete variant needs the times on the bundle's grid);
+* atomic outputs that never replace an existing file unless ``overwrite``; optional stochastic samples (mean and
+  standard deviation maps) and a PNG preview panel.
+
+Expected input problems raise :class:`ForecastError` (a ``ValueError``) with a one-line message that names the file
+or value; the command line prints it and exits with code 2.
+"""
+
+from __future__ import annotations
+
+import csv as csv_module
+import logging
+import math
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from monai.bundle import ConfigParser
+from monai.data import MetaTensor, list_data_collate
+from monai.transforms import LoadImage, ResampleToMatch, ScaleIntensityRange, ScaleIntensityRangePercentilesd
+from monai.transforms.utils_pytorch_numpy_unification import percentile
+
+from monai_tfm.engines.checkpoint import load_weights
+from monai_tfm.flows.solvers import ADAPTIVE_SOLVERS, FIXED_STEP_SOLVERS
+from monai_tfm.transforms.grid import GridEmbed, GridEmbedd, grid_slots
+from monai_tfm.utils.io import atomic_path, atomic_save_nifti
+
+__all__ = [
+    "BundleForecaster",
+    "ForecastError",
+    "ForecastResult",
+    "IntensityScaling",
+    "forecast",
+    "read_scan",
+    "read_scan_table",
+]
+
+logger = logging.getLogger(__name__)
+
+SOLVERS = (*FIXED_STEP_SOLVERS, *ADAPTIVE_SOLVERS, "euler_maruyama")
+_NIFTI_SUFFIXES = (".nii", ".nii.gz")
+_GRID_ATOL = 1e-4  # affines closer than this (mm) are the same grid, as in monai_tfm.transforms.LoadSeries
+_TIME_ATOL = 1e-6
+
+
+class ForecastError(ValueError):
+    """An expected problem with the inputs of a forecast; the message is one line naming the file or value."""
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+    """Collapse a (reader's multi-line) message into one line of at most ``limit`` characters."""
+    line = " ".join(str(text).split())
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+# ------------------------------------------------------------------------------------------------------ reading
+
+
+def _dicom_series_count(folder: Path) -> int:
+    """Number of DICOM series in ``folder``, counted as MONAI's ``ITKReader`` does when it reads a folder."""
+    import itk
+
+    names = itk.GDCMSeriesFileNames.New()
+    names.SetUseSeriesDetails(True)
+    names.AddSeriesRestriction("0008|0021")  # series date, as in monai.data.ITKReader
+    names.SetDirectory(str(folder))
+    return len(names.GetSeriesUIDs())
+
+
+def read_scan(path: str | os.PathLike, what: str = "scan") -> MetaTensor:
+    """Read one scan: a 3D NIfTI file (nibabel), another ITK format, or a folder with one DICOM series (ITK).
+
+    The checks are those of :class:`monai_tfm.transforms.LoadSeries` for datalist frames (which needs files on one
+    grid): the file exists and is readable, it is a single 3D volume, its voxels are finite.
+
+    Args:
+        path: file or DICOM folder.
+        what: how the scan is called in error messages (``scan``, ``reference scan``, ``truth scan``).
+
+    Returns:
+        ``(1, D, H, W)`` float32 ``MetaTensor`` with its affine (RAS, as MONAI's readers give it).
+
+    Raises:
+        ForecastError: a missing or unreadable file, a folder without exactly one DICOM series, an image that is not
+            one 3D volume, or non-finite voxels.
+    """
+    name = os.fspath(path)
+    p = Path(name)
+    if not p.exists():
+        raise ForecastError(f"{what} '{name}' does not exist.")
+    if p.is_dir():
+        try:
+            count = _dicom_series_count(p)
+        except Exception as e:  # ITK missing or failing on the folder
+            raise ForecastError(f"cannot scan folder '{name}' for DICOM series: {_one_line(e)}") from e
+        if count == 0:
+            raise ForecastError(f"{what} folder '{name}' holds no DICOM series.")
+        if count > 1:
+            raise ForecastError(
+                f"{what} folder '{name}' holds {count} DICOM series; put each series in its own folder."
+            )
+        reader: str | None = "ITKReader"
+    else:
+        reader = "NibabelReader" if name.lower().endswith(_NIFTI_SUFFIXES) else None
+    loader = LoadImage(reader=reader, image_only=True, ensure_channel_first=True, dtype=np.float32)
+    try:
+        img = loader(name)
+    except Exception as e:  # any reader failure: corrupt, truncated, unsupported format
+        raise ForecastError(f"cannot read {what} '{name}': {type(e).__name__}: {_one_line(e)}") from e
+    if not isinstance(img, MetaTensor):
+        img = MetaTensor(img)
+    spatial = tuple(int(s) for s in img.shape[1:])
+    if len(spatial) != 3:
+        raise ForecastError(
+            f"{what} '{name}' has {len(spatial)} spatial dimensions (shape {spatial}); expected a 3D volume."
+        )
+    if img.shape[0] != 1:
+        raise ForecastError(
+            f"{what} '{name}' holds {img.shape[0]} volumes of shape {spatial} (a 4D image); a scan must be one 3D "
+            "volume: split the series into one file per time point."
+        )
+    bad = int((~torch.isfinite(img.as_tensor())).sum())
+    if bad:
+        raise ForecastError(f"{what} '{name}' has {bad} non-finite (NaN/inf) voxels.")
+    return img
+
+
+def _same_grid(img: MetaTensor, ref: MetaTensor) -> bool:
+    if tuple(img.shape[1:]) != tuple(ref.shape[1:]):
+        return False
+    return bool(np.allclose(np.asarray(img.affine), np.asarray(ref.affine), rtol=0.0, atol=_GRID_ATOL))
+
+
+def _on_grid(img: MetaTensor, ref: MetaTensor, name: str, ref_name: str) -> torch.Tensor:
+    """``img`` on the grid of ``ref`` (trilinear resampling with a logged note when the grids differ)."""
+    if _same_grid(img, ref):
+        return img.as_tensor().float()
+    logger.info(
+        "'%s' (shape %s) is on another grid than the reference '%s' (shape %s): resampled onto the reference "
+        "grid (trilinear)",
+        name,
+        tuple(img.shape[1:]),
+        ref_name,
+        tuple(ref.shape[1:]),
+    )
+    out = ResampleToMatch(mode="bilinear", padding_mode="border", dtype=np.float32)(img, img_dst=ref)
+    return torch.as_tensor(out).as_subclass(torch.Tensor).float()
+
+
+# ------------------------------------------------------------------------------------------------------ arguments
+
+
+def _as_list(value: Any, what: str) -> list[Any]:
+    """Accept one value, a list/tuple, or (from the command line) a string holding one path."""
+    if value is None:
+        return []
+    if isinstance(value, (str, os.PathLike, int, float)):
+        return [value]
+    if isinstance(value, Sequence):
+        return list(value)
+    raise ForecastError(f"--{what} must be a list, got {value!r}.")
+
+
+def _parse_time(value: Any, what: str) -> float:
+    if isinstance(value, bool):
+        raise ForecastError(f"{what} must be a number, got {value!r}.")
+    try:
+        t = float(value)
+    except (TypeError, ValueError):
+        raise ForecastError(f"{what} must be a number, got {value!r}.") from None
+    if not math.isfinite(t):
+        raise ForecastError(f"{what} must be finite, got {value!r}.")
+    return t
+
+
+def _parse_series(paths: Sequence[Any], times: Sequence[Any], who: str) -> list[tuple[str, float]]:
+    """Check one subject's scans and times; return ``(path, time)`` pairs in increasing time order."""
+    if not paths:
+        raise ForecastError(f"{who}: no scans given.")
+    if len(times) != len(paths):
+        raise ForecastError(
+            f"{who}: {len(paths)} scans but {len(times)} times ({list(times)}); give one time per scan."
+        )
+    pairs = [(os.fspath(p), _parse_time(t, f"{who}: the time of scan '{os.fspath(p)}'")) for p, t in zip(paths, times)]
+    first_at: dict[float, str] = {}
+    for path, t in pairs:
+        if t in first_at:
+            raise ForecastError(
+                f"{who}: scans '{first_at[t]}' and '{path}' have the same time {t:g}; times must differ."
+            )
+        first_at[t] = path
+    return sorted(pairs, key=lambda pt: pt[1])
+
+
+def read_scan_table(path: str | os.PathLike) -> dict[str, list[tuple[str, str]]]:
+    """Read a CSV file with ``subject,path,time`` rows (a header row with these names; other columns are ignored).
+
+    Relative paths are relative to the CSV file's folder.
+
+    Args:
+        path: the CSV file.
+
+    Returns:
+        subject id -> list of ``(scan path, raw time)`` in file order (subjects in order of first appearance).
+
+    Raises:
+        ForecastError: a missing or unreadable file, missing columns, empty cells or an invalid subject id.
+    """
+    csv_path = Path(path)
+    if not csv_path.is_file():
+        raise ForecastError(f"scan table '{path}' does not exist.")
+    try:
+        with open(csv_path, newline="", encoding="utf-8-sig") as f:
+            rows = list(csv_module.reader(f))
+    except (OSError, UnicodeDecodeError, csv_module.Error) as e:
+        raise ForecastError(f"cannot read scan table '{path}': {_one_line(e)}") from e
+    rows = [r for r in rows if any(c.strip() for c in r)]
+    if not rows:
+        raise ForecastError(f"scan table '{path}' is empty; expected a header 'subject,path,time' and rows.")
+    header = [c.strip().lower() for c in rows[0]]
+    missing = [c for c in ("subject", "path", "time") if c not in header]
+    if missing:
+        raise ForecastError(f"scan table '{path}' has no column(s) {missing} in its header {rows[0]}.")
+    col = {c: header.index(c) for c in ("subject", "path", "time")}
+    table: dict[str, list[tuple[str, str]]] = {}
+    for line, row in enumerate(rows[1:], start=2):
+        cells = {c: (row[i].strip() if i < len(row) else "") for c, i in col.items()}
+        empty = [c for c, v in cells.items() if not v]
+        if empty:
+            raise ForecastError(f"scan table '{path}' line {line}: empty {empty}.")
+        subject = cells["subject"]
+        if not re.fullmatch(r"[A-Za-z0-9._-]+", subject) or subject in (".", ".."):
+            raise ForecastError(
+                f"scan table '{path}' line {line}: subject id {subject!r} must be a file name (letters, digits, "
+                "'.', '_', '-')."
+            )
+        scan = Path(cells["path"])
+        scan = scan if scan.is_absolute() else csv_path.parent / scan
+        table.setdefault(subject, []).append((str(scan), cells["time"]))
+    if not table:
+        raise ForecastError(f"scan table '{path}' has a header but no rows.")
+    return table
+
+
+def _nifti_stem(path: Path) -> str:
+    name = path.name
+    for suffix in (".nii.gz", ".nii"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return path.stem
+
+
+def _std_path(output: Path) -> Path:
+    """``pred.nii.gz`` -> ``pred_std.nii.gz``."""
+    return output.with_name(f"{_nifti_stem(output)}_std.nii.gz")
+
+
+# ------------------------------------------------------------------------------------------------------ intensities
+
+
+@dataclass(frozen=True)
+class IntensityScaling:
+    """The per-series clip/scale ``[a_min, a_max] -> [b_min, b_max]`` and its inverse (MONAI ``ScaleIntensityRange``).
+
+    Attributes:
+        a_min: intensity of the lower percentile over all scans of the patient.
+        a_max: intensity of the upper percentile.
+        b_min: normalised value of ``a_min``.
+        b_max: normalised value of ``a_max``.
+        clip: clip the normalised values to ``[b_min, b_max]``.
+    """
+
+    a_min: float
+    a_max: float
+    b_min: float
+    b_max: float
+    clip: bool
+
+    @classmethod
+    def from_series(cls, series: torch.Tensor, transform: ScaleIntensityRangePercentilesd | None) -> IntensityScaling:
+        """The scaling that ``transform`` (the bundle's normalisation) applies to ``series``.
+
+        Args:
+            series: all scans of the patient, stacked.
+            transform: the bundle's ``ScaleIntensityRangePercentilesd`` (None: 0.5/99.5 percentiles to [0, 1], clip).
+
+        Returns:
+            the scaling.
+
+        Raises:
+            ForecastError: the scans have no intensity range between the two percentiles.
+        """
+        if transform is None:
+            lower, upper, b_min, b_max, clip, relative = 0.5, 99.5, 0.0, 1.0, True, False
+        else:
+            s = transform.scaler
+            lower, upper, b_min, b_max, clip, relative = s.lower, s.upper, s.b_min, s.b_max, s.clip, s.relative
+        if b_min is None or b_max is None:
+            raise ForecastError(
+                "the bundle's intensity normalisation has no output range (b_min/b_max); cannot invert."
+            )
+        if relative:  # as in monai.transforms.ScaleIntensityRangePercentiles
+            b_min, b_max = (b_max - b_min) * lower / 100.0 + b_min, (b_max - b_min) * upper / 100.0 + b_min
+        a_min, a_max = float(percentile(series, lower)), float(percentile(series, upper))
+        if not a_max > a_min:
+            raise ForecastError(
+                f"the scans have no intensity range between the {lower:g} and {upper:g} percentiles (both {a_min:g}): "
+                "are they constant images?"
+            )
+        return cls(a_min, a_max, float(b_min), float(b_max), bool(clip))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalise (what the bundle's transform does).
+
+        Args:
+            x: intensities.
+
+        Returns:
+            normalised values.
+        """
+        return torch.as_tensor(ScaleIntensityRange(self.a_min, self.a_max, self.b_min, self.b_max, self.clip)(x))
+
+    def inverse(self, y: torch.Tensor) -> torch.Tensor:
+        """Back to the original intensity scale (the same linear map the other way, without clipping).
+
+        Args:
+            y: normalised values.
+
+        Returns:
+            intensities.
+        """
+        return torch.as_tensor(ScaleIntensityRange(self.b_min, self.b_max, self.a_min, self.a_max, clip=False)(y))
+
+    def inverse_spread(self, s: torch.Tensor) -> torch.Tensor:
+        """A standard deviation on the normalised scale in original intensity units.
+
+        Args:
+            s: spread on the normalised scale.
+
+        Returns:
+            spread in intensity units.
+        """
+        return s * ((self.a_max - self.a_min) / (self.b_max - self.b_min))
+
+
+# ------------------------------------------------------------------------------------------------------ the model
+
+
+@dataclass
+class ForecastResult:
+    """What one forecast wrote.
+
+    Attributes:
+        subject: subject id (for a forecast from ``scans``: the output file name without ``.nii.gz``).
+        output: the forecast NIfTI file.
+        std_output: the standard deviation map of stochastic samples, or None.
+        preview: the PNG panel, or None.
+        target_time: the target time.
+        context_times: the times of the scans used as context.
+        nfe: network evaluations of the forecast (all samples).
+        metrics: forecast metrics against ``truth`` (``model_*`` and ``lci_*``), empty without a truth scan.
+    """
+
+    subject: str
+    output: Path
+    std_output: Path | None
+    preview: Path | None
+    target_time: float
+    context_times: list[float]
+    nfe: int
+    metrics: dict[str, float]
+
+
+class BundleForecaster:
+    """A bundle's network, inferer and transforms, parsed once from ``configs/inference.yaml``, for many forecasts.
+
+    Args:
+        bundle: bundle folder (with ``configs/inference.yaml``).
+        method: method overlay ``configs/methods/<method>.yaml`` (None: the bundle default).
+        weights: weights file (default ``<bundle>/models/model.pt``; flat state dict or resume checkpoint, loaded
+            with ``weights_only=True``).
+        device: torch device, e.g. ``cpu`` or ``cuda:0``.
+        solver: ODE solver (default: the bundle's ``solver``).
+        steps: solver steps (default: the bundle's ``solver_steps``).
+        samples: number of stochastic samples (> 1: Euler-Maruyama with ``sigma``; mean and standard deviation).
+        sigma: SDE noise scale for ``samples > 1`` (default: the bundle's training ``sigma``).
+        seed: seed of the stochastic sampler.
+        overrides: further config ids to set, e.g. ``{"aggregation": "last"}``.
+
+    Raises:
+        ForecastError: not a bundle, unknown method, option or solver, missing or mismatched weights, an unusable
+            device, or ``samples > 1`` with a deterministic model.
+    """
+
+    def __init__(
+        self,
+        bundle: str | os.PathLike,
+        method: str | None = None,
+        weights: str | os.PathLike | None = None,
+        device: str | torch.device = "cpu",
+        solver: str | None = None,
+        steps: int | None = None,
+        samples: int = 1,
+        sigma: float | None = None,
+        seed: int | None = 0,
+        overrides: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.root = Path(bundle)
+        configs = self.root / "configs"
+        files = [configs / "inference.yaml"]
+        if not files[0].is_file():
+            raise ForecastError(f"'{self.root}' is not a monai_tfm bundle: '{files[0]}' does not exist.")
+        if method:
+            overlay = configs / "methods" / f"{method}.yaml"
+            if not overlay.is_file():
+                known = sorted(p.stem for p in (configs / "methods").glob("*.yaml"))
+                raise ForecastError(f"unknown method {method!r} for bundle '{self.root}'; available: {known}.")
+            files.append(overlay)
+        self.device = self._device(device)
+        samples = int(samples)
+        if samples < 1:
+            raise ForecastError(f"--samples must be >= 1, got {samples}.")
+        if solver is not None and solver not in SOLVERS:
+            raise ForecastError(f"unknown solver {solver!r}; expected one of {list(SOLVERS)}.")
+        if steps is not None and int(steps) < 1:
+            raise ForecastError(f"--steps must be >= 1, got {steps}.")
+
+        parser = ConfigParser()
+        parser.read_config([str(f) for f in files])
+        parser["bundle_root"] = str(self.root.resolve())
+        for key, value in (overrides or {}).items():
+            if key not in parser:
+                raise ForecastError(
+                    f"unknown option '--{key}': neither a forecast option nor a config id of {[str(f) for f in files]}."
+                )
+            parser[key] = value
+        if solver is not None:
+            parser["solver"] = solver
+        if steps is not None:
+            parser["solver_steps"] = int(steps)
+        if samples > 1:
+            if solver not in (None, "euler_maruyama"):
+                raise ForecastError(
+                    f"--samples {samples} draws Euler-Maruyama samples; it cannot use --solver {solver}."
+                )
+            sigma = self._training_sigma(files) if sigma is None else float(sigma)
+            if not sigma > 0:
+                raise ForecastError(
+                    f"--samples {samples} needs a stochastic model, but the bundle's sigma is {sigma:g}; pass "
+                    "--sigma S for a model trained with path noise S > 0."
+                )
+            parser["solver"] = "euler_maruyama"
+            parser["inferer#num_samples"] = samples
+            parser["inferer#diffusion"] = sigma
+            parser["inferer#seed"] = seed
+        self.samples = samples
+
+        def parsed(key: str, default: Any = ForecastError) -> Any:
+            if key in parser:
+                return parser.get_parsed_content(key)
+            if default is ForecastError:
+                raise ForecastError(f"the bundle config {[f.name for f in files]} defines no '{key}'.")
+            return default
+
+        self.variant = str(parsed("variant", "discrete"))
+        self.num_slots = int(parsed("num_slots"))
+        self.variant_transforms = list(parsed("variant_transforms", []))
+        self.grid: GridEmbed | None = next(
+            (t.embed for t in self.variant_transforms if isinstance(t, GridEmbedd)), None
+        )
+        self.normalise = next(
+            (t for t in parsed("load_transforms", []) if isinstance(t, ScaleIntensityRangePercentilesd)), None
+        )
+        self.prepare_batch = parsed("prepare_batch")
+        self.inferer = parsed("inferer")
+        self.network = parsed("network_def")
+        self.weights = Path(weights) if weights is not None else self.root / "models" / "model.pt"
+        if self.network.state_dict():  # parameter-free baselines need no weights
+            if not self.weights.is_file():
+                raise ForecastError(
+                    f"no weights at '{self.weights}': train the bundle (its models/model.pt) or pass --weights FILE."
+                )
+            try:
+                load_weights(self.network, self.weights)
+            except ValueError as e:
+                raise ForecastError(
+                    f"weights '{self.weights}' do not fit the network of {[f.name for f in files]} (another --method "
+                    f"or network size?): {_one_line(e, 200)}"
+                ) from e
+            except Exception as e:  # not a torch file, or not loadable with weights_only=True
+                raise ForecastError(f"cannot load weights '{self.weights}': {_one_line(e, 200)}") from e
+        self.network.to(self.device).eval()
+        logger.info(
+            "bundle %s (%s variant, %d slots), weights %s, solver %s, device %s",
+            self.root,
+            self.variant,
+            self.num_slots,
+            self.weights,
+            parsed("solver", "?"),
+            self.device,
+        )
+
+    @staticmethod
+    def _device(device: str | torch.device) -> torch.device:
+        try:
+            dev = torch.device(device)
+        except (RuntimeError, TypeError) as e:
+            raise ForecastError(f"unknown device {device!r}: {_one_line(e)}") from e
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise ForecastError(f"device {device!r} requested but CUDA is not available; use --device cpu.")
+        return dev
+
+    def _training_sigma(self, files: list[Path]) -> float:
+        """The path noise the bundle trains with (``sigma`` of the inference config, else of ``train.yaml``)."""
+        for candidates in (files, [self.root / "configs" / "train.yaml", *files[1:]]):
+            parser = ConfigParser()
+            parser.read_config([str(f) for f in candidates if f.is_file()])
+            if "sigma" in parser:
+                return float(parser.get_parsed_content("sigma"))
+        return 0.0
+
+    def select_context(self, times: Sequence[float], target_time: float, names: Sequence[str]) -> list[int]:
+        """Which scans are context for ``target_time``, with the time checks of the variant.
+
+        Continuous variant: every scan (the latest ``num_slots``), also after the target time (interpolation).
+        Discrete variant: the scans at or before the target time; every one of them and the target must lie on the
+        bundle's time grid (``num_slots`` slots from ``origin`` every ``spacing``; the target at most one spacing
+        after the last slot).
+
+        Args:
+            times: scan times in increasing order.
+            target_time: the target time.
+            names: scan names for messages.
+
+        Returns:
+            indices of the context scans.
+
+        Raises:
+            ForecastError: a time the grid cannot represent, or no scan at or before the target (discrete variant).
+        """
+        idx = list(range(len(times)))
+        if self.grid is None:
+            if len(idx) > self.num_slots:
+                logger.warning(
+                    "%d scans but the model takes at most %d: using the latest %d",
+                    len(idx),
+                    self.num_slots,
+                    self.num_slots,
+                )
+                idx = idx[-self.num_slots :]
+            return idx
+        g = self.grid
+        first, last = g.origin, g.origin + (g.num_slots - 1) * g.spacing
+        grid_text = (
+            f"the discrete model of this bundle places scans on {g.num_slots} time slots {first:g}, "
+            f"{first + g.spacing:g}, ..., {last:g} (spacing {g.spacing:g})"
+        )
+        tol = _TIME_ATOL * max(1.0, abs(g.spacing))
+        if target_time < first - tol or target_time > last + g.spacing + tol:
+            raise ForecastError(
+                f"target time {target_time:g} lies outside what the time grid can represent: {grid_text} and "
+                f"forecasts up to {last + g.spacing:g}."
+            )
+        later = [i for i in idx if times[i] > target_time + tol]
+        if later:
+            logger.warning(
+                "discrete variant: %d scan(s) after the target time %g are not used (%s)",
+                len(later),
+                target_time,
+                ", ".join(names[i] for i in later),
+            )
+        idx = [i for i in idx if times[i] <= target_time + tol]
+        if not idx:
+            raise ForecastError(
+                f"no scan at or before the target time {target_time:g}: the discrete model forecasts forward in time."
+            )
+        for i in idx:
+            q = math.floor((times[i] - g.origin) / g.spacing + 0.5)
+            if not 0 <= q < g.num_slots:
+                raise ForecastError(
+                    f"scan '{names[i]}' at time {times[i]:g} lies outside the time grid: {grid_text}, so scan times "
+                    f"must lie in [{first - g.spacing / 2:g}, {last + g.spacing / 2:g})."
+                )
+        slots = grid_slots(torch.tensor([times[i] for i in idx]), g.origin, g.spacing, g.num_slots).tolist()
+        for a in range(len(idx) - 1):
+            if slots[a] == slots[a + 1]:
+                logger.warning(
+                    "scans '%s' and '%s' fall into the same time slot %d: the later one is used",
+                    names[idx[a]],
+                    names[idx[a + 1]],
+                    slots[a],
+                )
+        return idx
+
+    @torch.no_grad()
+    def predict(
+        self, frames: torch.Tensor, times: Sequence[float], target_time: float
+    ) -> tuple[torch.Tensor, torch.Tensor | None, int]:
+        """Forecast from normalised context frames (all of them are context; see :meth:`select_context`).
+
+        Args:
+            frames: ``(T, C, D, H, W)`` normalised context scans in time order.
+            times: their ``T`` times.
+            target_time: the target time.
+
+        Returns:
+            the forecast ``(C, D, H, W)`` and its per-voxel standard deviation (stochastic samples, else None) on the
+            normalised scale, and the number of network evaluations.
+        """
+        n = len(times)
+        slots = list(range(n)) + [n - 1] * max(0, self.num_slots - n)  # padding repeats the last scan (SPEC 4.1)
+        sample: dict[str, Any] = {
+            "context": frames[slots],
+            "context_time": torch.tensor([float(times[i]) for i in slots], dtype=torch.float32),
+            "context_mask": torch.arange(len(slots)) < n,
+            "target_time": torch.tensor(float(target_time), dtype=torch.float32),
+        }
+        for transform in self.variant_transforms:
+            sample = transform(sample)
+        inputs, _, args, kwargs = self.prepare_batch(list_data_collate([sample]), device=self.device)
+        pred = self.inferer(inputs, self.network, *args, **kwargs)
+        std = getattr(self.inferer, "last_std", None)
+        nfe = int(getattr(self.inferer, "last_nfe", 0))
+        return pred[0].float().cpu(), (None if std is None else std[0].float().cpu()), nfe
+
+
+# ------------------------------------------------------------------------------------------------------ preview
+
+
+def _middle(vol: torch.Tensor) -> np.ndarray:
+    """Middle slice across the last spatial axis of ``(C, D, H, W)`` (first channel), transposed for display."""
+    v = vol[0].numpy()
+    return v[:, :, v.shape[2] // 2].T
+
+
+def _write_preview(
+    path: Path,
+    frames: torch.Tensor,
+    times: Sequence[float],
+    pred: torch.Tensor,
+    target_time: float,
+    truth: torch.Tensor | None,
+    std: torch.Tensor | None,
+    title: str,
+    overwrite: bool,
+) -> Path:
+    """PNG panel: middle slices of the latest context scans, the forecast, and the real scan and residual if known."""
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError as e:
+        raise ForecastError("--preview needs matplotlib: pip install 'monai_tfm[plot]'.") from e
+    shown = list(range(len(times)))[-6:]
+    panels: list[tuple[str, np.ndarray, dict]] = [
+        (f"scan t={times[i]:.3g}", _middle(frames[i]), {"cmap": "gray", "vmin": 0, "vmax": 1}) for i in shown
+    ]
+    panels.append((f"forecast t={target_time:.3g}", _middle(pred), {"cmap": "gray", "vmin": 0, "vmax": 1}))
+    if std is not None:
+        panels.append(("sample std", _middle(std), {"cmap": "magma", "vmin": 0}))
+    if truth is not None:
+        residual = _middle(pred - truth)
+        lim = float(max(np.abs(residual).max(), 1e-6))
+        panels.append((f"real scan t={target_time:.3g}", _middle(truth), {"cmap": "gray", "vmin": 0, "vmax": 1}))
+        panels.append(("forecast - real", residual, {"cmap": "RdBu_r", "vmin": -lim, "vmax": lim}))
+    fig = Figure(figsize=(2.2 * len(panels), 2.6), dpi=100)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax, (name, image, style) in zip(axes, panels):
+        im = ax.imshow(image, origin="lower", interpolation="nearest", **style)
+        ax.set_title(name, fontsize=9)
+        ax.set_axis_off()
+        if style["cmap"] != "gray":
+            fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    with atomic_path(path, overwrite=overwrite) as tmp:
+        fig.savefig(tmp, format="png")
+    return path
+
+
+# ------------------------------------------------------------------------------------------------------ the command
+
+
+@dataclass
+class _Job:
+    subject: str
+    scans: list[tuple[str, float]]
+    output: Path
+    std_output: Path | None
+    preview: Path | None
+
+
+def _check_free(paths: Sequence[Path | None], overwrite: bool) -> None:
+    for p in paths:
+        if p is None:
+            continue
+        if p.is_dir():
+            raise ForecastError(f"output '{p}' is a folder; give a file name.")
+        if p.exists() and not overwrite:
+            raise ForecastError(f"output '{p}' exists; pass --overwrite to replace it.")
+
+
+def _forecast_one(
+    model: BundleForecaster,
+    job: _Job,
+    target_time: float,
+    reference: str | None,
+    truth: str | None,
+    overwrite: bool,
+) -> ForecastResult:
+    names = [p for p, _ in job.scans]
+    times = [t for _, t in job.scans]
+    context = model.select_context(times, target_time, names)  # time checks before any image is read
+    images = {i: read_scan(names[i]) for i in context}
+    if reference is not None:
+        ref, ref_name = read_scan(reference, "reference scan"), reference
+    else:
+        ref, ref_name = images[context[-1]], names[context[-1]]
+    frames = torch.stack([_on_grid(images[i], ref, names[i], ref_name) for i in context])
+    scaling = IntensityScaling.from_series(frames, model.normalise)
+    normalised = scaling.forward(frames).float()
+    ctx_times = [times[i] for i in context]
+    logger.info(
+        "%s: forecasting t=%g from %d scan(s) at t=%s (intensity %.4g..%.4g -> %g..%g)",
+        job.subject,
+        target_time,
+        len(context),
+        [round(t, 6) for t in ctx_times],
+        scaling.a_min,
+        scaling.a_max,
+        scaling.b_min,
+        scaling.b_max,
+    )
+    pred, std, nfe = model.predict(normalised, ctx_times, target_time)
+
+    affine = np.asarray(ref.affine, dtype=np.float64)
+    if job.std_output is not None and std is not None:
+        atomic_save_nifti(scaling.inverse_spread(std)[0].numpy().astype(np.float32), affine, job.std_output, overwrite)
+    atomic_save_nifti(scaling.inverse(pred)[0].numpy().astype(np.float32), affine, job.output, overwrite)
+    logger.info("%s: forecast written to %s (%d network evaluations)", job.subject, job.output, nfe)
+
+    metrics: dict[str, float] = {}
+    truth_norm = None
+    if truth is not None:
+        from monai_tfm.metrics import compute_forecast_metrics
+
+        truth_norm = scaling.forward(_on_grid(read_scan(truth, "truth scan"), ref, truth, ref_name)).float()
+        model_m = compute_forecast_metrics(pred, truth_norm, normalised[-1])
+        lci_m = compute_forecast_metrics(normalised[-1], truth_norm, normalised[-1])
+        metrics = {f"model_{k}": v for k, v in model_m.items()} | {f"lci_{k}": v for k, v in lci_m.items()}
+        logger.info(
+            "%s: against the real scan: NRMSE %.4f (LCI %.4f), PSNR %.2f (LCI %.2f), SSIM %.1f (LCI %.1f)",
+            job.subject,
+            model_m["nrmse"],
+            lci_m["nrmse"],
+            model_m["psnr"],
+            lci_m["psnr"],
+            model_m["ssim"],
+            lci_m["ssim"],
+        )
+    if job.preview is not None:
+        title = f"{job.subject}: {model.root.name} ({model.variant}), forecast at t={target_time:.3g}"
+        if metrics:
+            title += f"; NRMSE {metrics['model_nrmse']:.3f} (LCI {metrics['lci_nrmse']:.3f})"
+        _write_preview(job.preview, normalised, ctx_times, pred, target_time, truth_norm, std, title, overwrite)
+        logger.info("%s: preview written to %s", job.subject, job.preview)
+    return ForecastResult(
+        job.subject,
+        job.output,
+        job.std_output if std is not None else None,
+        job.preview,
+        target_time,
+        ctx_times,
+        nfe,
+        metrics,
+    )
+
+
+def forecast(
+    bundle: str | os.PathLike,
+    scans: Sequence[str | os.PathLike] | str | None = None,
+    times: Sequence[float | str] | float | None = None,
+    target_time: float | str | None = None,
+    output: str | os.PathLike | None = None,
+    csv: str | os.PathLike | None = None,
+    method: str | None = None,
+    weights: str | os.PathLike | None = None,
+    device: str = "cpu",
+    reference: str | os.PathLike | None = None,
+    solver: str | None = None,
+    steps: int | None = None,
+    samples: int = 1,
+    sigma: float | None = None,
+    seed: int | None = 0,
+    preview: str | os.PathLike | None = None,
+    truth: str | os.PathLike | None = None,
+    overwrite: bool = False,
+    **overrides: Any,
+) -> list[ForecastResult]:
+    """Forecast the scan at ``target_time`` from a patient's scans (``scans`` + ``times``) or from a CSV table.
+
+    Scans on other grids are resampled onto the reference grid (the latest scan's, or ``reference``); the forecast is
+    written there, with the reference affine, in the original intensity scale. A target time equal to a scan's time
+    is allowed (interpolation: the scan stays context).
+
+    Args:
+        bundle: bundle folder.
+        scans: NIfTI files or DICOM series folders of one patient.
+        times: one acquisition time per scan (the bundle's time unit; they need not be sorted).
+        target_time: the time to forecast.
+        output: the forecast file (``.nii.gz``) for ``scans``; the output folder for ``csv``.
+        csv: a table with ``subject,path,time`` rows (instead of ``scans``/``times``); writes
+            ``<output>/<subject>_forecast.nii.gz`` per subject.
+        method: method overlay of the bundle (default: the bundle's method).
+        weights: weights file (default ``<bundle>/models/model.pt``).
+        device: torch device.
+        reference: a scan whose grid the forecast is written on (default: the latest scan).
+        solver: ODE solver (default: the bundle's).
+        steps: solver steps (default: the bundle's).
+        samples: stochastic samples (> 1: Euler-Maruyama with ``sigma``); also writes ``<name>_std.nii.gz``.
+        sigma: SDE noise for ``samples`` (default: the bundle's training sigma).
+        seed: seed of the stochastic sampler.
+        preview: a PNG panel (``scans``) or a folder for ``<subject>_preview.png`` panels (``csv``).
+        truth: the real scan at the target time, shown in the preview with the residual (``scans`` only).
+        overwrite: replace existing outputs (default: refuse).
+        overrides: bundle config ids to set, e.g. ``aggregation="last"``.
+
+    Returns:
+        one :class:`ForecastResult` per subject.
+
+    Raises:
+        ForecastError: for any problem with the inputs, named in a one-line message.
+    """
+    if target_time is None:
+        raise ForecastError("--target-time is required.")
+    t_target = _parse_time(target_time, "--target-time")
+    if output is None:
+        raise ForecastError("--output is required (a file for --scans, a folder for --csv).")
+    out = Path(output)
+    jobs: list[_Job] = []
+    if csv is not None:
+        if scans is not None or times is not None:
+            raise ForecastError("give either --csv or --scans/--times, not both.")
+        if truth is not None:
+            raise ForecastError("--truth works with --scans only.")
+        if out.exists() and not out.is_dir():
+            raise ForecastError(f"output '{out}' must be a folder with --csv, but it is a file.")
+        preview_dir = None if preview is None else Path(preview)
+        for subject, rows in read_scan_table(csv).items():
+            series = _parse_series([p for p, _ in rows], [t for _, t in rows], f"subject {subject!r} of '{csv}'")
+            target = out / f"{subject}_forecast.nii.gz"
+            jobs.append(
+                _Job(
+                    subject,
+                    series,
+                    target,
+                    _std_path(target) if samples > 1 else None,
+                    None if preview_dir is None else preview_dir / f"{subject}_preview.png",
+                )
+            )
+    else:
+        paths = _as_list(scans, "scans")
+        if not paths:
+            raise ForecastError("give the scans (--scans FILE ...) with their --times, or a --csv table.")
+        series = _parse_series(paths, _as_list(times, "times"), "--scans")
+        if not out.name.lower().endswith(_NIFTI_SUFFIXES):
+            raise ForecastError(f"output '{out}' must be a NIfTI file name ending in .nii.gz or .nii.")
+        jobs.append(
+            _Job(
+                _nifti_stem(out),
+                series,
+                out,
+                _std_path(out) if samples > 1 else None,
+                None if preview is None else Path(preview),
+            )
+        )
+    _check_free([p for j in jobs for p in (j.output, j.std_output, j.preview)], overwrite)
+    for job in jobs:  # cheap existence checks before the model is built
+        for path, _ in job.scans:
+            if not Path(path).exists():
+                raise ForecastError(f"scan '{path}' does not exist.")
+    for extra, what in ((reference, "reference scan"), (truth, "truth scan")):
+        if extra is not None and not Path(extra).exists():
+            raise ForecastError(f"{what} '{os.fspath(extra)}' does not exist.")
+
+    model = BundleForecaster(bundle, method, weights, device, solver, steps, samples, sigma, seed, overrides)
+    ref = None if reference is None else os.fspath(reference)
+    tru = None if truth is None else os.fspath(truth)
+    return [_forecast_one(model, job, t_target, ref, tru, overwrite) for job in jobs]
