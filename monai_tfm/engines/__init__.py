@@ -5,12 +5,27 @@ from __future__ import annotations
 
 from .checkpoint import TrainingCheckpointer, WeightsLoader, load_weights
 from .direct import DirectPrepareBatch, require_trainable
+from .distributed import (
+    barrier,
+    default_backend,
+    destroy_distributed,
+    gather_rows,
+    get_rank,
+    get_world_size,
+    init_distributed,
+    is_distributed,
+    is_main_process,
+    local_device,
+    rank_zero_first,
+    unwrap_module,
+)
 from .forecast_metrics import ForecastMetrics, last_context_image
 from .handlers import GradientClipHandler
 from .loss import FlowMatchingLoss
 from .prepare_batch import VARIANTS, FlowMatchingPrepareBatch, ForecastPrepareBatch, counted_frames
 from .progress import ProgressBarHandler
 from .report import ForecastReportWriter
+from .speed import configure_network
 
 __all__ = [
     "TrainingCheckpointer",
@@ -28,4 +43,17 @@ __all__ = [
     "ForecastReportWriter",
     "DirectPrepareBatch",
     "require_trainable",
+    "barrier",
+    "default_backend",
+    "destroy_distributed",
+    "gather_rows",
+    "get_rank",
+    "get_world_size",
+    "init_distributed",
+    "is_distributed",
+    "is_main_process",
+    "local_device",
+    "rank_zero_first",
+    "unwrap_module",
+    "configure_network",
 ]

@@ -6,6 +6,10 @@ and does not keep the best validation score across a resume; an interrupted writ
 checkpoint. This handler keeps one stable ``last.pt`` (everything needed to resume: tensors and plain numbers
 only, loadable with ``torch.load(weights_only=True)``) and a flat ``models/model.pt`` (network weights of the best
 validation epoch, the bundle's shared-weights format).
+
+In a multi-process (DDP) run only rank 0 writes files (the others wait at a barrier after each save), and a
+``DistributedDataParallel`` network is saved as its inner module, so the files are the same as in a
+single-process run.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from typing import Any
 import torch
 from ignite.engine import Engine, Events
 
+from monai_tfm.engines.distributed import barrier, is_main_process, unwrap_module
 from monai_tfm.utils.io import atomic_save_torch
 
 __all__ = ["TrainingCheckpointer", "WeightsLoader", "load_weights"]
@@ -129,7 +134,7 @@ class TrainingCheckpointer:
         self.last_path = self.output_dir / "checkpoints" / "last.pt"
         self.model_path = self.output_dir / "models" / "model.pt"
         self.save_dict = dict(save_dict)
-        self.network = network
+        self.network = unwrap_module(network)
         self.evaluator = evaluator
         self.key_metric = key_metric
         self.mode = mode
@@ -173,7 +178,8 @@ class TrainingCheckpointer:
             self.evaluator.add_event_handler(Events.EPOCH_COMPLETED, self._on_validation)
 
     def _objects(self) -> dict[str, Any]:
-        return {**self.save_dict, "trainer": self._trainer, "checkpointer": self}
+        objects = {name: unwrap_module(obj) for name, obj in self.save_dict.items()}
+        return {**objects, "trainer": self._trainer, "checkpointer": self}
 
     def _on_start(self, engine: Engine) -> None:
         if self.resume and self.last_path.is_file():
@@ -195,10 +201,12 @@ class TrainingCheckpointer:
             )
 
     def _save_last(self, engine: Engine) -> None:
-        state = {name: obj.state_dict() for name, obj in self._objects().items()}
-        atomic_save_torch(state, self.last_path, overwrite=True)
-        if self.evaluator is None and self.network is not None:
-            atomic_save_torch(self.network.state_dict(), self.model_path, overwrite=True)
+        if is_main_process():
+            state = {name: obj.state_dict() for name, obj in self._objects().items()}
+            atomic_save_torch(state, self.last_path, overwrite=True)
+            if self.evaluator is None and self.network is not None:
+                atomic_save_torch(self.network.state_dict(), self.model_path, overwrite=True)
+        barrier()
 
     def _on_complete(self, engine: Engine) -> None:
         if self.evaluator is not None and self.validate_at_end and self._validated_epoch != engine.state.epoch:
@@ -216,7 +224,7 @@ class TrainingCheckpointer:
         better = value < self.best if self.mode == "min" else value > self.best
         if better and not math.isnan(value):
             self.best, self.best_epoch = value, int(self._trainer.state.epoch)
-            if self.network is not None:
+            if self.network is not None and is_main_process():
                 atomic_save_torch(self.network.state_dict(), self.model_path, overwrite=True)
             self._save_last(self._trainer)  # keep the new best score in the resume checkpoint
             logger.info(

@@ -4,6 +4,10 @@
 An ignite ``Metric`` (so that MONAI's evaluator can use it as its key metric) that also needs the batch
 metadata (subject, draw, target time) and the context: ignite's ``output_transform`` only sees the engine
 output, so :meth:`ForecastMetrics.iteration_completed` reads ``engine.state.batch`` as well.
+
+In a multi-process (DDP) run every rank evaluates its share of the samples; at the end of the epoch the rows are
+gathered from all ranks and the duplicates that ``DistributedSampler`` adds as padding are dropped by
+``(subject, draw)``, so every rank reports the same means over the whole validation set.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import torch
 from ignite.engine import Engine
 from ignite.metrics import Metric
 
+from monai_tfm.engines.distributed import gather_rows
 from monai_tfm.flows.path import last_real_index
 from monai_tfm.metrics import compute_forecast_metrics
 
@@ -51,11 +56,19 @@ def _as_list(value: Any, n: int) -> list:
     return [value] * n
 
 
+def _row_key(row: dict[str, Any]) -> tuple | None:
+    """Identity of a per-sample row for dropping the sampler's padding repeats (``None``: never dropped)."""
+    if row.get("subject") is None or row.get("draw") is None:
+        return None
+    return (str(row["subject"]), int(row["draw"]))
+
+
 class ForecastMetrics(Metric):
     """Per-sample forecast metrics of the model and of LCI; the mean of ``key`` (model) is the metric value.
 
     ``completed`` also writes ``<prefix>_<method>_<metric>`` means into ``engine.state.metrics`` (e.g.
-    ``val_model_psnr``, ``val_lci_psnr``) and keeps the per-sample rows in ``self.rows``.
+    ``val_model_psnr``, ``val_lci_psnr``) and keeps the per-sample rows in ``self.rows``. In a distributed run,
+    ``completed`` first replaces ``self.rows`` by the rows of all ranks (see the module notes).
 
     Args:
         key: metric whose model mean is the value of this metric (``nrmse``, ``psnr``, ``ssim``, ...).
@@ -141,6 +154,7 @@ class ForecastMetrics(Metric):
             engine: the evaluator.
             name: this metric's name.
         """
+        self.rows = gather_rows(self.rows, key=_row_key)
         summary = self.summary()
         engine.state.metrics[name] = summary[f"model_{self.key}"]
         for col, value in summary.items():

@@ -7,14 +7,25 @@
   arguments of :class:`monai_tfm.inferers.ForecastInferer`.
 
 Both follow MONAI's ``PrepareBatch`` protocol: ``(inputs, targets, args, kwargs)``.
+
+Rank-independent random draws (``FlowMatchingPrepareBatch(seed=...)``): by default ``tau`` (and the path noise)
+come from the global torch generator, drawn for the whole batch at once, so they depend on how a global batch is
+split over processes. With ``seed`` set, each sample draws from its own generator seeded by a hash of
+``(seed, epoch, subject, draw, repeat index within the batch)``; the draw of a sample is then the same whether it
+is processed by one process in a batch of ``2b`` or by one of two DDP ranks in a batch of ``b``, which makes
+multi-process training reproduce single-process training on the same global batch (DDP averages the gradients,
+and the flow-matching loss with all frames counted is a plain mean over equally sized per-rank batches). The epoch
+comes from the trainer when the prepare-batch is attached to it as a handler (``attach``).
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from typing import Any
 
 import torch
+from ignite.engine import Engine, Events
 from monai.engines import PrepareBatch
 
 from monai_tfm.flows.path import broadcast_target, flowed_times, interpolate, sample_tau, target_velocity, tie_padding
@@ -96,6 +107,12 @@ class FlowMatchingPrepareBatch(_FlowBatchBase):
         time_scale: multiplies all times (dataset unit to about [0, 1]).
         loss_frames: discrete variant: ``"all"`` slots or ``"real"`` (occupied) slots.
         generator: optional torch generator for ``tau`` and noise (reproducible tests).
+        seed: if given, ``tau`` and the noise of every sample come from a generator keyed by
+            ``(seed, epoch, subject, draw)`` (see the module notes): draws independent of the batch composition
+            and of the process split. Attach the prepare-batch to the trainer so that the epoch enters the key.
+
+    Raises:
+        ValueError: both ``generator`` and ``seed`` given.
     """
 
     def __init__(
@@ -106,11 +123,74 @@ class FlowMatchingPrepareBatch(_FlowBatchBase):
         time_scale: float = 1.0,
         loss_frames: str = "all",
         generator: torch.Generator | None = None,
+        seed: int | None = None,
     ) -> None:
         super().__init__(variant, time_scale, loss_frames)
+        if generator is not None and seed is not None:
+            raise ValueError("give either a generator or a per-sample seed, not both.")
         self.sigma = float(sigma)
         self.sigma_schedule = sigma_schedule
         self.generator = generator
+        self.seed = None if seed is None else int(seed)
+        self.epoch = 0
+
+    def attach(self, engine: Engine) -> None:
+        """Follow the trainer's epoch (it enters the per-sample seed key).
+
+        Args:
+            engine: the trainer.
+        """
+        engine.add_event_handler(Events.EPOCH_STARTED, self._on_epoch)
+
+    def _on_epoch(self, engine: Engine) -> None:
+        self.epoch = int(engine.state.epoch)
+
+    def sample_seeds(self, batchdata: Mapping[str, Any], batch_size: int) -> list[int]:
+        """Per-sample generator seeds from ``(seed, epoch, subject, draw, repeat index)``.
+
+        Args:
+            batchdata: SPEC batch dict (``subject`` and ``draw`` used when present).
+            batch_size: number of samples.
+
+        Returns:
+            one 63-bit seed per sample.
+
+        Raises:
+            RuntimeError: no ``seed`` was configured.
+        """
+        if self.seed is None:
+            raise RuntimeError("sample_seeds needs FlowMatchingPrepareBatch(seed=...).")
+        subjects = batchdata.get("subject")
+        draws = batchdata.get("draw")
+        subjects = [None] * batch_size if subjects is None else list(subjects)
+        draws = [None] * batch_size if draws is None else torch.as_tensor(draws).reshape(-1).tolist()
+        seeds, counts = [], {}
+        for i in range(batch_size):
+            ident = (str(subjects[i]), str(draws[i]))
+            counts[ident] = counts.get(ident, -1) + 1  # a sample repeated in one batch gets fresh draws
+            text = f"{self.seed}/{self.epoch}/{ident[0]}/{ident[1]}/{counts[ident]}"
+            seeds.append(int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") >> 1)
+        return seeds
+
+    def _draw(self, batchdata: Mapping[str, Any], x0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        b = x0.shape[0]
+        need_noise = self.sigma > 0
+        if self.seed is not None:
+            taus, noises = [], []
+            for s in self.sample_seeds(batchdata, b):
+                g = torch.Generator().manual_seed(s)
+                taus.append(torch.rand(1, generator=g))
+                if need_noise:
+                    noises.append(torch.randn(x0.shape[1:], generator=g))
+            tau = torch.cat(taus).to(x0.device)
+            noise = torch.stack(noises).to(x0.device) if need_noise else None
+            return tau, noise
+        gen_device = None if self.generator is None else self.generator.device
+        tau = sample_tau(b, device=gen_device, generator=self.generator).to(x0.device)
+        noise = None
+        if need_noise and self.generator is not None:
+            noise = torch.randn(x0.shape, generator=self.generator, device=gen_device).to(x0.device)
+        return tau, noise
 
     def __call__(
         self,
@@ -133,13 +213,8 @@ class FlowMatchingPrepareBatch(_FlowBatchBase):
         x0, target, ctx_t, tgt_t, mask = self._unpack(batchdata, device, non_blocking)
         if self.variant == "continuous":
             x0 = tie_padding(x0, mask)  # padding repeats the last real frame, whatever the dataset put there
-        b, k = x0.shape[:2]
-        x1 = broadcast_target(target, k)
-        gen_device = None if self.generator is None else self.generator.device
-        tau = sample_tau(b, device=gen_device, generator=self.generator).to(x0.device)
-        noise = None
-        if self.sigma > 0 and self.generator is not None:
-            noise = torch.randn(x0.shape, generator=self.generator, device=gen_device).to(x0.device)
+        x1 = broadcast_target(target, x0.shape[1])
+        tau, noise = self._draw(batchdata, x0)
         x_tau = interpolate(x0, x1, tau, self.sigma, self.sigma_schedule, noise)
         targets = {
             "velocity": target_velocity(x0, x1),

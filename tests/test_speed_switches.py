@@ -1,0 +1,118 @@
+# Copyright (c) monai_tfm contributors. Licensed under the Apache License, Version 2.0.
+"""Speed switches of the training config do not change results beyond tolerance (CPU, tiny CronosUNet)."""
+
+from __future__ import annotations
+
+import copy
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import workflow
+
+from monai_tfm.engines import FlowMatchingLoss, FlowMatchingPrepareBatch, configure_network
+from monai_tfm.networks import CronosUNet
+
+CONFIGS = Path(__file__).resolve().parents[1] / "bundles" / "synthetic_forecasting" / "configs"
+
+
+def _net(**kw) -> CronosUNet:
+    torch.manual_seed(0)
+    net = CronosUNet(num_frames=3, channels=8, attention=False, **kw)
+    torch.nn.init.normal_(net.out_conv.weight, std=0.1)  # a non-zero head so that outputs and gradients are informative
+    return net
+
+
+def _inputs():
+    g = torch.Generator().manual_seed(1)
+    return torch.rand(2, 3, 1, 16, 16, 8, generator=g), torch.rand(2, generator=g)
+
+
+def test_channels_last_same_outputs():
+    net = _net().eval()
+    x, tau = _inputs()
+    ref = net(x, tau)
+    fast = configure_network(copy.deepcopy(net), channels_last=True)
+    assert any(p.ndim == 5 and p.is_contiguous(memory_format=torch.channels_last_3d) for p in fast.parameters())
+    torch.testing.assert_close(fast(x, tau), ref, rtol=0, atol=1e-5)
+
+
+def test_activation_checkpointing_same_gradients():
+    x, tau = _inputs()
+    target = torch.rand_like(x)
+    grads = []
+    for ckpt in (False, True):
+        net = configure_network(_net(), activation_checkpointing=ckpt).train()
+        assert net.activation_checkpointing is ckpt
+        torch.nn.functional.mse_loss(net(x, tau), target).backward()
+        grads.append({n: p.grad.clone() for n, p in net.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys()
+    for name, g in grads[0].items():
+        torch.testing.assert_close(grads[1][name], g, rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="activation checkpointing"):
+        configure_network(torch.nn.Linear(2, 2), activation_checkpointing=True)
+
+
+def test_bf16_autocast_loss_close_to_fp32():
+    """bf16 autocast (8 mantissa bits) changes the flow-matching loss by well under 2 % relative on this net."""
+    net = _net().train()
+    g = torch.Generator().manual_seed(2)
+    batch = {
+        "context": torch.rand(2, 3, 1, 16, 16, 8, generator=g),
+        "context_time": torch.rand(2, 3, generator=g),
+        "context_mask": torch.ones(2, 3, dtype=torch.bool),
+        "target": torch.rand(2, 1, 16, 16, 8, generator=g),
+        "target_time": torch.ones(2),
+    }
+    x, targets, _, kwargs = FlowMatchingPrepareBatch(seed=0)(batch)
+    loss_fn = FlowMatchingLoss()
+    fp32 = loss_fn(net(x, **kwargs), targets)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = net(x, **kwargs)
+    bf16 = loss_fn(out, targets)  # the loss itself in float32 (FlowMatchingLoss casts)
+    assert out.dtype == torch.bfloat16 and bf16.dtype == torch.float32
+    assert abs(bf16.item() - fp32.item()) <= 0.02 * fp32.item()
+
+
+def test_compile_same_outputs():
+    if not hasattr(torch, "compile"):
+        pytest.skip("torch.compile unavailable")
+    net = _net().eval()
+    x, tau = _inputs()
+    ref = net(x, tau)
+    t0 = time.perf_counter()
+    try:
+        out = torch.compile(net)(x, tau)
+    except Exception as e:  # no C++ compiler or unsupported platform
+        pytest.skip(f"torch.compile failed here: {type(e).__name__}")
+    if time.perf_counter() - t0 > 60:
+        pytest.skip("torch.compile took more than 60 s")
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-4)
+
+
+def test_config_wiring(tmp_path):
+    overrides = {
+        "bundle_root": str(CONFIGS.parent),
+        "dataset_dir": str(tmp_path / "d"),
+        "output_dir": str(tmp_path / "r"),
+        "num_train": 2,
+        "num_val": 1,
+        "num_test": 1,
+        "spatial_size": [16, 16, 8],
+        "network_def#channels": 8,
+        "amp": True,
+        "channels_last": True,
+        "activation_checkpointing": True,
+        "compile": True,
+        "sample_seed": 3,
+    }
+    wf = workflow([CONFIGS / "train.yaml"], "train", "training", CONFIGS / "metadata.json", **overrides)
+    trainer = wf.parser.get_parsed_content("train#trainer")
+    assert trainer.amp and trainer.amp_kwargs["dtype"] == torch.bfloat16 and trainer.compile
+    net = wf.parser.get_parsed_content("network")
+    assert net.activation_checkpointing
+    assert any(p.ndim == 5 and p.is_contiguous(memory_format=torch.channels_last_3d) for p in net.parameters())
+    assert wf.parser.get_parsed_content("train#prepare_batch").seed == 3
+    evaluator = wf.parser.get_parsed_content("validate#evaluator")
+    assert evaluator.amp and evaluator.compile
