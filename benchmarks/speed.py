@@ -1,0 +1,228 @@
+# Copyright (c) monai_tfm contributors. Licensed under the Apache License, Version 2.0.
+"""Speed harness (issue 6): training throughput, peak memory, forecast latency/NFE, parameters and FLOPs.
+
+Every setting (variant x context length T) runs in a fresh subprocess so that the CPU peak RSS
+(``resource.getrusage``) belongs to that setting alone; on CUDA the peak is ``torch.cuda.max_memory_allocated``.
+
+* discrete: the CRONOS UNet sees the K grid slots (``--grid-slots``, fixed: the grid spans the series), whatever T;
+* continuous: it sees the T real frames only, so its cost grows with T (SPEC section 4).
+
+Example (the reduced CPU setting of docs/results/speed.md)::
+
+    python benchmarks/speed.py --grid 32 32 8 --channels 16 --context 3 7 11 --steps 3 --warmup 1 \
+        --out docs/results/speed
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import provenance  # noqa: E402
+
+from monai_tfm.engines import FlowMatchingLoss, FlowMatchingPrepareBatch, configure_network  # noqa: E402
+from monai_tfm.inferers import ForecastInferer  # noqa: E402
+from monai_tfm.networks import CronosUNet  # noqa: E402
+
+SOLVERS = (("euler", 1), ("euler", 5), ("euler", 10), ("dopri5", 0))
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _batch(b: int, k: int, t_real: int, grid: list[int], device: torch.device) -> dict:
+    mask = torch.zeros(b, k, dtype=torch.bool)
+    mask[:, :t_real] = True
+    return {
+        "context": torch.rand(b, k, 1, *grid, device=device),
+        "context_time": torch.linspace(0, 0.8, k).repeat(b, 1).to(device),
+        "context_mask": mask.to(device),
+        "target": torch.rand(b, 1, *grid, device=device),
+        "target_time": torch.ones(b, device=device),
+        "subject": [f"s{i}" for i in range(b)],
+        "draw": torch.zeros(b, dtype=torch.long),
+    }
+
+
+def worker(args: argparse.Namespace) -> dict:
+    """One setting, measured in this process.
+
+    Args:
+        args: parsed command line (``--variant``, ``--t``, ...).
+
+    Returns:
+        the measurements.
+    """
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    k = args.grid_slots if args.variant == "discrete" else args.t
+    net = CronosUNet(num_frames=k, channels=args.channels, attention=False, time_mode=args.variant)
+    net = configure_network(net, device, args.channels_last, args.activation_checkpointing)
+    torch.nn.init.normal_(net.out_conv.weight, std=0.01)
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-4, fused=device.type == "cuda")
+    prep, loss_fn = FlowMatchingPrepareBatch(variant=args.variant), FlowMatchingLoss()
+    batch = _batch(args.batch, k, min(args.t, k), args.grid, device)
+
+    def step() -> None:
+        x, targets, _, kw = prep(batch, device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16):
+            out = net(x, **kw)
+        loss = loss_fn(out, targets)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    for _ in range(args.warmup):
+        step()
+    with FlopCounterMode(display=False) as fc:
+        step()
+    flops = fc.get_total_flops()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    times = []
+    for _ in range(args.steps):
+        _sync(device)
+        t0 = time.perf_counter()
+        step()
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    med = statistics.median(times)
+    out = {
+        "variant": args.variant,
+        "T": args.t,
+        "K_network_frames": k,
+        "grid": args.grid,
+        "channels": args.channels,
+        "batch": args.batch,
+        "params": sum(p.numel() for p in net.parameters()),
+        "train_step_s_median": med,
+        "train_samples_per_s": args.batch / med,
+        "flops_per_train_step": flops,
+        "achieved_flops_per_s": flops / med,
+    }
+    if device.type == "cuda":
+        out["peak_memory_MiB"] = torch.cuda.max_memory_allocated(device) / 2**20
+    else:
+        out["peak_rss_MiB"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    net.eval()
+    prep_f = __import__("monai_tfm.engines", fromlist=["ForecastPrepareBatch"]).ForecastPrepareBatch(args.variant)
+    one = {key: (v[:1] if torch.is_tensor(v) or isinstance(v, list) else v) for key, v in batch.items()}
+    x0, _, _, kw = prep_f(one, device)
+    out["forecast"] = []
+    with torch.no_grad():
+        ForecastInferer(method="euler", steps=1)(x0, net, **kw)  # warm-up
+    for method, steps in SOLVERS:
+        if method == "dopri5" and args.dopri5_context is not None and args.t not in args.dopri5_context:
+            continue
+        inferer = ForecastInferer(method=method, steps=max(steps, 1))
+        with torch.no_grad():
+            _sync(device)
+            t0 = time.perf_counter()
+            inferer(x0, net, **kw)
+            _sync(device)
+        name = f"{method}-{steps}" if steps else method
+        out["forecast"].append({"solver": name, "latency_s": time.perf_counter() - t0, "nfe": inferer.last_nfe})
+    return out
+
+
+def _markdown(prov: dict, args: argparse.Namespace, rows: list[dict]) -> str:
+    lines = [
+        "# Speed benchmark",
+        "",
+        f"**{args.label}**",
+        "",
+        f"Device: {prov['device']}; commit {prov['commit']}; torch {prov['torch']}, MONAI {prov['monai']}, "
+        f"Python {prov['python']}.",
+        f"Command: `{prov['command']}`",
+        "",
+        f"CRONOS UNet (channels {args.channels}, no attention), grid {'x'.join(map(str, args.grid))}, batch "
+        f"{args.batch}, AdamW, fp32{' + bf16 autocast' if args.bf16 else ''}; median of {args.steps} timed steps after "
+        f"{args.warmup} warm-up step(s). Discrete: the network sees the {args.grid_slots} grid slots whatever T; "
+        "continuous: the T real frames. Peak memory: "
+        + ("CUDA max allocated." if args.device.startswith("cuda") else "peak RSS of a fresh process per setting."),
+        "",
+        "| variant | T | network frames | params | train samples/s | step s | peak MiB | GFLOP/step | "
+        "GFLOP/s achieved |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        mem = r.get("peak_memory_MiB", r.get("peak_rss_MiB"))
+        lines.append(
+            f"| {r['variant']} | {r['T']} | {r['K_network_frames']} | {r['params']:,} | {r['train_samples_per_s']:.2f} "
+            f"| {r['train_step_s_median']:.3f} | {mem:.0f} | {r['flops_per_train_step'] / 1e9:.2f} | "
+            f"{r['achieved_flops_per_s'] / 1e9:.1f} |"
+        )
+    lines += ["", "Forecast latency per volume (batch 1) and network evaluations (NFE):", ""]
+    solvers = [f"{m}-{n}" if n else m for m, n in SOLVERS]
+    lines.append("| variant | T | " + " | ".join(f"{s} s (NFE)" for s in solvers) + " |")
+    lines.append("|---|---|" + "---|" * len(solvers))
+    for r in rows:
+        got = {f["solver"]: f for f in r["forecast"]}
+        cells = [f"{got[s]['latency_s']:.3f} ({got[s]['nfe']})" if s in got else "not run" for s in solvers]
+        lines.append(f"| {r['variant']} | {r['T']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    """Parse the command line; run every setting in a subprocess (or one setting with ``--worker``)."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--grid", type=int, nargs=3, default=[128, 128, 32])
+    p.add_argument("--channels", type=int, default=32)
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--context", type=int, nargs="+", default=[3, 5, 7, 11, 16])
+    p.add_argument("--grid-slots", type=int, default=None, help="discrete grid length (default: max of --context)")
+    p.add_argument("--variants", nargs="+", default=["discrete", "continuous"])
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--dopri5-context", type=int, nargs="+", default=None, help="T values timed with dopri5 (all)")
+    p.add_argument("--bf16", action="store_true")
+    p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--activation-checkpointing", action="store_true")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--label", default="")
+    p.add_argument("--out", default="docs/results/speed")
+    p.add_argument("--worker", action="store_true")
+    p.add_argument("--variant", default="discrete")
+    p.add_argument("--t", type=int, default=11)
+    args = p.parse_args()
+    args.grid_slots = args.grid_slots or max(args.context)
+    if args.worker:
+        sys.stdout.write(json.dumps(worker(args)) + "\n")
+        return
+    rows = []
+    base = [a for a in sys.argv[1:] if a != "--worker"]
+    for variant in args.variants:
+        for t in args.context:
+            cmd = [sys.executable, __file__, *base, "--worker", "--variant", variant, "--t", str(t)]
+            cmd += ["--grid-slots", str(args.grid_slots)]
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise RuntimeError(f"{variant} T={t} failed:\n{proc.stderr[-3000:]}")
+            rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+            _write(args, rows)  # after every setting, so an interrupted run keeps what it measured
+
+
+def _write(args: argparse.Namespace, rows: list[dict]) -> None:
+    prov = provenance()
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps({"provenance": prov, "args": vars(args), "rows": rows}, indent=1))
+    out.with_suffix(".md").write_text(_markdown(prov, args, rows))
+
+
+if __name__ == "__main__":
+    main()
