@@ -204,6 +204,23 @@ class DirectForecaster(nn.Module):
         Returns:
             ``(B, C, *S)``.
         """
+        context, times, mask, target_time = self.check_inputs(context, frame_times, frame_mask, target_time)
+        return self.predict(context, times, mask, target_time)
+
+    def predict(
+        self, context: torch.Tensor, times: torch.Tensor, mask: torch.Tensor, target_time: torch.Tensor
+    ) -> torch.Tensor:
+        """The model on checked inputs (see :meth:`forward`).
+
+        Args:
+            context: ``(B, T, C, *S)``.
+            times: ``(B, T)`` scaled times.
+            mask: ``(B, T)`` bool real frames.
+            target_time: ``(B,)`` scaled target time.
+
+        Returns:
+            ``(B, C, *S)``.
+        """
         raise NotImplementedError
 
 

@@ -37,23 +37,8 @@ class LastContextImage(DirectForecaster):
         super().__init__()
         self.spatial_dims = int(spatial_dims)
 
-    def forward(
-        self,
-        context: torch.Tensor,
-        frame_times: torch.Tensor | None = None,
-        frame_mask: torch.Tensor | None = None,
-        target_time: torch.Tensor | None = None,
+    def predict(
+        self, context: torch.Tensor, times: torch.Tensor, mask: torch.Tensor, target_time: torch.Tensor
     ) -> torch.Tensor:
-        """Return the last real frame.
-
-        Args:
-            context: ``(B, T, C, *S)``.
-            frame_times: unused.
-            frame_mask: ``(B, T)`` bool real frames (``None``: all real).
-            target_time: unused.
-
-        Returns:
-            ``(B, C, *S)``.
-        """
-        context, _, mask, _ = self.check_inputs(context, frame_times, frame_mask, target_time)
+        """Forecast from checked inputs (see :meth:`DirectForecaster.predict`)."""
         return select_frames(context, last_real_index(mask))

@@ -26,25 +26,10 @@ class LinearExtrapolation(DirectForecaster):
         super().__init__()
         self.spatial_dims = int(spatial_dims)
 
-    def forward(
-        self,
-        context: torch.Tensor,
-        frame_times: torch.Tensor | None = None,
-        frame_mask: torch.Tensor | None = None,
-        target_time: torch.Tensor | None = None,
+    def predict(
+        self, context: torch.Tensor, times: torch.Tensor, mask: torch.Tensor, target_time: torch.Tensor
     ) -> torch.Tensor:
-        """Extrapolate.
-
-        Args:
-            context: ``(B, T, C, *S)``.
-            frame_times: ``(B, T)`` scaled times.
-            frame_mask: ``(B, T)`` bool real frames (``None``: all real).
-            target_time: ``(B,)`` scaled target time.
-
-        Returns:
-            ``(B, C, *S)``.
-        """
-        context, times, mask, target_time = self.check_inputs(context, frame_times, frame_mask, target_time)
+        """Forecast from checked inputs (see :meth:`DirectForecaster.predict`)."""
         b = context.shape[0]
         rows = torch.arange(b, device=context.device)
         last = last_real_index(mask)

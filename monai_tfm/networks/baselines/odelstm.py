@@ -140,25 +140,10 @@ class ODELSTM3D(DirectForecaster):
             out = odeint(velocity, h, grid, method=self.solver, rtol=self.rtol, atol=self.atol)
         return out[-1]
 
-    def forward(
-        self,
-        context: torch.Tensor,
-        frame_times: torch.Tensor | None = None,
-        frame_mask: torch.Tensor | None = None,
-        target_time: torch.Tensor | None = None,
+    def predict(
+        self, context: torch.Tensor, times: torch.Tensor, mask: torch.Tensor, target_time: torch.Tensor
     ) -> torch.Tensor:
-        """Forecast the target volume.
-
-        Args:
-            context: ``(B, T, C, *S)`` frames in time order.
-            frame_times: ``(B, T)`` scaled times.
-            frame_mask: ``(B, T)`` bool real frames.
-            target_time: ``(B,)`` scaled target time.
-
-        Returns:
-            ``(B, C, *S)``.
-        """
-        context, times, mask, target_time = self.check_inputs(context, frame_times, frame_mask, target_time)
+        """Forecast from checked inputs (see :meth:`DirectForecaster.predict`)."""
         self.last_nfe = 0
         b, t = context.shape[:2]
         z, sizes, _ = self.encoder(context.flatten(0, 1))

@@ -191,25 +191,10 @@ class SimVP3D(DirectForecaster):
             spatial_dims, hidden_channels, hidden_channels, in_channels, num_down, hidden_channels, norm_groups
         )
 
-    def forward(
-        self,
-        context: torch.Tensor,
-        frame_times: torch.Tensor | None = None,
-        frame_mask: torch.Tensor | None = None,
-        target_time: torch.Tensor | None = None,
+    def predict(
+        self, context: torch.Tensor, times: torch.Tensor, mask: torch.Tensor, target_time: torch.Tensor
     ) -> torch.Tensor:
-        """Forecast the target volume.
-
-        Args:
-            context: ``(B, T, C, *S)`` frames in time order, ``T <= num_frames`` real frames are used (the latest).
-            frame_times: ``(B, T)`` scaled times.
-            frame_mask: ``(B, T)`` bool real frames.
-            target_time: ``(B,)`` scaled target time.
-
-        Returns:
-            ``(B, C, *S)``.
-        """
-        context, times, mask, target_time = self.check_inputs(context, frame_times, frame_mask, target_time)
+        """Forecast from checked inputs (see :meth:`DirectForecaster.predict`)."""
         if times is None:
             times = torch.zeros(mask.shape, dtype=context.dtype, device=context.device)
         context, times, mask = right_align(context, times, mask, self.num_frames)

@@ -159,25 +159,10 @@ class ViViT3D(DirectForecaster):
             self._position_codes[key] = code.detach()
         return self._position_codes[key]
 
-    def forward(
-        self,
-        context: torch.Tensor,
-        frame_times: torch.Tensor | None = None,
-        frame_mask: torch.Tensor | None = None,
-        target_time: torch.Tensor | None = None,
+    def predict(
+        self, context: torch.Tensor, times: torch.Tensor, mask: torch.Tensor, target_time: torch.Tensor
     ) -> torch.Tensor:
-        """Forecast the target volume.
-
-        Args:
-            context: ``(B, T, C, *S)`` frames in time order.
-            frame_times: ``(B, T)`` scaled times.
-            frame_mask: ``(B, T)`` bool real frames.
-            target_time: ``(B,)`` scaled target time.
-
-        Returns:
-            ``(B, C, *S)``.
-        """
-        context, times, mask, target_time = self.check_inputs(context, frame_times, frame_mask, target_time)
+        """Forecast from checked inputs (see :meth:`DirectForecaster.predict`)."""
         b, t = context.shape[:2]
         grid = self.token_grid(context.shape[3:])
         n, e = 1, self.hidden_size
