@@ -24,7 +24,7 @@ from ignite.metrics import Metric
 
 from monai_tfm.engines.distributed import gather_rows
 from monai_tfm.flows.path import last_real_index
-from monai_tfm.metrics import compute_forecast_metrics
+from monai_tfm.metrics import compute_forecast_metrics_batch
 
 __all__ = ["ForecastMetrics", "last_context_image"]
 
@@ -110,12 +110,12 @@ class ForecastMetrics(Metric):
         subjects = _as_list(batch.get("subject"), n)
         draws = _as_list(batch.get("draw"), n)
         times = _as_list(batch.get("target_time"), n)
+        model_rows = compute_forecast_metrics_batch(pred, target, lci)
+        lci_rows = compute_forecast_metrics_batch(lci, target, lci)
         for i in range(n):
             row: dict[str, Any] = {"subject": subjects[i], "draw": draws[i], "target_time": times[i]}
-            for name, value in compute_forecast_metrics(pred[i], target[i], lci[i]).items():
-                row[f"model_{name}"] = value
-            for name, value in compute_forecast_metrics(lci[i], target[i], lci[i]).items():
-                row[f"lci_{name}"] = value
+            row.update({f"model_{k}": v for k, v in model_rows[i].items()})
+            row.update({f"lci_{k}": v for k, v in lci_rows[i].items()})
             self.rows.append(row)
 
     def summary(self) -> dict[str, float]:

@@ -179,7 +179,7 @@ def reduce_frames(x: torch.Tensor, mask: torch.Tensor | None = None, mode: str =
     if mode == "mean":
         if not bool(mask.any(dim=1).all()):
             raise ValueError("cannot average: a sample has no counted frame.")
-        w = _expand(mask.to(x.dtype).reshape(-1), x.flatten(0, 1)).reshape(*mask.shape, *([1] * (x.ndim - 2)))
+        w = mask.to(x.dtype).reshape(*mask.shape, *([1] * (x.ndim - 2)))
         return (x * w).sum(dim=1) / w.sum(dim=1)
     if mode == "last":
         idx = last_real_index(mask)

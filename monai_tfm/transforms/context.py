@@ -30,6 +30,7 @@ __all__ = [
     "draw_context",
     "subject_rng",
     "make_fixed_draws",
+    "padded_slots",
     "select_context",
     "SelectContextd",
     "RandContextd",
@@ -248,6 +249,25 @@ def make_fixed_draws(
     return out
 
 
+def padded_slots(indices: Sequence[int], max_context: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Frame index of each context slot and the real-frame mask: the latest ``max_context`` indices, padded by
+    repeating the last one (so the last slot is always the last real frame).
+
+    Args:
+        indices: sorted frame indices of the context (at least one).
+        max_context: number of slots (``None``: one per index, no padding).
+
+    Returns:
+        ``(slots (T,) long, mask (T,) bool)``.
+    """
+    idx = [int(i) for i in indices]
+    if max_context is not None:
+        idx = idx[-max_context:]
+    n_pad = 0 if max_context is None else max_context - len(idx)
+    slots = torch.as_tensor(idx + [idx[-1]] * n_pad, dtype=torch.long)
+    return slots, torch.arange(len(slots)) < len(idx)
+
+
 def select_context(
     series: torch.Tensor,
     times: torch.Tensor,
@@ -278,15 +298,9 @@ def select_context(
         raise ValueError("a sample needs at least one context frame.")
     if sorted(idx) != idx or idx[-1] >= int(target_index):
         raise ValueError(f"context indices {idx} must be sorted and before the target index {target_index}.")
-    if max_context is not None:
-        idx = idx[-max_context:]
-    n_pad = 0 if max_context is None else max_context - len(idx)
-    slots = idx + [idx[-1]] * n_pad
-    slot_t = torch.as_tensor(slots, dtype=torch.long)
+    slot_t, mask = padded_slots(idx, max_context)
     series_t = torch.as_tensor(series).as_subclass(torch.Tensor)  # plain tensors in the batch; affine kept apart
     times_t = torch.as_tensor(times, dtype=torch.float32)
-    mask = torch.zeros(len(slots), dtype=torch.bool)
-    mask[: len(idx)] = True
     return {
         "context": series_t[slot_t],
         "context_time": times_t[slot_t],
@@ -452,14 +466,10 @@ class InferenceContextd(SelectContextd):
         series = d[self.series_key]
         if hasattr(series, "affine"):
             d["affine"] = torch.as_tensor(series.affine).as_subclass(torch.Tensor).clone()
-        if self.max_context is not None:
-            idx = idx[-self.max_context :]
-        n_pad = 0 if self.max_context is None else self.max_context - len(idx)
-        slots = torch.as_tensor(idx + [idx[-1]] * n_pad)
+        slots, d["context_mask"] = padded_slots(idx, self.max_context)
         plain = torch.as_tensor(series).as_subclass(torch.Tensor)
         d["context"] = plain[slots]
         d["context_time"] = times[slots].float()
-        d["context_mask"] = torch.arange(len(slots)) < len(idx)
         d["target_time"] = torch.tensor(t_target, dtype=torch.float32)
         if bool(at_target.any()):
             d["target"] = plain[int(torch.nonzero(at_target)[0])]
