@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Commands", "main", "bundle_configs"]
+__all__ = ["Commands", "main", "bundle_configs", "PREPARERS"]
 
 logger = logging.getLogger("monai_tfm.cli")
 
@@ -123,6 +123,13 @@ def _group_list_flags(argv: list[str]) -> list[str]:
     return out
 
 
+# dataset name -> "module:function" of its preparer (signature ``(src, dst, **options) -> datalist path``); imported
+# lazily so that the command line starts fast and one dataset's optional dependencies never break another's.
+PREPARERS: dict[str, str] = {
+    "acdc": "monai_tfm.data.acdc:prepare_acdc",
+}
+
+
 class Commands:
     """Forecast 3D medical scans with Temporal Flow Matching / CRONOS (MONAI bundles)."""
 
@@ -188,11 +195,12 @@ class Commands:
         Example: ``monai-tfm prepare acdc /data/ACDC/database /data/acdc_prep --num_frames 12``.
 
         Args:
-            dataset: dataset name; ``acdc`` (cine MRI, :func:`monai_tfm.data.acdc.prepare_acdc`).
+            dataset: dataset name, a key of :data:`PREPARERS` (``acdc``: cine MRI,
+                :func:`monai_tfm.data.acdc.prepare_acdc`).
             src: the download folder (read only).
             dst: output folder.
-            kwargs: options of the dataset's preparer (ACDC: ``spatial_size``, ``num_frames``, ``num_folds``,
-                ``seed``, ``overwrite``, ``include_labels``, ``progress``).
+            kwargs: options of the dataset's preparer, checked against its signature (ACDC: ``spatial_size``,
+                ``num_frames``, ``num_folds``, ``seed``, ``overwrite``, ``include_labels``, ``progress``).
 
         Returns:
             the datalist path.
@@ -201,17 +209,18 @@ class Commands:
             CLIError: for an unknown dataset or unknown options.
         """
         name = str(dataset).lower()
-        if name == "acdc":
-            import inspect
+        if name not in PREPARERS:
+            raise CLIError(f"unknown dataset {dataset!r} for 'prepare'; available: {sorted(PREPARERS)}.")
+        import importlib
+        import inspect
 
-            from monai_tfm.data.acdc import prepare_acdc
-
-            allowed = set(inspect.signature(prepare_acdc).parameters) - {"src", "dst"}
-            unknown = sorted(set(kwargs) - allowed)
-            if unknown:
-                raise CLIError(f"unknown option(s) {unknown} for 'prepare acdc'; available: {sorted(allowed)}.")
-            return str(prepare_acdc(src, dst, **kwargs))
-        raise CLIError(f"unknown dataset {dataset!r} for 'prepare'; available: ['acdc'].")
+        module_name, func_name = PREPARERS[name].split(":")
+        preparer = getattr(importlib.import_module(module_name), func_name)
+        allowed = set(inspect.signature(preparer).parameters) - {"src", "dst"}
+        unknown = sorted(set(kwargs) - allowed)
+        if unknown:
+            raise CLIError(f"unknown option(s) {unknown} for 'prepare {name}'; available: {sorted(allowed)}.")
+        return str(preparer(src, dst, **kwargs))
 
     def forecast(
         self,
