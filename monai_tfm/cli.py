@@ -127,6 +127,8 @@ def _group_list_flags(argv: list[str]) -> list[str]:
 # lazily so that the command line starts fast and one dataset's optional dependencies never break another's.
 PREPARERS: dict[str, str] = {
     "acdc": "monai_tfm.data.acdc:prepare_acdc",
+    "isles": "monai_tfm.data.isles:prepare_isles",
+    "lumiere": "monai_tfm.data.lumiere:prepare_lumiere",
 }
 
 
