@@ -17,6 +17,11 @@ the LCI row is the same for all of them (checked).
 
     python benchmarks/baselines.py                                   # all methods, bundle defaults
     python benchmarks/baselines.py --methods convlstm,lci --epochs 1 --out /tmp/bench
+    python benchmarks/baselines.py --bundle bundles/acdc_cine_forecasting --epochs 20 --flow-channels 16 \
+        --set dataset_dir=../shared/data/acdc_cine --set fold=0 --spatial-size 96,96,8
+
+A method whose ``<work>/<method>/result.json`` exists is not run again (``--rerun`` forces it), so an interrupted
+benchmark resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -77,6 +82,27 @@ def _network(bundle: Path, method: str, **overrides: Any) -> torch.nn.Module:
     return parser.get_parsed_content("network_def", instantiate=True)
 
 
+def method_overrides(bundle: Path, method: str, common: dict[str, Any], flow_channels: int | None) -> dict[str, Any]:
+    """``common`` plus the UNet width for the methods whose network has a ``channels`` argument (the flow UNets)."""
+    overrides = dict(common)
+    if flow_channels is not None and "channels" in (_parser(_files(bundle, method)).get("network_def") or {}):
+        overrides["network_def#channels"] = int(flow_channels)
+    return overrides
+
+
+def _parse_sets(items: list[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` strings (VALUE read as YAML: numbers, lists, null) into config overrides."""
+    import yaml
+
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--set expects KEY=VALUE, got {item!r}.")
+        out[key] = yaml.safe_load(value)
+    return out
+
+
 def _methods(bundle: Path, wanted: str) -> list[str]:
     available = sorted(p.stem for p in (_configs(bundle) / "methods").glob("*.yaml"))
     if wanted == "all":
@@ -116,14 +142,20 @@ def _peak_bytes(record: dict | None) -> float | None:
     return float(cuda) if cuda is not None else float(record["peak_rss_bytes"])
 
 
-def run_method(bundle: Path, method: str, work: Path, epochs: int | None) -> dict[str, Any]:
-    """Train (unless parameter-free) and evaluate one method; returns its numbers."""
+def run_method(
+    bundle: Path, method: str, work: Path, epochs: int | None, overrides: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Train (unless parameter-free) and evaluate one method; returns its numbers.
+
+    ``overrides`` (config id -> value) apply to training, evaluation and the parameter count.
+    """
     out = work / method
     out.mkdir(parents=True, exist_ok=True)
-    overrides: dict[str, Any] = {"output_dir": str(out), "overwrite": True}
+    extra = dict(overrides or {})
+    overrides = {**extra, "output_dir": str(out), "overwrite": True}
     if epochs is not None:
         overrides["max_epochs"] = int(epochs)
-    params = sum(p.numel() for p in _network(bundle, method).parameters() if p.requires_grad)
+    params = sum(p.numel() for p in _network(bundle, method, **extra).parameters() if p.requires_grad)
     result: dict[str, Any] = {"method": method, "parameters": params, "train_seconds": None, "train_memory": None}
     if params > 0:
         files = _files(bundle, method)
@@ -136,8 +168,11 @@ def run_method(bundle: Path, method: str, work: Path, epochs: int | None) -> dic
     logger.info("evaluating %s", method)
     result["eval_seconds"] = run_bundle("evaluating", files + [probe], work / f"{method}_eval.log", **overrides)
     result["eval_memory"] = json.loads((out / "eval_memory.json").read_text())
-    summary = json.loads((out / "eval_test" / "summary.json").read_text())
+    split = _parser(files, **extra).get("eval_split", "test")
+    summary = json.loads((out / f"eval_{split}" / "summary.json").read_text())
     result["summary"], result["info"] = summary["summary"], summary["info"]
+    result["eval_split"], result["overrides"] = split, extra
+    atomic_write_text(out / "result.json", json.dumps(result, indent=1, default=float), overwrite=True)
     return result
 
 
@@ -160,7 +195,9 @@ def _peak_rss() -> int:
     raise OSError("no VmHWM in /proc/self/status")
 
 
-def measure_forward(bundle: Path, method: str, num_frames: int, spatial_size: list[int] | None) -> dict[str, Any]:
+def measure_forward(
+    bundle: Path, method: str, num_frames: int, spatial_size: list[int] | None, overrides: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """Peak memory of one training-style forward pass (batch 1, autograd on) with ``num_frames`` context frames.
 
     CPU: growth of the peak RSS over the RSS before the pass (the kernel's peak counter is reset first, Linux
@@ -168,7 +205,7 @@ def measure_forward(bundle: Path, method: str, num_frames: int, spatial_size: li
     """
     from monai_tfm.networks import DirectForecaster
 
-    parser = _parser(_files(bundle, method), num_slots=int(num_frames))
+    parser = _parser(_files(bundle, method), **{**(overrides or {}), "num_slots": int(num_frames)})
     size = spatial_size or parser.get_parsed_content("spatial_size")
     if not size:
         raise SystemExit(f"{bundle.name}: the config has no spatial_size; pass --spatial-size D,H,W.")
@@ -208,12 +245,16 @@ def measure_forward(bundle: Path, method: str, num_frames: int, spatial_size: li
     return {"method": method, "T": int(num_frames), "bytes": int(max(peak, 0)), "kind": kind, "size": list(size)}
 
 
-def memory_curve(bundle: Path, methods: list[str], sizes: list[int], spatial: list[int] | None) -> list[dict]:
+def memory_curve(
+    bundle: Path, methods: list[str], sizes: list[int], spatial: list[int] | None, flow_channels: int | None = None
+) -> list[dict]:
     """Run :func:`measure_forward` for every (method, T) in a fresh interpreter each."""
     points = []
     for method in methods:
         for t in sizes:
             cmd = [sys.executable, __file__, "--bundle", str(bundle), "--measure-forward", f"{method}:{t}"]
+            if flow_channels is not None:
+                cmd += ["--flow-channels", str(flow_channels)]
             if spatial:
                 cmd += ["--spatial-size", ",".join(str(s) for s in spatial)]
             # glibc: serve every allocation >= 64 KiB by mmap and unmap it on free (no adaptive threshold), so that the
@@ -280,13 +321,16 @@ def results_markdown(results: list[dict], info: dict, bundle: Path, epochs: int 
     md += [f"* command: `{info['command']}`", f"* commit: {info['commit']}", f"* device: {info['device']}"]
     md += [f"* torch {info['torch']}, MONAI {info['monai']}, Python {info['python']}"]
     md += [
-        f"* epochs: {epochs if epochs is not None else 'bundle default'}; test split with the bundle's fixed draws "
-        f"({results[0]['info']['samples']} samples, the same for every method)",
+        f"* epochs: {epochs if epochs is not None else 'bundle default'}; {results[0].get('eval_split', 'test')} split"
+        f" with the bundle's fixed draws ({results[0]['info']['samples']} samples, the same for every method)",
+        f"* overrides: `{json.dumps(results[0].get('overrides', {}))}` (flow UNets: `network_def#channels` as in the"
+        " compute table's parameter counts)",
         "",
     ]
     md += ["## Forecast quality (CRONOS Table 2 format)", ""]
     md += [
-        "Mean +- std over the test samples of one run (the papers report mean +- std over three runs). NRMSE = RMSE /"
+        "Mean +- std over the evaluated samples of one run (the papers report mean +- std over three runs). NRMSE ="
+        " RMSE /"
         " (max - min of the target); SSIM 3D x100 and PSNR (data range 1) on the prediction clipped to [0, 1].",
         "",
     ]
@@ -336,14 +380,19 @@ def main() -> None:
     parser.add_argument("--context-sizes", default=",".join(map(str, CONTEXT_SIZES)), help="T values of the plot")
     parser.add_argument("--spatial-size", default=None, help="D,H,W of the memory plot (default: the bundle's)")
     parser.add_argument("--skip-memory-plot", action="store_true", help="no forward-memory measurements")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override (repeat)")
+    parser.add_argument("--flow-channels", type=int, default=None, help="base width of the flow UNets")
+    parser.add_argument("--rerun", action="store_true", help="run methods again even when result.json exists")
     parser.add_argument("--measure-forward", default=None, help=argparse.SUPPRESS)  # internal: METHOD:T
     args = parser.parse_args()
     bundle = Path(args.bundle).resolve()
     spatial = [int(s) for s in args.spatial_size.split(",")] if args.spatial_size else None
+    common = _parse_sets(args.set)
 
     if args.measure_forward:  # worker mode: one measurement, JSON on stdout
         method, t = args.measure_forward.rsplit(":", 1)
-        print(json.dumps(measure_forward(bundle, method, int(t), spatial)))  # noqa: T201
+        overrides = method_overrides(bundle, method, {}, args.flow_channels)
+        print(json.dumps(measure_forward(bundle, method, int(t), spatial, overrides)))  # noqa: T201
         return
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
@@ -354,7 +403,16 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     info = provenance()
     t0 = time.perf_counter()
-    results = [run_method(bundle, m, work, args.epochs) for m in methods]
+    results = []
+    for method in methods:
+        done = work / method / "result.json"
+        if done.is_file() and not args.rerun:
+            logger.info("%s: finished earlier, reading %s", method, done)
+            results.append(json.loads(done.read_text()))
+            continue
+        results.append(
+            run_method(bundle, method, work, args.epochs, method_overrides(bundle, method, common, args.flow_channels))
+        )
     lci_means = {json.dumps(r["summary"]["lci"]["nrmse"]["mean"]) for r in results}
     if len(lci_means) != 1:
         logger.warning("LCI differs between methods (%s): the runs did not share the test draws", lci_means)
@@ -363,7 +421,7 @@ def main() -> None:
     plot_name = None
     if not args.skip_memory_plot:
         sizes = [int(s) for s in args.context_sizes.split(",")]
-        points = memory_curve(bundle, methods, sizes, spatial)
+        points = memory_curve(bundle, methods, sizes, spatial, args.flow_channels)
         png = out / f"baselines_{name}_memory.png"
         if points and plot_memory(points, png, results[0]["info"]["device"]):
             plot_name = png.name
