@@ -25,7 +25,7 @@ from monai_tfm.data import (
     make_tumour_series,
     write_series_datalist,
 )
-from monai_tfm.transforms.series import LoadSeries, LoadSeriesd, SeriesReadError
+from monai_tfm.transforms.series import LoadSeries, LoadSeriesd, SeriesReadError, grid_mismatch, read_volume
 from monai_tfm.utils.io import atomic_path, atomic_save_torch, atomic_write_text
 
 AFFINE = np.array([[1.5, 0, 0, -5.0], [0, 1.5, 0, 2.0], [0, 0, 3.0, 1.0], [0, 0, 0, 1]])
@@ -369,3 +369,32 @@ def test_atomic_io(tmp_path):
     assert sorted(q.name for q in (tmp_path / "a").iterdir()) == ["x.txt"]
     ckpt = atomic_save_torch({"w": torch.arange(3)}, tmp_path / "m.pt")
     assert torch.equal(torch.load(ckpt, weights_only=True)["w"], torch.arange(3))
+
+
+def test_read_volume_and_grid_mismatch(tmp_path):
+    """The one reader of scans (datalist frames and ``monai-tfm forecast``): value, affine, checks, grid comparison."""
+    vol = np.arange(np.prod(SHAPE), dtype=np.float32).reshape(SHAPE)
+    img = read_volume(_save(tmp_path / "a.nii.gz", vol), what="scan")
+    assert img.shape == (1, *SHAPE) and np.array_equal(img[0].numpy(), vol)
+    assert np.allclose(np.asarray(img.affine), AFFINE)
+
+    assert grid_mismatch(img, img) is None
+    other = read_volume(_save(tmp_path / "b.nii.gz", np.zeros((6, 5, 3), np.float32)))
+    assert "spatial shape (6, 5, 3) vs (6, 5, 4)" in grid_mismatch(other, img)
+    shifted = AFFINE.copy()
+    shifted[1, 3] += 0.5
+    moved = read_volume(_save(tmp_path / "c.nii.gz", vol, shifted))
+    assert "affines differ by up to 0.5" in grid_mismatch(moved, img)
+    assert grid_mismatch(moved, img, atol=1.0) is None
+
+    with pytest.raises(FileNotFoundError, match="subj: label file '.*nope.nii.gz' does not exist"):
+        read_volume(tmp_path / "nope.nii.gz", what="label", who="subj")
+    four_d = _save(tmp_path / "d.nii.gz", np.zeros((*SHAPE, 2), np.float32))
+    with pytest.raises(ValueError, match="4D image"):
+        read_volume(four_d)
+    assert read_volume(four_d, allow_multichannel=True).shape == (2, *SHAPE)
+    bad = vol.copy()
+    bad[0, 0, 0] = np.inf
+    with pytest.raises(ValueError, match="1 non-finite"):
+        read_volume(_save(tmp_path / "e.nii.gz", bad))
+    assert not torch.isfinite(read_volume(tmp_path / "e.nii.gz", check_finite=False)).all()

@@ -43,12 +43,13 @@ import numpy as np
 import torch
 from monai.bundle import ConfigParser
 from monai.data import MetaTensor, list_data_collate
-from monai.transforms import LoadImage, ResampleToMatch, ScaleIntensityRange, ScaleIntensityRangePercentilesd
+from monai.transforms import ResampleToMatch, ScaleIntensityRange, ScaleIntensityRangePercentilesd
 from monai.transforms.utils_pytorch_numpy_unification import percentile
 
 from monai_tfm.engines.checkpoint import load_weights
 from monai_tfm.flows.solvers import ADAPTIVE_SOLVERS, FIXED_STEP_SOLVERS
 from monai_tfm.transforms.grid import GridEmbed, GridEmbedd, grid_slots
+from monai_tfm.transforms.series import SeriesReadError, grid_mismatch, read_volume
 from monai_tfm.utils.io import atomic_path, atomic_save_nifti
 
 __all__ = [
@@ -65,7 +66,6 @@ logger = logging.getLogger(__name__)
 
 SOLVERS = (*FIXED_STEP_SOLVERS, *ADAPTIVE_SOLVERS, "euler_maruyama")
 _NIFTI_SUFFIXES = (".nii", ".nii.gz")
-_GRID_ATOL = 1e-4  # affines closer than this (mm) are the same grid, as in monai_tfm.transforms.LoadSeries
 _TIME_ATOL = 1e-6
 
 
@@ -82,22 +82,11 @@ def _one_line(text: str, limit: int = 300) -> str:
 # ------------------------------------------------------------------------------------------------------ reading
 
 
-def _dicom_series_count(folder: Path) -> int:
-    """Number of DICOM series in ``folder``, counted as MONAI's ``ITKReader`` does when it reads a folder."""
-    import itk
-
-    names = itk.GDCMSeriesFileNames.New()
-    names.SetUseSeriesDetails(True)
-    names.AddSeriesRestriction("0008|0021")  # series date, as in monai.data.ITKReader
-    names.SetDirectory(str(folder))
-    return len(names.GetSeriesUIDs())
-
-
 def read_scan(path: str | os.PathLike, what: str = "scan") -> MetaTensor:
     """Read one scan: a 3D NIfTI file (nibabel), another ITK format, or a folder with one DICOM series (ITK).
 
-    The checks are those of :class:`monai_tfm.transforms.LoadSeries` for datalist frames (which needs files on one
-    grid): the file exists and is readable, it is a single 3D volume, its voxels are finite.
+    The reading and its checks are :func:`monai_tfm.transforms.read_volume`'s (the same as for datalist frames): the
+    file exists and is readable, it is a single 3D volume, its voxels are finite.
 
     Args:
         path: file or DICOM folder.
@@ -110,56 +99,15 @@ def read_scan(path: str | os.PathLike, what: str = "scan") -> MetaTensor:
         ForecastError: a missing or unreadable file, a folder without exactly one DICOM series, an image that is not
             one 3D volume, or non-finite voxels.
     """
-    name = os.fspath(path)
-    p = Path(name)
-    if not p.exists():
-        raise ForecastError(f"{what} '{name}' does not exist.")
-    if p.is_dir():
-        try:
-            count = _dicom_series_count(p)
-        except Exception as e:  # ITK missing or failing on the folder
-            raise ForecastError(f"cannot scan folder '{name}' for DICOM series: {_one_line(e)}") from e
-        if count == 0:
-            raise ForecastError(f"{what} folder '{name}' holds no DICOM series.")
-        if count > 1:
-            raise ForecastError(
-                f"{what} folder '{name}' holds {count} DICOM series; put each series in its own folder."
-            )
-        reader: str | None = "ITKReader"
-    else:
-        reader = "NibabelReader" if name.lower().endswith(_NIFTI_SUFFIXES) else None
-    loader = LoadImage(reader=reader, image_only=True, ensure_channel_first=True, dtype=np.float32)
     try:
-        img = loader(name)
-    except Exception as e:  # any reader failure: corrupt, truncated, unsupported format
-        raise ForecastError(f"cannot read {what} '{name}': {type(e).__name__}: {_one_line(e)}") from e
-    if not isinstance(img, MetaTensor):
-        img = MetaTensor(img)
-    spatial = tuple(int(s) for s in img.shape[1:])
-    if len(spatial) != 3:
-        raise ForecastError(
-            f"{what} '{name}' has {len(spatial)} spatial dimensions (shape {spatial}); expected a 3D volume."
-        )
-    if img.shape[0] != 1:
-        raise ForecastError(
-            f"{what} '{name}' holds {img.shape[0]} volumes of shape {spatial} (a 4D image); a scan must be one 3D "
-            "volume: split the series into one file per time point."
-        )
-    bad = int((~torch.isfinite(img.as_tensor())).sum())
-    if bad:
-        raise ForecastError(f"{what} '{name}' has {bad} non-finite (NaN/inf) voxels.")
-    return img
-
-
-def _same_grid(img: MetaTensor, ref: MetaTensor) -> bool:
-    if tuple(img.shape[1:]) != tuple(ref.shape[1:]):
-        return False
-    return bool(np.allclose(np.asarray(img.affine), np.asarray(ref.affine), rtol=0.0, atol=_GRID_ATOL))
+        return read_volume(path, what=what)
+    except (FileNotFoundError, SeriesReadError, ValueError) as e:
+        raise ForecastError(_one_line(e)) from e
 
 
 def _on_grid(img: MetaTensor, ref: MetaTensor, name: str, ref_name: str) -> torch.Tensor:
     """``img`` on the grid of ``ref`` (trilinear resampling with a logged note when the grids differ)."""
-    if _same_grid(img, ref):
+    if grid_mismatch(img, ref) is None:
         return img.as_tensor().float()
     logger.info(
         "'%s' (shape %s) is on another grid than the reference '%s' (shape %s): resampled onto the reference "

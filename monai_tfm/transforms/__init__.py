@@ -16,7 +16,18 @@ from .context import (
 )
 from .grid import FillLOCF, FillLOCFd, GridEmbed, GridEmbedd, grid_slots
 from .output import AsForecastImaged
-from .series import LoadedSeries, LoadSeries, LoadSeriesD, LoadSeriesd, LoadSeriesDict, SeriesReadError
+from .series import (
+    GRID_ATOL,
+    LoadedSeries,
+    LoadSeries,
+    LoadSeriesD,
+    LoadSeriesd,
+    LoadSeriesDict,
+    SeriesReadError,
+    dicom_series_count,
+    grid_mismatch,
+    read_volume,
+)
 
 __all__ = [
     "ContextDraw",
@@ -40,4 +51,8 @@ __all__ = [
     "LoadSeriesD",
     "LoadSeriesDict",
     "SeriesReadError",
+    "GRID_ATOL",
+    "dicom_series_count",
+    "grid_mismatch",
+    "read_volume",
 ]

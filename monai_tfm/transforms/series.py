@@ -29,13 +29,138 @@ from monai.data.image_reader import ImageReader
 from monai.transforms import LoadImage, MapTransform, Transform
 from monai.utils import ensure_tuple_rep
 
-__all__ = ["LoadSeries", "LoadSeriesD", "LoadSeriesDict", "LoadSeriesd", "LoadedSeries", "SeriesReadError"]
+__all__ = [
+    "GRID_ATOL",
+    "LoadSeries",
+    "LoadSeriesD",
+    "LoadSeriesDict",
+    "LoadSeriesd",
+    "LoadedSeries",
+    "SeriesReadError",
+    "dicom_series_count",
+    "grid_mismatch",
+    "read_volume",
+]
 
 logger = logging.getLogger(__name__)
+
+GRID_ATOL = 1e-4  # affines closer than this (mm, element-wise) describe the same voxel grid
+_NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
 
 class SeriesReadError(RuntimeError):
     """A frame file of a series could not be read; the message names the subject and the file."""
+
+
+def dicom_series_count(folder: str | os.PathLike) -> int:
+    """Number of DICOM series in ``folder``, counted as MONAI's ``ITKReader`` does when it reads a folder.
+
+    Args:
+        folder: a folder of DICOM files.
+
+    Returns:
+        the number of series (0 when the folder holds no DICOM files).
+    """
+    import itk
+
+    names = itk.GDCMSeriesFileNames.New()
+    names.SetUseSeriesDetails(True)
+    names.AddSeriesRestriction("0008|0021")  # series date, as in monai.data.ITKReader
+    names.SetDirectory(os.fspath(folder))
+    return len(names.GetSeriesUIDs())
+
+
+def read_volume(
+    path: str | os.PathLike,
+    loader: LoadImage | None = None,
+    what: str = "frame",
+    who: str | None = None,
+    allow_multichannel: bool = False,
+    check_finite: bool = True,
+) -> MetaTensor:
+    """Read one 3D volume with MONAI's ``LoadImage`` and check it: the one home of these checks.
+
+    ``path`` is a file (any format MONAI reads; NIfTI with nibabel when no ``loader`` is given) or a folder holding
+    exactly one DICOM series (read with ITK).
+
+    Args:
+        path: file or DICOM folder.
+        loader: the ``LoadImage`` to use for files (``image_only=True, ensure_channel_first=True``); default: one
+            with float32 output and the nibabel reader for NIfTI names.
+        what: how the volume is called in messages (``frame``, ``label``, ``scan``, ``reference scan``).
+        who: the subject, put in front of messages when given.
+        allow_multichannel: accept more than one channel (a 4D file whose 4th axis holds channels).
+        check_finite: raise for NaN or infinite voxels.
+
+    Returns:
+        ``(C, D, H, W)`` ``MetaTensor`` with its affine.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        SeriesReadError: the reader failed (corrupt, truncated or unsupported file; ITK failing on a folder).
+        ValueError: a folder without exactly one DICOM series, an image that is not one 3D volume, non-finite voxels.
+    """
+    name = os.fspath(path)
+    pre = f"{who}: " if who else ""
+    if os.path.isdir(name):
+        try:
+            count = dicom_series_count(name)
+        except Exception as e:  # ITK missing or failing on the folder
+            raise SeriesReadError(f"{pre}cannot scan {what} folder '{name}' for DICOM series: {e}") from e
+        if count != 1:
+            raise ValueError(
+                f"{pre}{what} folder '{name}' holds no DICOM series."
+                if count == 0
+                else f"{pre}{what} folder '{name}' holds {count} DICOM series; put each series in its own folder."
+            )
+        loader = LoadImage(reader="ITKReader", image_only=True, ensure_channel_first=True, dtype=np.float32)
+    elif not os.path.isfile(name):
+        raise FileNotFoundError(f"{pre}{what} file '{name}' does not exist.")
+    elif loader is None:
+        reader = "NibabelReader" if name.lower().endswith(_NIFTI_SUFFIXES) else None
+        loader = LoadImage(reader=reader, image_only=True, ensure_channel_first=True, dtype=np.float32)
+    try:
+        img = loader(name)
+    except Exception as e:  # any reader failure: corrupt, truncated, unsupported format
+        raise SeriesReadError(f"{pre}cannot read {what} '{name}': {type(e).__name__}: {e}") from e
+    if not isinstance(img, MetaTensor):
+        img = MetaTensor(img)
+    spatial = tuple(int(s) for s in img.shape[1:])
+    if len(spatial) != 3:
+        raise ValueError(
+            f"{pre}{what} '{name}' has {len(spatial)} spatial dimensions (shape {tuple(img.shape)} after adding the "
+            "channel axis); expected a 3D volume."
+        )
+    if img.shape[0] != 1 and not allow_multichannel:
+        raise ValueError(
+            f"{pre}{what} '{name}' holds a 4D image ({img.shape[0]} volumes of shape {spatial}) but must be a single "
+            "3D volume; split a 4D series into one file per time point."
+        )
+    if check_finite:
+        bad = int((~torch.isfinite(img.as_tensor())).sum())
+        if bad:
+            raise ValueError(f"{pre}{what} '{name}' has {bad} non-finite (NaN/inf) voxels.")
+    return img
+
+
+def grid_mismatch(img: MetaTensor, ref: MetaTensor, atol: float = GRID_ATOL) -> str | None:
+    """Why ``img`` is not on the voxel grid of ``ref`` (spatial shape and affine within ``atol``), or None.
+
+    Args:
+        img: ``(C, D, H, W)`` volume.
+        ref: ``(C, D, H, W)`` reference volume.
+        atol: absolute tolerance on the affine entries.
+
+    Returns:
+        None on the same grid, else a short reason (``spatial shape ... vs ...`` or ``affines differ by up to ...``).
+    """
+    if tuple(img.shape[1:]) != tuple(ref.shape[1:]):
+        return f"spatial shape {tuple(img.shape[1:])} vs {tuple(ref.shape[1:])}"
+    a, b = np.asarray(img.affine, dtype=np.float64), np.asarray(ref.affine, dtype=np.float64)
+    if a.shape != b.shape or not np.allclose(a, b, rtol=0.0, atol=atol):
+        diff = float(np.abs(a - b).max()) if a.shape == b.shape else float("inf")
+        return f"affines differ by up to {diff:.3g} (tolerance {atol:g})"
+    return None
 
 
 class LoadedSeries(NamedTuple):
@@ -135,7 +260,7 @@ class LoadSeries(Transform):
         dtype: DtypeLike = np.float32,
         label_dtype: DtypeLike = np.float32,
         time_dtype: torch.dtype = torch.float32,
-        atol: float = 1e-4,
+        atol: float = GRID_ATOL,
         min_frames: int = 2,
         allow_multichannel: bool = False,
         check_finite: bool = True,
@@ -153,45 +278,12 @@ class LoadSeries(Transform):
         self.allow_multichannel = allow_multichannel
         self.check_finite = check_finite
 
-    def _read(self, loader: LoadImage, path: str, who: str, what: str) -> MetaTensor:
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"{who}: {what} file '{path}' does not exist.")
-        try:
-            img = loader(path)
-        except Exception as e:  # any reader failure: corrupt, truncated, unsupported format
-            raise SeriesReadError(f"{who}: cannot read {what} file '{path}': {type(e).__name__}: {e}") from e
-        if not isinstance(img, MetaTensor):
-            img = MetaTensor(img)
-        spatial = tuple(img.shape[1:])
-        if len(spatial) != 3:
-            raise ValueError(
-                f"{who}: {what} file '{path}' has {len(spatial)} spatial dimensions (shape {tuple(img.shape)} "
-                "after adding the channel axis); expected a 3D volume."
-            )
-        if img.shape[0] != 1 and not self.allow_multichannel:
-            raise ValueError(
-                f"{who}: {what} file '{path}' holds a 4D image ({img.shape[0]} volumes of shape {spatial}) but a "
-                "frame must be a single 3D volume; split a 4D series into one file per frame (or pass "
-                "allow_multichannel=True if the 4th axis holds channels)."
-            )
-        if self.check_finite:
-            bad = int((~torch.isfinite(img.as_tensor())).sum())
-            if bad:
-                raise ValueError(f"{who}: {what} file '{path}' has {bad} non-finite (NaN/inf) voxels.")
-        return img
-
     def _check_grid(self, img: MetaTensor, ref: MetaTensor, path: str, ref_path: str, who: str) -> None:
-        if tuple(img.shape[1:]) != tuple(ref.shape[1:]):
+        reason = grid_mismatch(img, ref, self.atol)
+        if reason is not None:
             raise ValueError(
-                f"{who}: frames are on different grids: '{path}' has spatial shape {tuple(img.shape[1:])}, "
-                f"'{ref_path}' has {tuple(ref.shape[1:])}; resample the series to one grid first."
-            )
-        a, b = np.asarray(img.affine, dtype=np.float64), np.asarray(ref.affine, dtype=np.float64)
-        if a.shape != b.shape or not np.allclose(a, b, rtol=0.0, atol=self.atol):
-            diff = float(np.abs(a - b).max()) if a.shape == b.shape else float("inf")
-            raise ValueError(
-                f"{who}: frames are on different grids: the affine of '{path}' differs from that of '{ref_path}' "
-                f"by up to {diff:.3g} (tolerance {self.atol:g}); resample the series to one grid first."
+                f"{who}: frames are on different grids: '{path}' and '{ref_path}' ({reason}); resample the series to "
+                "one grid first."
             )
 
     def __call__(
@@ -227,7 +319,7 @@ class LoadSeries(Transform):
 
         images: list[MetaTensor] = []
         for path, _, _ in entries:
-            img = self._read(self.image_loader, path, who, "frame")
+            img = read_volume(path, self.image_loader, "frame", who, self.allow_multichannel, self.check_finite)
             if images:
                 self._check_grid(img, images[0], path, entries[0][0], who)
             images.append(img)
@@ -242,7 +334,7 @@ class LoadSeries(Transform):
                 if lab is None:
                     maps.append(None)
                     continue
-                lm = self._read(self.label_loader, lab, who, "label")
+                lm = read_volume(lab, self.label_loader, "label", who, self.allow_multichannel, self.check_finite)
                 if lm.shape[0] != 1:
                     raise ValueError(f"{who}: label file '{lab}' has {lm.shape[0]} channels; expected 1.")
                 self._check_grid(lm, ref, lab, path, who)
@@ -296,7 +388,7 @@ class LoadSeriesd(MapTransform):
         dtype: DtypeLike = np.float32,
         label_dtype: DtypeLike = np.float32,
         time_dtype: torch.dtype = torch.float32,
-        atol: float = 1e-4,
+        atol: float = GRID_ATOL,
         min_frames: int = 2,
         allow_multichannel: bool = False,
         check_finite: bool = True,
