@@ -165,6 +165,34 @@ def test_forecast_metrics_rows_and_lci():
     assert engine.state.metrics["val_lci_psnr"] == pytest.approx(np.mean([r["lci_psnr"] for r in rows]))
 
 
+def test_forecast_metrics_lci_rows_cached_per_sample(monkeypatch):
+    """Second epoch over the same fixed draws: LCI rows come from the cache; a changed sample is recomputed."""
+    import monai_tfm.engines.forecast_metrics as fm
+
+    calls = []
+    real = fm.compute_forecast_metrics_batch
+    monkeypatch.setattr(fm, "compute_forecast_metrics_batch", lambda p, t, c: calls.append(p.shape[0]) or real(p, t, c))
+    batch = _batch()
+    batch["subject"], batch["draw"] = ["a", "b"], torch.tensor([0, 1])
+    pred = batch["target"] * 0.9
+    metric = fm.ForecastMetrics()
+    epochs = []
+    for _ in range(2):
+        metric.reset()
+        metric.iteration_completed(_Engine(batch, pred))
+        epochs.append([dict(r) for r in metric.rows])
+    assert calls == [2, 2, 2]  # epoch 1: model + LCI; epoch 2: model only
+    assert epochs[0] == epochs[1]
+    changed = dict(batch, target=batch["target"].clone())
+    changed["target"][1] += 0.1  # same (subject, draw), other content: not served from the cache
+    metric.reset()
+    metric.iteration_completed(_Engine(changed, pred))
+    assert calls[3:] == [2, 1]
+    lci = last_context_image(changed["context"], changed["context_mask"])
+    ref = compute_forecast_metrics(lci[1], changed["target"][1], lci[1])
+    assert metric.rows[1]["lci_nrmse"] == pytest.approx(ref["nrmse"]) and metric.rows[0] == epochs[0][0]
+
+
 def _phantom_samples(n_draws: int, seed: int):
     """Discrete (grid + LOCF) samples of one tiny heart phantom: target slot 9 from context slots <= 5."""
     frames, times = make_heart_series(seed, spatial_size=(16, 16, 8), num_frames=12)

@@ -8,6 +8,10 @@ output, so :meth:`ForecastMetrics.iteration_completed` reads ``engine.state.batc
 In a multi-process (DDP) run every rank evaluates its share of the samples; at the end of the epoch the rows are
 gathered from all ranks and the duplicates that ``DistributedSampler`` adds as padding are dropped by
 ``(subject, draw)``, so every rank reports the same means over the whole validation set.
+
+LCI's metrics depend only on the sample, and the validation samples are the same fixed draws at every epoch, so they
+are computed once per sample and reused (keyed by subject, draw, target time and a checksum of target and LCI, so a
+changed sample is never served a stale row).
 """
 
 from __future__ import annotations
@@ -81,6 +85,7 @@ class ForecastMetrics(Metric):
         self.prefix = prefix
         self.clip = clip
         self.rows: list[dict[str, Any]] = []
+        self._lci_cache: dict[tuple, dict[str, float]] = {}
         super().__init__(output_transform=lambda x: x)
 
     def reset(self) -> None:
@@ -111,12 +116,32 @@ class ForecastMetrics(Metric):
         draws = _as_list(batch.get("draw"), n)
         times = _as_list(batch.get("target_time"), n)
         model_rows = compute_forecast_metrics_batch(pred, target, lci)
-        lci_rows = compute_forecast_metrics_batch(lci, target, lci)
+        lci_rows = self._lci_rows(target, lci, subjects, draws, times)
         for i in range(n):
             row: dict[str, Any] = {"subject": subjects[i], "draw": draws[i], "target_time": times[i]}
             row.update({f"model_{k}": v for k, v in model_rows[i].items()})
             row.update({f"lci_{k}": v for k, v in lci_rows[i].items()})
             self.rows.append(row)
+
+    def _lci_rows(
+        self, target: torch.Tensor, lci: torch.Tensor, subjects: list, draws: list, times: list
+    ) -> list[dict[str, float]]:
+        """LCI's metric rows of a batch, computed only for the samples not seen before (see the module notes)."""
+        keys: list[tuple | None] = []
+        for i in range(target.shape[0]):
+            if subjects[i] is None or draws[i] is None:
+                keys.append(None)  # no identity: never cached
+                continue
+            t, c = target[i].double(), lci[i].double()
+            checksum = (float(t.sum()), float((t * t).sum()), float(c.sum()), float((c * c).sum()))
+            keys.append((str(subjects[i]), int(draws[i]), times[i], checksum))
+        missing = [i for i, k in enumerate(keys) if k is None or k not in self._lci_cache]
+        fresh = compute_forecast_metrics_batch(lci[missing], target[missing], lci[missing]) if missing else []
+        computed = dict(zip(missing, fresh))
+        for i, row in computed.items():
+            if keys[i] is not None:
+                self._lci_cache[keys[i]] = row
+        return [dict(computed[i]) if i in computed else dict(self._lci_cache[keys[i]]) for i in range(len(keys))]
 
     def summary(self) -> dict[str, float]:
         """Mean of every ``<method>_<metric>`` column over the rows (NaN entries ignored).
