@@ -17,7 +17,7 @@ import torch
 from helpers import lci_metrics_from_draws, workflow
 from monai.bundle import ConfigWorkflow, verify_metadata
 
-from monai_tfm.data import load_series_datalist
+from monai_tfm.data import load_series_datalist, write_series_datalist
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLE = REPO / "bundles" / "synthetic_forecasting"
@@ -170,3 +170,49 @@ def test_ema_weights_are_validated_and_exported(tmp_path):
     key = next(k for k in exported if k.endswith("weight") and exported[k].dtype.is_floating_point)
     torch.testing.assert_close(exported[key], ema[key])
     assert not torch.equal(ema[key], online[key])  # EMA lags the online weights after a few steps
+
+
+def test_inference_writes_original_intensity_scale(tmp_path):
+    """inference.yaml undoes the series normalisation: with the as-built network (zero velocity) and ``last``
+    aggregation the forecast is the last context frame, clipped to the series' 0.5/99.5 percentiles, in the units of
+    the input files (here about 50..1050), on the input grid."""
+    rng = np.random.default_rng(3)
+    affine = np.diag([1.5, 1.5, 3.0, 1.0])
+    affine[:3, 3] = [-10.0, 4.0, 2.0]
+    frames, entries = [], []
+    for i in range(5):
+        vol = (50.0 + 1000.0 * rng.random((16, 16, 8))).astype(np.float32)
+        path = tmp_path / "data" / f"f{i}.nii.gz"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        nib.save(nib.Nifti1Image(vol, affine), str(path))
+        frames.append(vol)
+        entries.append({"image": str(path), "time": i / 11})
+    datalist = tmp_path / "data" / "datalist.json"
+    write_series_datalist(datalist, {"test": [{"subject": "s1", "frames": entries}]}, relative=False)
+    net = ConfigWorkflow(
+        config_file=[str(CONFIGS / "inference.yaml")], workflow_type="infer", **{"network_def#channels": 8}
+    )
+    net.initialize()
+    ckpt = tmp_path / "model.pt"
+    torch.save(net.parser.get_parsed_content("network_def").state_dict(), ckpt)
+
+    inf = _workflow(
+        [CONFIGS / "inference.yaml"],
+        "infer",
+        "run",
+        bundle_root=str(BUNDLE),
+        datalist=str(datalist),
+        output_dir=str(tmp_path / "run"),
+        ckpt_path=str(ckpt),
+        aggregation="last",
+        target_time=0.5,
+        **{"network_def#channels": 8},
+    )
+    inf.run()
+    inf.finalize()
+    (out_file,) = sorted((tmp_path / "run" / "forecasts").glob("*.nii.gz"))
+    out = nib.load(out_file)
+    lo, hi = np.percentile(np.stack(frames), [0.5, 99.5])
+    expected = np.clip(frames[-1], lo, hi)  # the last frame before t = 0.5 is t = 4/11
+    assert out.shape == frames[-1].shape and np.allclose(out.affine, affine)
+    np.testing.assert_allclose(out.get_fdata(), expected, rtol=0, atol=1e-3 * (hi - lo))

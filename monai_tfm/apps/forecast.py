@@ -43,12 +43,12 @@ import numpy as np
 import torch
 from monai.bundle import ConfigParser
 from monai.data import MetaTensor, list_data_collate
-from monai.transforms import ResampleToMatch, ScaleIntensityRange, ScaleIntensityRangePercentilesd
-from monai.transforms.utils_pytorch_numpy_unification import percentile
+from monai.transforms import ResampleToMatch, ScaleIntensityRangePercentilesd
 
 from monai_tfm.engines.checkpoint import load_weights
 from monai_tfm.flows.solvers import ADAPTIVE_SOLVERS, FIXED_STEP_SOLVERS
 from monai_tfm.transforms.grid import GridEmbed, GridEmbedd, grid_slots
+from monai_tfm.transforms.intensity import IntensityScaling
 from monai_tfm.transforms.series import SeriesReadError, grid_mismatch, read_volume
 from monai_tfm.utils.io import atomic_path, atomic_save_nifti
 
@@ -56,8 +56,8 @@ __all__ = [
     "BundleForecaster",
     "ForecastError",
     "ForecastResult",
-    "IntensityScaling",
     "forecast",
+    "forecast_series",
     "read_scan",
     "read_scan_table",
 ]
@@ -227,94 +227,6 @@ def _nifti_stem(path: Path) -> str:
 def _std_path(output: Path) -> Path:
     """``pred.nii.gz`` -> ``pred_std.nii.gz``."""
     return output.with_name(f"{_nifti_stem(output)}_std.nii.gz")
-
-
-# ------------------------------------------------------------------------------------------------------ intensities
-
-
-@dataclass(frozen=True)
-class IntensityScaling:
-    """The per-series clip/scale ``[a_min, a_max] -> [b_min, b_max]`` and its inverse (MONAI ``ScaleIntensityRange``).
-
-    Attributes:
-        a_min: intensity of the lower percentile over all scans of the patient.
-        a_max: intensity of the upper percentile.
-        b_min: normalised value of ``a_min``.
-        b_max: normalised value of ``a_max``.
-        clip: clip the normalised values to ``[b_min, b_max]``.
-    """
-
-    a_min: float
-    a_max: float
-    b_min: float
-    b_max: float
-    clip: bool
-
-    @classmethod
-    def from_series(cls, series: torch.Tensor, transform: ScaleIntensityRangePercentilesd | None) -> IntensityScaling:
-        """The scaling that ``transform`` (the bundle's normalisation) applies to ``series``.
-
-        Args:
-            series: all scans of the patient, stacked.
-            transform: the bundle's ``ScaleIntensityRangePercentilesd`` (None: 0.5/99.5 percentiles to [0, 1], clip).
-
-        Returns:
-            the scaling.
-
-        Raises:
-            ForecastError: the scans have no intensity range between the two percentiles.
-        """
-        if transform is None:
-            lower, upper, b_min, b_max, clip, relative = 0.5, 99.5, 0.0, 1.0, True, False
-        else:
-            s = transform.scaler
-            lower, upper, b_min, b_max, clip, relative = s.lower, s.upper, s.b_min, s.b_max, s.clip, s.relative
-        if b_min is None or b_max is None:
-            raise ForecastError(
-                "the bundle's intensity normalisation has no output range (b_min/b_max); cannot invert."
-            )
-        if relative:  # as in monai.transforms.ScaleIntensityRangePercentiles
-            b_min, b_max = (b_max - b_min) * lower / 100.0 + b_min, (b_max - b_min) * upper / 100.0 + b_min
-        a_min, a_max = float(percentile(series, lower)), float(percentile(series, upper))
-        if not a_max > a_min:
-            raise ForecastError(
-                f"the scans have no intensity range between the {lower:g} and {upper:g} percentiles (both {a_min:g}): "
-                "are they constant images?"
-            )
-        return cls(a_min, a_max, float(b_min), float(b_max), bool(clip))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Normalise (what the bundle's transform does).
-
-        Args:
-            x: intensities.
-
-        Returns:
-            normalised values.
-        """
-        return torch.as_tensor(ScaleIntensityRange(self.a_min, self.a_max, self.b_min, self.b_max, self.clip)(x))
-
-    def inverse(self, y: torch.Tensor) -> torch.Tensor:
-        """Back to the original intensity scale (the same linear map the other way, without clipping).
-
-        Args:
-            y: normalised values.
-
-        Returns:
-            intensities.
-        """
-        return torch.as_tensor(ScaleIntensityRange(self.b_min, self.b_max, self.a_min, self.a_max, clip=False)(y))
-
-    def inverse_spread(self, s: torch.Tensor) -> torch.Tensor:
-        """A standard deviation on the normalised scale in original intensity units.
-
-        Args:
-            s: spread on the normalised scale.
-
-        Returns:
-            spread in intensity units.
-        """
-        return s * ((self.a_max - self.a_min) / (self.b_max - self.b_min))
 
 
 # ------------------------------------------------------------------------------------------------------ the model
@@ -691,7 +603,10 @@ def _forecast_one(
     else:
         ref, ref_name = images[context[-1]], names[context[-1]]
     frames = torch.stack([_on_grid(images[i], ref, names[i], ref_name) for i in context])
-    scaling = IntensityScaling.from_series(frames, model.normalise)
+    try:
+        scaling = IntensityScaling.from_series(frames, model.normalise)
+    except ValueError as e:
+        raise ForecastError(_one_line(e)) from e
     normalised = scaling.forward(frames).float()
     ctx_times = [times[i] for i in context]
     logger.info(
@@ -861,3 +776,43 @@ def forecast(
     ref = None if reference is None else os.fspath(reference)
     tru = None if truth is None else os.fspath(truth)
     return [_forecast_one(model, job, t_target, ref, tru, overwrite) for job in jobs]
+
+
+def forecast_series(
+    model: BundleForecaster,
+    scans: Sequence[str | os.PathLike],
+    times: Sequence[float | str],
+    target_time: float | str,
+    output: str | os.PathLike,
+    reference: str | os.PathLike | None = None,
+    std_output: str | os.PathLike | None = None,
+    overwrite: bool = False,
+    who: str = "--scans",
+) -> ForecastResult:
+    """Forecast one patient's series with a model that is already built: the path of :func:`forecast` for callers
+    that keep one :class:`BundleForecaster` for many requests (the MONAI Label infer task).
+
+    Args:
+        model: the bundle's network, inferer and transforms.
+        scans: NIfTI files or DICOM series folders of one patient.
+        times: one acquisition time per scan (need not be sorted).
+        target_time: the time to forecast.
+        output: the forecast file (``.nii.gz``), on the reference grid in the original intensity scale.
+        reference: a scan whose grid the forecast is written on (default: the latest context scan).
+        std_output: where a per-voxel standard deviation map goes when ``model`` draws several samples.
+        overwrite: replace existing outputs (default: refuse).
+        who: how the series is called in error messages.
+
+    Returns:
+        what was written.
+
+    Raises:
+        ForecastError: for any problem with the inputs, named in a one-line message.
+    """
+    series = _parse_series(_as_list(scans, "scans"), _as_list(times, "times"), who)
+    t_target = _parse_time(target_time, "target time")
+    out = Path(output)
+    std = Path(std_output) if std_output is not None and model.samples > 1 else None
+    _check_free([out, std], overwrite)
+    job = _Job(_nifti_stem(out), series, out, std, None)
+    return _forecast_one(model, job, t_target, None if reference is None else os.fspath(reference), None, overwrite)

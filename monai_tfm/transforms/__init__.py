@@ -15,6 +15,7 @@ from .context import (
     subject_rng,
 )
 from .grid import FillLOCF, FillLOCFd, GridEmbed, GridEmbedd, grid_slots
+from .intensity import IntensityScaling, ScaleSeriesIntensityd
 from .output import AsForecastImaged
 from .series import (
     GRID_ATOL,
@@ -34,6 +35,8 @@ __all__ = [
     "ContextProtocol",
     "InferenceContextd",
     "AsForecastImaged",
+    "IntensityScaling",
+    "ScaleSeriesIntensityd",
     "RandContextd",
     "SelectContextd",
     "draw_context",
