@@ -18,18 +18,20 @@ from monai_tfm.cli import CLIError, Commands
 from monai_tfm.data.acdc import (
     ACDC_DEFAULT_SPATIAL_SIZE,
     ACDC_DEV_SPATIAL_SIZE,
-    assign_folds,
     default_acdc_spatial_size,
     find_acdc_patients,
-    fold_split,
     prepare_acdc,
     read_info_cfg,
+)
+from monai_tfm.data.datalist import load_series_datalist
+from monai_tfm.data.preparation import (
+    assign_folds,
+    fold_split,
     resample_labels,
     resample_series,
     resampled_affine,
     split_folds,
 )
-from monai_tfm.data.datalist import load_series_datalist
 
 SHARED_ACDC = Path(__file__).resolve().parents[2] / "shared" / "data" / "acdc_cine"
 

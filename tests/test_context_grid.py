@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from monai.data import list_data_collate
 
 from monai_tfm.transforms import (
     ContextProtocol,
@@ -15,6 +16,7 @@ from monai_tfm.transforms import (
     FillLOCFd,
     GridEmbed,
     GridEmbedd,
+    InferenceContextd,
     RandContextd,
     SelectContextd,
     draw_context,
@@ -149,3 +151,103 @@ class TestContext:
         assert t2(item)["target_index"] == k
         fixed = SelectContextd(max_context=11)({**item, "target_index": 5, "context_indices": [0, 1]})
         assert fixed["context_mask"].sum() == 2 and float(fixed["target"][0, 0, 0, 0]) == 5
+
+
+class TestTargetLead:
+    """A target-anchored grid ending ``lead`` before the target, and inference context that hides the same gap."""
+
+    def _sample(self, idx, target):
+        frames = _frames([float(i) for i in range(20)])
+        times = torch.arange(20, dtype=torch.float32)
+        return {
+            "context": frames[idx],
+            "context_time": times[idx],
+            "context_mask": torch.ones(len(idx), dtype=torch.bool),
+            "target_time": times[target],
+        }
+
+    def test_grid_lead(self):
+        # 4 one-frame slots ending 3 frames before the target 12: g = 6, 7, 8, 9
+        out = GridEmbedd(num_slots=4, spacing=1.0, anchor="target", lead=3.0)(self._sample([5, 7, 9], 12))
+        torch.testing.assert_close(out["context_time"], torch.tensor([6.0, 7.0, 8.0, 9.0]))
+        assert out["context_mask"].tolist() == [True, True, False, True]  # frame 5 is older: first slot
+        assert out["context"][:, 0, 0, 0, 0].tolist() == [5, 7, 0, 9]
+        # lead None = one spacing (unchanged default); lead must be positive
+        default = GridEmbedd(num_slots=4, spacing=2.0, anchor="target")(self._sample([5, 7, 9], 12))
+        torch.testing.assert_close(default["context_time"], torch.tensor([4.0, 6.0, 8.0, 10.0]))
+        with pytest.raises(ValueError, match="lead"):
+            GridEmbedd(num_slots=4, spacing=1.0, anchor="target", lead=0.0)
+
+    def test_inference_min_lead(self):
+        times = torch.arange(12, dtype=torch.float32)
+        item = {"subject": "s", "series": _frames(list(range(12))), "series_time": times}
+        out = InferenceContextd(target_time="last", max_context=7, min_lead=3.0)(item)
+        assert out["context_time"].tolist() == [2.0, 3, 4, 5, 6, 7, 8] and float(out["target_time"]) == 11.0
+        assert float(out["target"][0, 0, 0, 0]) == 11.0
+        plain = InferenceContextd(target_time="last", max_context=7)(item)  # default: every earlier frame
+        assert plain["context_time"].tolist() == [4.0, 5, 6, 7, 8, 9, 10]
+        with pytest.raises(ValueError, match="at least 3.0 before"):
+            InferenceContextd(target_time=2.0, min_lead=3.0)(item)
+        with pytest.raises(ValueError, match="min_lead"):
+            InferenceContextd(min_lead=-1.0)
+
+
+class TestFollowUp:
+    """Irregular follow-up visits (LUMIERE): target = last visit, context = all earlier visits, real weeks."""
+
+    weeks = torch.tensor([0.0, 1 / 7, 12.0, 44.0])
+
+    def test_target_last_context_all_earlier(self):
+        protocol = ContextProtocol(target="last", max_context=6)
+        rng = np.random.default_rng(0)
+        assert draw_context(rng, 4, protocol) == draw_context(rng, 4, protocol)  # nothing random
+        assert draw_context(rng, 4, protocol).target_index == 3
+        assert draw_context(rng, 4, protocol).context_indices == (0, 1, 2)
+        assert draw_context(rng, 9, protocol).context_indices == (2, 3, 4, 5, 6, 7)  # the latest 6
+        with pytest.raises(ValueError, match="too short"):
+            draw_context(rng, 1, protocol)
+
+    def test_series_of_different_lengths_collate(self):
+        t = RandContextd(ContextProtocol(target="last", max_context=6))
+        a = t({"subject": "a", "series": _frames([1, 2, 3, 4]), "series_time": self.weeks})
+        b = t({"subject": "b", "series": _frames([5, 6]), "series_time": torch.tensor([0.0, 20.0])})
+        assert "series_time" not in a and "series" not in a
+        batch = list_data_collate([a, b])
+        assert batch["context"].shape == (2, 6, 1, 2, 2, 2)
+        assert batch["context_mask"].sum(1).tolist() == [3, 1]
+        assert batch["target_time"].tolist() == [44.0, 20.0]
+        assert batch["target"][:, 0, 0, 0, 0].tolist() == [4, 6]
+
+    def test_grid_anchored_at_target(self):
+        d = {"context": _frames([1, 2, 3, 4]), "context_time": self.weeks, "context_mask": torch.ones(4, dtype=bool)}
+        # 4 slots of 12 weeks ending one spacing before week 60: g = 12, 24, 36, 48
+        out = GridEmbedd(num_slots=4, spacing=12.0, anchor="target")({**d, "target_time": torch.tensor(60.0)})
+        assert out["context_mask"].tolist() == [True, False, False, True]
+        assert out["context"][:, 0, 0, 0, 0].tolist() == [3, 0, 0, 4]  # weeks 0, 1/7 and 12: the latest wins
+        assert out["context_time"].tolist() == [12.0, 24.0, 36.0, 48.0]
+        # a target long after every visit: all fall into the first slot
+        far = GridEmbedd(num_slots=4, spacing=12.0, anchor="target")({**d, "target_time": 200.0})
+        assert far["context_mask"].tolist() == [True, False, False, False] and far["context"][0, 0, 0, 0, 0] == 4
+        # the fixed grid is unchanged
+        fixed = GridEmbedd(num_slots=4, spacing=12.0)({**d, "target_time": 60.0})
+        assert fixed["context_mask"].tolist() == [True, True, False, True]
+        with pytest.raises(KeyError, match="target_time"):
+            GridEmbedd(num_slots=4, spacing=12.0, anchor="target")(d)
+        with pytest.raises(ValueError, match="anchor"):
+            GridEmbedd(num_slots=4, spacing=12.0, anchor="last")
+
+    def test_inference_target_last(self):
+        item = {"subject": "p", "series": _frames([1, 2, 3, 4]), "series_time": self.weeks}
+        out = InferenceContextd(target_time="last", max_context=6)(item)
+        assert float(out["target_time"]) == 44.0 and float(out["target"][0, 0, 0, 0]) == 4
+        assert out["context_mask"].tolist() == [True, True, True, False, False, False]
+        torch.testing.assert_close(out["context_time"], self.weeks[[0, 1, 2, 2, 2, 2]])
+        assert "series_time" not in out and "series" not in out
+        # per item, over a numeric default; a number forecasts that week from the visits before it
+        assert float(InferenceContextd(target_time=5.0)({**item, "target_time": "last"})["target_time"]) == 44.0
+        mid = InferenceContextd(target_time=20.0)(item)
+        assert "target" not in mid and mid["context_time"].tolist() == pytest.approx([0.0, 1 / 7, 12.0])
+        with pytest.raises(ValueError, match="'first'"):
+            InferenceContextd(target_time="first")
+        with pytest.raises(ValueError, match="'next'"):
+            InferenceContextd()({**item, "target_time": "next"})

@@ -468,3 +468,45 @@ def test_pack_is_reproducible_and_runs_offline(tmp_path, capsys, monkeypatch, we
     rc, _, err = _run(_forecast_args(unpacked, scans[:2], ["0", "0.1"], 0.5, out, None), capsys)
     assert rc == 0, err
     assert out.is_file()
+
+
+@pytest.mark.parametrize(
+    "bundle, method, times, target, expected, percentiles",
+    [
+        # ISLES: 7 frame slots ending 3 frames before the target; frames 10, 11 lie in the hidden gap (left out),
+        # frames 0-2 are older than the grid and share its first slot
+        ("isles_ctp_forecasting", None, list(range(12)), 12.0, list(range(10)), (2, 98)),
+        # LUMIERE discrete: 8 slots of 12 weeks ending 12 weeks before the target visit; any target week works
+        ("lumiere_glioma_forecasting", "cronos_discrete", [0.0, 10.0, 30.0, 100.0], 110.0, [0, 1, 2, 3], (0.5, 99.5)),
+    ],
+)
+def test_forecast_on_target_anchored_grids(tmp_path, bundle, method, times, target, expected, percentiles):
+    """``monai-tfm forecast`` with bundles whose time grid moves with the target (GridEmbedd anchor='target')."""
+    from monai_tfm.apps.forecast import BundleForecaster, forecast_series
+
+    root = REPO / "bundles" / bundle
+    parser = ConfigParser()
+    files = [root / "configs" / "inference.yaml"] + (
+        [root / "configs" / "methods" / f"{method}.yaml"] if method else []
+    )
+    parser.read_config([str(f) for f in files])
+    parser["network_def#channels"] = 8
+    weights = tmp_path / "w.pt"
+    torch.save(parser.get_parsed_content("network_def").state_dict(), weights)  # as built: zero velocity
+    model = BundleForecaster(root, method, weights, overrides={"network_def#channels": 8, "aggregation": "last"})
+    names = [f"s{i}" for i in range(len(times))]
+    assert model.select_context(times, target, names) == expected
+
+    rng = np.random.default_rng(0)
+    scans = [
+        _save(tmp_path / f"s{i}.nii.gz", rng.random((16, 16, 8), dtype=np.float32) * 100) for i in range(len(times))
+    ]
+    out = tmp_path / "pred.nii.gz"
+    forecast_series(model, scans, times, target, out)
+    last = nib.load(scans[expected[-1]])
+    pred = nib.load(out)
+    assert pred.shape == last.shape and np.allclose(pred.affine, last.affine)
+    # zero velocity + last aggregation: the latest used scan, back in the original scale (clipped to percentiles)
+    frames = np.stack([np.asarray(nib.load(scans[i]).dataobj) for i in expected])
+    lo, hi = np.percentile(frames, percentiles)  # the bundle's normalisation over the used scans
+    np.testing.assert_allclose(pred.get_fdata(), np.clip(frames[-1], lo, hi), atol=1e-3 * (hi - lo))

@@ -351,9 +351,10 @@ class BundleForecaster:
         self.variant = str(parsed("variant", "discrete"))
         self.num_slots = int(parsed("num_slots"))
         self.variant_transforms = list(parsed("variant_transforms", []))
-        self.grid: GridEmbed | None = next(
-            (t.embed for t in self.variant_transforms if isinstance(t, GridEmbedd)), None
+        self.grid_transform: GridEmbedd | None = next(
+            (t for t in self.variant_transforms if isinstance(t, GridEmbedd)), None
         )
+        self.grid: GridEmbed | None = None if self.grid_transform is None else self.grid_transform.embed
         self.normalise = next(
             (t for t in parsed("load_transforms", []) if isinstance(t, ScaleIntensityRangePercentilesd)), None
         )
@@ -411,7 +412,8 @@ class BundleForecaster:
         Continuous variant: every scan (the latest ``num_slots``), also after the target time (interpolation).
         Discrete variant: the scans at or before the target time; every one of them and the target must lie on the
         bundle's time grid (``num_slots`` slots from ``origin`` every ``spacing``; the target at most one spacing
-        after the last slot).
+        after the last slot). A grid anchored at the target (``GridEmbedd(anchor="target")``, e.g. weeks before a
+        follow-up visit) accepts any target; older scans share its first slot.
 
         Args:
             times: scan times in increasing order.
@@ -436,13 +438,16 @@ class BundleForecaster:
                 idx = idx[-self.num_slots :]
             return idx
         g = self.grid
-        first, last = g.origin, g.origin + (g.num_slots - 1) * g.spacing
+        anchored = self.grid_transform is not None and self.grid_transform.anchor == "target"
+        # a fixed grid starts at g.origin; a target-anchored one ends `lead` before the target (GridEmbedd)
+        origin = target_time - self.grid_transform.lead - (g.num_slots - 1) * g.spacing if anchored else g.origin
+        first, last = origin, origin + (g.num_slots - 1) * g.spacing
         grid_text = (
             f"the discrete model of this bundle places scans on {g.num_slots} time slots {first:g}, "
             f"{first + g.spacing:g}, ..., {last:g} (spacing {g.spacing:g})"
         )
         tol = _TIME_ATOL * max(1.0, abs(g.spacing))
-        if target_time < first - tol or target_time > last + g.spacing + tol:
+        if not anchored and (target_time < first - tol or target_time > last + g.spacing + tol):
             raise ForecastError(
                 f"target time {target_time:g} lies outside what the time grid can represent: {grid_text} and "
                 f"forecasts up to {last + g.spacing:g}."
@@ -456,18 +461,43 @@ class BundleForecaster:
                 ", ".join(names[i] for i in later),
             )
         idx = [i for i in idx if times[i] <= target_time + tol]
+        if anchored and self.grid_transform.lead > g.spacing + tol:
+            # the grid ends `lead` before the target on purpose: the protocol hides the frames in between (e.g. ISLES:
+            # 7 frames ending 3 before the target), so the model never saw them; they are left out
+            hidden = [i for i in idx if times[i] >= last + g.spacing / 2 - tol]
+            if hidden:
+                logger.warning(
+                    "%d scan(s) within %g of the target time %g are not used: the model forecasts across that gap (%s)",
+                    len(hidden),
+                    self.grid_transform.lead - g.spacing / 2,
+                    target_time,
+                    ", ".join(names[i] for i in hidden),
+                )
+                idx = [i for i in idx if i not in hidden]
         if not idx:
             raise ForecastError(
-                f"no scan at or before the target time {target_time:g}: the discrete model forecasts forward in time."
+                f"no scan at or before the target time {target_time:g}"
+                + (f" outside the hidden gap before it ({grid_text})" if anchored else "")
+                + ": the discrete model forecasts forward in time."
             )
         for i in idx:
-            q = math.floor((times[i] - g.origin) / g.spacing + 0.5)
-            if not 0 <= q < g.num_slots:
+            q = math.floor((times[i] - origin) / g.spacing + 0.5)
+            if anchored and not 0 <= q < g.num_slots:
+                # the grid moves with the target: older scans share the first slot, the latest within `lead` of the
+                # target the last one (latest wins), as GridEmbedd does in training
+                logger.info(
+                    "scan '%s' at time %g lies outside the time slots %s: it goes into the %s slot",
+                    names[i],
+                    times[i],
+                    f"{first:g}..{last:g}",
+                    "first" if q < 0 else "last",
+                )
+            elif not 0 <= q < g.num_slots:
                 raise ForecastError(
                     f"scan '{names[i]}' at time {times[i]:g} lies outside the time grid: {grid_text}, so scan times "
                     f"must lie in [{first - g.spacing / 2:g}, {last + g.spacing / 2:g})."
                 )
-        slots = grid_slots(torch.tensor([times[i] for i in idx]), g.origin, g.spacing, g.num_slots).tolist()
+        slots = grid_slots(torch.tensor([times[i] for i in idx]), origin, g.spacing, g.num_slots).tolist()
         for a in range(len(idx) - 1):
             if slots[a] == slots[a + 1]:
                 logger.warning(
@@ -788,6 +818,7 @@ def forecast_series(
     std_output: str | os.PathLike | None = None,
     overwrite: bool = False,
     who: str = "--scans",
+    subject: str | None = None,
 ) -> ForecastResult:
     """Forecast one patient's series with a model that is already built: the path of :func:`forecast` for callers
     that keep one :class:`BundleForecaster` for many requests (the MONAI Label infer task).
@@ -802,6 +833,7 @@ def forecast_series(
         std_output: where a per-voxel standard deviation map goes when ``model`` draws several samples.
         overwrite: replace existing outputs (default: refuse).
         who: how the series is called in error messages.
+        subject: the subject id in log messages and the result (default: ``output`` without ``.nii.gz``).
 
     Returns:
         what was written.
@@ -814,5 +846,5 @@ def forecast_series(
     out = Path(output)
     std = Path(std_output) if std_output is not None and model.samples > 1 else None
     _check_free([out, std], overwrite)
-    job = _Job(_nifti_stem(out), series, out, std, None)
+    job = _Job(subject or _nifti_stem(out), series, out, std, None)
     return _forecast_one(model, job, t_target, None if reference is None else os.fspath(reference), None, overwrite)

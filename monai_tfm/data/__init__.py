@@ -3,9 +3,12 @@
 
 from __future__ import annotations
 
-from . import acdc
-from .acdc import ensure_acdc_prepared, fold_split, prepare_acdc
+from . import acdc, isles, lumiere
+from .acdc import ensure_acdc_prepared, prepare_acdc
 from .datalist import DatalistError, load_series_datalist, validate_series_item, write_series_datalist
+from .isles import ensure_isles_prepared, prepare_isles
+from .lumiere import ensure_lumiere_prepared, prepare_lumiere
+from .preparation import fold_split
 from .synthetic import (
     DATALIST_NAME,
     GENERATOR_VERSION,
@@ -22,8 +25,14 @@ __all__ = [
     "DatalistError",
     "acdc",
     "ensure_acdc_prepared",
+    "ensure_isles_prepared",
+    "ensure_lumiere_prepared",
     "fold_split",
     "prepare_acdc",
+    "isles",
+    "prepare_isles",
+    "lumiere",
+    "prepare_lumiere",
     "cardiac_curve",
     "ensure_synthetic_dataset",
     "generate_synthetic_dataset",

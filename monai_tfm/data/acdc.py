@@ -31,7 +31,6 @@ of one cross-validation fold.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -45,7 +44,17 @@ import nibabel as nib
 import numpy as np
 from tqdm.auto import tqdm
 
-from monai_tfm.data.datalist import load_series_datalist, write_series_datalist
+from monai_tfm.data.datalist import write_series_datalist
+from monai_tfm.data.preparation import (
+    assign_folds,
+    check_spatial_size,
+    ensure_prepared,
+    is_within,
+    normalise_shared,
+    resample_labels,
+    resample_series,
+    resampled_affine,
+)
 from monai_tfm.utils.io import atomic_save_nifti
 
 __all__ = [
@@ -54,17 +63,11 @@ __all__ = [
     "ACDC_DEFAULT_SPATIAL_SIZE",
     "ACDC_DEV_SPATIAL_SIZE",
     "ACDC_PREPARE_VERSION",
-    "assign_folds",
     "default_acdc_spatial_size",
     "ensure_acdc_prepared",
     "find_acdc_patients",
-    "fold_split",
     "prepare_acdc",
     "read_info_cfg",
-    "resample_labels",
-    "resample_series",
-    "resampled_affine",
-    "split_folds",
 ]
 
 logger = logging.getLogger(__name__)
@@ -234,222 +237,12 @@ def find_acdc_patients(src: PathLike) -> list[ACDCPatient]:
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# resampling (separable linear interpolation, written out as small matrices)
-
-
-def _check_size(spatial_size: Sequence[int] | int) -> tuple[int, int, int]:
-    """Validate an output grid: three positive integers (an int means the same size along every axis)."""
-    values = [spatial_size] * 3 if isinstance(spatial_size, (int, np.integer)) else spatial_size
-    msg = f"spatial_size must be three positive integers, got {spatial_size!r}."
-    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or len(values) != 3:
-        raise ValueError(msg)
-    if any(isinstance(v, bool) or not isinstance(v, (int, np.integer, float)) or v != int(v) or v < 1 for v in values):
-        raise ValueError(msg)
-    return int(values[0]), int(values[1]), int(values[2])
-
-
-def _centre_coords(n_in: int, n_out: int) -> np.ndarray:
-    """Input index coordinates of the output voxel centres when a grid of ``n_in`` is resampled to ``n_out``.
-
-    The field of view is kept: output voxel ``i`` covers ``[i, i + 1) * n_in / n_out`` in input voxel units.
-    """
-    return (np.arange(n_out, dtype=np.float64) + 0.5) * (n_in / n_out) - 0.5
-
-
-def _linear_matrix(coords: np.ndarray, n_in: int) -> np.ndarray:
-    """``(len(coords), n_in)`` matrix of 1D linear interpolation at ``coords`` (edge values beyond the ends)."""
-    coords = np.clip(coords, 0.0, n_in - 1.0)
-    lo = np.floor(coords).astype(np.int64)
-    hi = np.minimum(lo + 1, n_in - 1)
-    w = coords - lo
-    mat = np.zeros((len(coords), n_in), dtype=np.float64)
-    rows = np.arange(len(coords))
-    np.add.at(mat, (rows, lo), 1.0 - w)
-    np.add.at(mat, (rows, hi), w)
-    return mat
-
-
-def _apply_along(array: np.ndarray, mat: np.ndarray, axis: int) -> np.ndarray:
-    if mat.shape[0] == mat.shape[1] and np.array_equal(mat, np.eye(mat.shape[0])):
-        return array
-    moved = np.moveaxis(array, axis, -1)
-    out = moved @ mat.T.astype(array.dtype)
-    return np.moveaxis(out, -1, axis)
-
-
-def resample_series(series: np.ndarray, spatial_size: Sequence[int], num_frames: int) -> np.ndarray:
-    """Resample a 4D series ``(x, y, z, t)`` jointly in space and time (linear interpolation along every axis).
-
-    Space keeps the field of view (voxel centres, see :func:`resampled_affine`); time maps the first and last input
-    frames onto the first and last output frames, with ``num_frames`` equally spaced phases in between.
-    Separable linear interpolation along four axes is exactly 4-linear (trilinear in space, linear in time).
-
-    Args:
-        series: the array ``(x, y, z, t)`` with ``t >= 2``.
-        spatial_size: output ``(x, y, z)``.
-        num_frames: output number of frames (>= 2).
-
-    Returns:
-        float32 array ``(*spatial_size, num_frames)``.
-
-    Raises:
-        ValueError: for a non-4D array, fewer than 2 input or output frames, or a bad ``spatial_size``.
-    """
-    size = _check_size(spatial_size)
-    if series.ndim != 4:
-        raise ValueError(f"expected a 4D series (x, y, z, t), got shape {series.shape}.")
-    n_t = series.shape[3]
-    if n_t < 2 or int(num_frames) < 2:
-        raise ValueError(f"need at least 2 input and 2 output frames, got {n_t} and {num_frames}.")
-    out = np.asarray(series, dtype=np.float32)
-    for axis, n_out in enumerate(size):
-        n_in = out.shape[axis]
-        out = _apply_along(out, _linear_matrix(_centre_coords(n_in, n_out), n_in), axis)
-    t_coords = np.linspace(0.0, n_t - 1.0, int(num_frames))
-    out = _apply_along(out, _linear_matrix(t_coords, n_t), 3)
-    return np.ascontiguousarray(out, dtype=np.float32)
-
-
-def resample_labels(labels: np.ndarray, spatial_size: Sequence[int]) -> np.ndarray:
-    """Nearest-neighbour resampling of a 3D label map on the same field of view (no new label values).
-
-    Args:
-        labels: integer-valued array ``(x, y, z)``.
-        spatial_size: output ``(x, y, z)``.
-
-    Returns:
-        array of ``spatial_size`` with the dtype of ``labels``.
-
-    Raises:
-        ValueError: for a non-3D array or a bad ``spatial_size``.
-    """
-    size = _check_size(spatial_size)
-    if labels.ndim != 3:
-        raise ValueError(f"expected a 3D label map, got shape {labels.shape}.")
-    idx = [
-        np.clip(np.floor(_centre_coords(n_in, n_out) + 0.5).astype(np.int64), 0, n_in - 1)
-        for n_in, n_out in zip(labels.shape, size)
-    ]
-    return np.ascontiguousarray(labels[np.ix_(*idx)])
-
-
-def resampled_affine(affine: np.ndarray, in_size: Sequence[int], out_size: Sequence[int]) -> np.ndarray:
-    """Affine of a grid resampled from ``in_size`` to ``out_size`` voxels over the same field of view.
-
-    Each voxel axis is scaled by ``in / out`` (spacing ``* in / out``; directions unchanged) and the origin moves to
-    the centre of the first new voxel.
-
-    Args:
-        affine: the source 4x4 voxel-to-world affine.
-        in_size: source ``(x, y, z)``.
-        out_size: output ``(x, y, z)``.
-
-    Returns:
-        the 4x4 affine of the output grid.
-    """
-    affine = np.asarray(affine, dtype=np.float64)
-    ratio = np.asarray(in_size, dtype=np.float64) / np.asarray(out_size, dtype=np.float64)
-    out = affine.copy()
-    out[:3, :3] = affine[:3, :3] * ratio[None, :]
-    first = 0.5 * ratio - 0.5  # input index coordinate of the first output voxel centre
-    out[:3, 3] = affine[:3, :3] @ first + affine[:3, 3]
-    return out
+# preparation
 
 
 def _normalise(series: np.ndarray, subject: str) -> tuple[np.ndarray, float, float]:
     """Clip to the shared 0.5 / 99.5 percentiles of the whole series and scale to [0, 1]."""
-    if not np.all(np.isfinite(series)):
-        raise ValueError(f"{subject}: the series holds non-finite voxels.")
-    lo, hi = (float(v) for v in np.percentile(series, ACDC_PERCENTILES))
-    if hi <= lo:
-        logger.warning("%s: constant intensities after clipping (%g); writing zeros.", subject, lo)
-        return np.zeros_like(series, dtype=np.float32), lo, hi
-    out = (np.clip(series, lo, hi) - lo) / (hi - lo)
-    return np.clip(out, 0.0, 1.0).astype(np.float32), lo, hi
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# folds
-
-
-def assign_folds(subjects: Sequence[str], groups: Sequence[Any] | None, num_folds: int, seed: int = 0) -> dict:
-    """Deterministic cross-validation folds, stratified by group.
-
-    The sorted subject ids are shuffled with ``numpy.random.default_rng(seed)``, then ordered by group (stable, so
-    the shuffled order is kept within a group) and dealt round-robin onto the folds: every fold gets about the
-    same number of subjects of every group, and the fold sizes differ by at most one.
-
-    Args:
-        subjects: subject ids.
-        groups: group of each subject (same order), or None for no stratification.
-        num_folds: number of folds (>= 2).
-        seed: shuffling seed.
-
-    Returns:
-        subject id -> fold in ``0 .. num_folds - 1``.
-
-    Raises:
-        ValueError: if ``num_folds < 2``, or ``groups`` has another length than ``subjects``.
-    """
-    if int(num_folds) < 2:
-        raise ValueError(f"num_folds must be >= 2, got {num_folds}.")
-    if groups is not None and len(groups) != len(subjects):
-        raise ValueError(f"got {len(subjects)} subjects but {len(groups)} groups.")
-    group_of = dict(zip(subjects, groups if groups is not None else [None] * len(subjects)))
-    ordered = sorted(group_of)
-    perm = np.random.default_rng(int(seed)).permutation(len(ordered))
-    shuffled = [ordered[i] for i in perm]
-    shuffled.sort(key=lambda s: "" if group_of[s] is None else str(group_of[s]))
-    return {s: i % int(num_folds) for i, s in enumerate(shuffled)}
-
-
-def split_folds(items: Sequence[Mapping], fold: int) -> tuple[list[Mapping], list[Mapping]]:
-    """Split datalist items into fold ``fold``'s training and validation lists (validation: ``item["fold"] == fold``).
-
-    Args:
-        items: datalist entries, each with an integer ``"fold"`` (as written by :func:`prepare_acdc`).
-        fold: the validation fold.
-
-    Returns:
-        ``(train_items, val_items)``, in the order of ``items``.
-
-    Raises:
-        ValueError: if an item has no integer ``fold``, or no item belongs to ``fold``.
-    """
-    folds = set()
-    for i, item in enumerate(items):
-        f = item.get("fold")
-        if isinstance(f, bool) or not isinstance(f, int):
-            raise ValueError(f"item #{i} ({item.get('subject')!r}) has no integer 'fold' key (got {f!r}).")
-        folds.add(f)
-    if int(fold) not in folds:
-        raise ValueError(f"fold {fold} has no subjects; folds present: {sorted(folds)}.")
-    train = [item for item in items if item["fold"] != int(fold)]
-    val = [item for item in items if item["fold"] == int(fold)]
-    return train, val
-
-
-def fold_split(datalist: PathLike, fold: int, section: str = "training", **kwargs: Any) -> tuple[list, list]:
-    """Load a prepared datalist and return fold ``fold``'s ``(train_items, val_items)``.
-
-    Args:
-        datalist: the ``datalist.json`` written by :func:`prepare_acdc`.
-        fold: the validation fold.
-        section: the section holding the folds.
-        kwargs: further arguments of :func:`monai_tfm.data.load_series_datalist` (``check_files``, ...).
-
-    Returns:
-        ``(train_items, val_items)`` with absolute frame paths.
-
-    Raises:
-        ValueError: see :func:`split_folds` and :func:`monai_tfm.data.load_series_datalist`.
-        FileNotFoundError: if the datalist (or a frame file) does not exist.
-    """
-    return split_folds(load_series_datalist(datalist, section=section, **kwargs), fold)
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# preparation
+    return normalise_shared(series, ACDC_PERCENTILES, subject)
 
 
 def _image_header(path: Path) -> tuple[Any, tuple[int, ...]]:
@@ -504,14 +297,6 @@ def _clear_subject_folder(folder: Path) -> None:
             re.match(r"^frame_\d+\.nii\.gz$", p.name) or p.name in ("label_ed.nii.gz", "label_es.nii.gz")
         ):
             p.unlink()
-
-
-def _is_within(path: Path, parent: Path) -> bool:
-    try:
-        path.relative_to(parent)
-        return True
-    except ValueError:
-        return False
 
 
 def _check_patient(patient: ACDCPatient) -> tuple[Any, tuple[int, ...]]:
@@ -652,10 +437,10 @@ def prepare_acdc(
         raise ValueError(f"num_frames must be >= 2 (ED and ES), got {num_frames}.")
     if num_folds < 2:
         raise ValueError(f"num_folds must be >= 2, got {num_folds}.")
-    size = None if spatial_size is None else _check_size(spatial_size)
+    size = None if spatial_size is None else check_spatial_size(spatial_size)
     src_dir = Path(src).expanduser()
     dst_dir = Path(dst).expanduser().absolute()
-    if src_dir.is_dir() and _is_within(dst_dir.resolve(), src_dir.resolve()):
+    if src_dir.is_dir() and is_within(dst_dir.resolve(), src_dir.resolve()):
         raise ValueError(f"the output folder '{dst_dir}' is inside the source folder '{src_dir}'; it is read-only.")
     datalist = dst_dir / ACDC_DATALIST_NAME
     if datalist.exists() and not overwrite:
@@ -739,18 +524,8 @@ def ensure_acdc_prepared(dataset_dir: PathLike, prepared_dir: PathLike, **kwargs
 
     Returns:
         path of the datalist.
+
+    Raises:
+        ValueError: ``prepared_dir`` holds data prepared from another source.
     """
-    own = Path(dataset_dir) / ACDC_DATALIST_NAME
-    if own.is_file():
-        return str(own)
-    done = Path(prepared_dir) / ACDC_DATALIST_NAME
-    if done.is_file():
-        source = json.loads(done.read_text()).get("metadata", {}).get("source")
-        if source is not None and Path(source).resolve() != Path(dataset_dir).resolve():
-            raise ValueError(
-                f"{prepared_dir} holds ACDC data prepared from {source}, not from {dataset_dir}; "
-                "point prepared_dir to a new folder (or dataset_dir to the prepared folder)."
-            )
-        logger.info("using the prepared ACDC data in %s", prepared_dir)
-        return str(done)
-    return str(prepare_acdc(dataset_dir, prepared_dir, **kwargs))
+    return ensure_prepared(dataset_dir, prepared_dir, prepare_acdc, "ACDC", **kwargs)

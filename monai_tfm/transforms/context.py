@@ -47,14 +47,17 @@ class ContextProtocol:
     """How a forecasting sample is drawn from a series of N frames (indices ``0..N-1`` in time order).
 
     Args:
-        target: ``"random"`` (target index uniform in ``[min_target, max_target]``) or ``"last"`` (the last frame).
+        target: ``"random"`` (target index uniform in ``[min_target, max_target]``) or ``"last"`` (the last frame;
+            with the defaults ``gap=0``, ``keep_prob=1`` the context is every earlier frame, the latest
+            ``max_context`` of them: follow-up series such as LUMIERE).
         gap: number of frames right before the target that are hidden from the context.
         window: at most this many candidate frames directly before the hidden gap are eligible as context
             (``None``: all earlier frames).
         consecutive: keep all eligible frames before random masking is applied only to them (ISLES: a block of
             ``window`` consecutive frames); kept for readability, masking is controlled by ``keep_prob``.
         keep_prob: probability to keep each eligible context frame (1: keep all).
-        min_keep: at least this many context frames are kept (the latest eligible ones are forced in).
+        min_keep: at least this many context frames are kept (when the draw keeps fewer, random eligible frames are
+            forced in).
         max_context: keep at most the latest ``max_context`` context frames (``T_max``; ``None``: no limit).
         min_target: smallest target index (``None``: ``gap + 1``, so that at least one frame is eligible).
         max_target: largest target index (``None``: the last frame).
@@ -317,7 +320,8 @@ class SelectContextd(MapTransform):
         series_key: key of the ``(N, C, D, H, W)`` series.
         time_key: key of the ``(N,)`` times.
         max_context: slots to pad to (``T_max``).
-        remove_series: drop the full series from the output to save memory in the batch.
+        remove_series: drop the full series and its times from the output (memory; and series of different
+            lengths, e.g. follow-up visits, would not collate).
         drop_keys: keys of the datalist item that do not collate (variable-length lists) and are removed.
     """
 
@@ -349,6 +353,7 @@ class SelectContextd(MapTransform):
         d.update(select_context(series, d[self.time_key], target_index, context_indices, self.max_context))
         if self.remove_series:
             d.pop(self.series_key)
+            d.pop(self.time_key, None)
         for key in self.drop_keys:
             d.pop(key, None)
         return d
@@ -374,7 +379,7 @@ class RandContextd(Randomizable, SelectContextd):
         series_key: key of the series.
         time_key: key of the times.
         max_context: slots to pad to.
-        remove_series: drop the full series from the output.
+        remove_series: drop the full series and its times from the output.
     """
 
     def __init__(
@@ -416,28 +421,44 @@ class InferenceContextd(SelectContextd):
     frames exist, only the latest ``max_context`` ones before the target time are kept as context; frames after the
     target time are context too (the model then interpolates), except in ``forecast_only`` mode.
 
+    The target time may be ``"last"`` (as default or in the item): the time of the item's last frame, which becomes
+    the reference, with all earlier frames as context (follow-up series whose visits fall on different weeks for
+    every patient: forecast each patient's last visit from the earlier ones).
+
     Args:
-        target_time: default target time when the item has no ``target_time`` key.
+        target_time: default target time when the item has no ``target_time`` key: a number or ``"last"``.
         max_context: slots to pad to (``T_max``).
         forecast_only: use only frames strictly before the target time as context.
         atol: tolerance to match a frame to the target time.
         series_key: key of the series.
         time_key: key of the times.
+        min_lead: frames acquired less than ``min_lead`` before the target time are not context, as in a training
+            protocol that hides the frames right before the target (ISLES perfusion: ``gap`` 2 frames, so
+            ``min_lead=3``); 0: every earlier frame is context.
+
+    Raises:
+        ValueError: an unknown target time string or a negative ``min_lead``.
     """
 
     def __init__(
         self,
-        target_time: float | None = None,
+        target_time: float | str | None = None,
         max_context: int | None = None,
         forecast_only: bool = True,
         atol: float = 1e-6,
         series_key: str = "series",
         time_key: str = "series_time",
+        min_lead: float = 0.0,
     ) -> None:
         super().__init__(series_key, time_key, max_context)
+        if isinstance(target_time, str) and target_time != "last":
+            raise ValueError(f"InferenceContextd target_time must be a number, 'last' or None, got {target_time!r}.")
+        if not float(min_lead) >= 0:
+            raise ValueError(f"InferenceContextd min_lead must be >= 0, got {min_lead!r}.")
         self.target_time = target_time
         self.forecast_only = forecast_only
         self.atol = atol
+        self.min_lead = float(min_lead)
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict:
         """Build the inference sample.
@@ -449,20 +470,29 @@ class InferenceContextd(SelectContextd):
             the item with the SPEC keys; ``target`` only when a frame sits at the target time.
 
         Raises:
-            ValueError: no target time, or no frame usable as context.
+            ValueError: no target time, an unknown target time string, or no frame usable as context.
         """
         d = dict(data)
         who = d.get("subject", "?")
         t_target = d.get("target_time", self.target_time)
         if t_target is None:
             raise ValueError(f"subject {who!r}: no target time (give the item a 'target_time' or set a default).")
-        t_target = float(t_target)
         times = torch.as_tensor(d[self.time_key], dtype=torch.float64)
+        if isinstance(t_target, str):
+            if t_target != "last":
+                raise ValueError(f"subject {who!r}: target time must be a number or 'last', got {t_target!r}.")
+            if len(times) == 0:
+                raise ValueError(f"subject {who!r}: target time 'last' of a series without frames.")
+            t_target = times.max()
+        t_target = float(t_target)
         at_target = torch.isclose(times, torch.tensor(t_target, dtype=torch.float64), atol=self.atol, rtol=0)
         usable = ~at_target & ((times < t_target) if self.forecast_only else torch.ones_like(at_target))
+        if self.min_lead > 0:  # hidden frames right before the target
+            usable &= ~((times > t_target - self.min_lead + self.atol) & (times < t_target))
         idx = torch.nonzero(usable).flatten().tolist()
         if not idx:
-            raise ValueError(f"subject {who!r}: no frame before the target time {t_target} to use as context.")
+            lead = f" at least {self.min_lead} before" if self.min_lead > 0 else " before"
+            raise ValueError(f"subject {who!r}: no frame{lead} the target time {t_target} to use as context.")
         series = d[self.series_key]
         if hasattr(series, "affine"):
             d["affine"] = torch.as_tensor(series.affine).as_subclass(torch.Tensor).clone()
@@ -474,6 +504,7 @@ class InferenceContextd(SelectContextd):
         if bool(at_target.any()):
             d["target"] = plain[int(torch.nonzero(at_target)[0])]
         d.pop(self.series_key)
+        d.pop(self.time_key, None)
         for key in self.drop_keys:
             d.pop(key, None)
         return d

@@ -60,7 +60,7 @@ class GridEmbed(Transform):
         self.origin = float(origin)
 
     def __call__(
-        self, frames: torch.Tensor, times: torch.Tensor, mask: torch.Tensor | None = None
+        self, frames: torch.Tensor, times: torch.Tensor, mask: torch.Tensor | None = None, origin: float | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Embed.
 
@@ -68,22 +68,25 @@ class GridEmbed(Transform):
             frames: ``(T, C, D, H, W)``.
             times: ``(T,)``.
             mask: ``(T,)`` bool, real frames (padding is ignored); ``None``: all real.
+            origin: ``g_1`` of this call (``None``: the grid's own ``origin``); a grid that moves with each sample,
+                e.g. one that ends right before the target time (:class:`GridEmbedd` with ``anchor="target"``).
 
         Returns:
             ``(slots (K, C, D, H, W), slot_times (K,), occupancy (K,) bool)``.
         """
+        g1 = self.origin if origin is None else float(origin)
         frames = torch.as_tensor(frames)
         times = torch.as_tensor(times, dtype=torch.float32)
         mask = torch.ones(len(times), dtype=torch.bool) if mask is None else torch.as_tensor(mask).bool()
         out = torch.zeros((self.num_slots, *frames.shape[1:]), dtype=frames.dtype)
         occupancy = torch.zeros(self.num_slots, dtype=torch.bool)
-        slot = grid_slots(times, self.origin, self.spacing, self.num_slots)
+        slot = grid_slots(times, g1, self.spacing, self.num_slots)
         # latest wins: visit the real frames in time order, later writes overwrite earlier ones
         for i in torch.argsort(times, stable=True).tolist():
             if mask[i]:
                 out[slot[i]] = frames[i]
                 occupancy[slot[i]] = True
-        slot_times = self.origin + self.spacing * torch.arange(self.num_slots, dtype=torch.float32)
+        slot_times = g1 + self.spacing * torch.arange(self.num_slots, dtype=torch.float32)
         return out, slot_times, occupancy
 
 
@@ -133,14 +136,45 @@ class GridEmbedd(MapTransform):
 
     After it, ``context`` holds K slots, ``context_time`` the grid times and ``context_mask`` the occupancy.
 
+    Two kinds of grid:
+
+    * ``anchor="origin"`` (default): a fixed grid ``g_k = origin + (k - 1) spacing`` (cine and perfusion series, whose
+      frames already live on one grid of phases or frames);
+    * ``anchor="target"``: a grid that ends one ``spacing`` before each sample's ``target_time``,
+      ``g_k = target_time - (K - k + 1) spacing``, so slot ``K`` holds the latest context frame within half a spacing
+      of ``target_time - spacing`` and the slot position tells how long before the target a frame was acquired
+      (irregular follow-up visits, e.g. a grid of weeks before the visit to forecast). Frames older than the grid
+      fall into the first slot (latest wins), frames at the target time into the last. ``origin`` is ignored.
+      ``lead`` moves the end of the grid further from the target: ``g_K = target_time - lead`` (a protocol that hides
+      frames right before the target, e.g. ISLES perfusion: 7 slots ending 3 frames before the target, ``lead=3``).
+
     Args:
         num_slots: K.
         spacing: grid spacing.
-        origin: ``g_1``.
+        origin: ``g_1`` of the fixed grid.
+        anchor: ``"origin"`` or ``"target"`` (see above).
+        lead: ``anchor="target"`` only: time from the last slot to the target time (``None``: one ``spacing``).
+
+    Raises:
+        ValueError: an unknown ``anchor``, or a ``lead`` that is not positive.
     """
 
-    def __init__(self, num_slots: int, spacing: float, origin: float = 0.0, allow_missing_keys: bool = False):
+    def __init__(
+        self,
+        num_slots: int,
+        spacing: float,
+        origin: float = 0.0,
+        anchor: str = "origin",
+        allow_missing_keys: bool = False,
+        lead: float | None = None,
+    ) -> None:
         super().__init__(["context", "context_time", "context_mask"], allow_missing_keys)
+        if anchor not in ("origin", "target"):
+            raise ValueError(f"GridEmbedd anchor must be 'origin' or 'target', got {anchor!r}.")
+        if lead is not None and not float(lead) > 0:
+            raise ValueError(f"GridEmbedd lead must be > 0 (time from the last slot to the target), got {lead!r}.")
+        self.anchor = anchor
+        self.lead = float(spacing) if lead is None else float(lead)
         self.embed = GridEmbed(num_slots, spacing, origin)
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict:
@@ -151,10 +185,21 @@ class GridEmbedd(MapTransform):
 
         Returns:
             the sample with grid-embedded context.
+
+        Raises:
+            KeyError: ``anchor="target"`` and the sample has no ``target_time``.
         """
         d = dict(data)
+        origin = None
+        if self.anchor == "target":
+            if "target_time" not in d:
+                raise KeyError(
+                    f"subject {d.get('subject', '?')!r}: GridEmbedd(anchor='target') needs the sample's 'target_time'."
+                )
+            t_target = float(torch.as_tensor(d["target_time"], dtype=torch.float64).reshape(()))
+            origin = t_target - self.lead - (self.embed.num_slots - 1) * self.embed.spacing
         d["context"], d["context_time"], d["context_mask"] = self.embed(
-            d["context"], d["context_time"], d.get("context_mask")
+            d["context"], d["context_time"], d.get("context_mask"), origin=origin
         )
         return d
 
