@@ -11,6 +11,12 @@ Example (the reduced CPU setting of docs/results/speed.md)::
 
     python benchmarks/speed.py --grid 32 32 8 --channels 16 --context 3 7 11 --steps 3 --warmup 1 \
         --out docs/results/speed
+
+``--switches`` measures each speed switch of the training configs on its own against the plain fp32 / eager /
+unfused-AdamW baseline, for one variant and T (each setting in a fresh process), and writes
+``<out>_switches.md/json``::
+
+    python benchmarks/speed.py --switches --variant discrete --t 11 --grid 32 32 8 --channels 16 --steps 5
 """
 
 from __future__ import annotations
@@ -37,6 +43,15 @@ from monai_tfm.inferers import ForecastInferer  # noqa: E402
 from monai_tfm.networks import CronosUNet  # noqa: E402
 
 SOLVERS = (("euler", 1), ("euler", 5), ("euler", 10), ("dopri5", 0))
+# switch name -> worker flags (the config switch it stands for in brackets in the table)
+SWITCHES = {
+    "baseline (fp32, eager, AdamW for-loop)": [],
+    "bf16 autocast [amp]": ["--bf16"],
+    "channels-last-3d [channels_last]": ["--channels-last"],
+    "activation checkpointing [activation_checkpointing]": ["--activation-checkpointing"],
+    "fused AdamW [fused_optimizer]": ["--fused-adamw", "on"],
+    "torch.compile [compile]": ["--compile"],
+}
 
 
 def _sync(device: torch.device) -> None:
@@ -58,6 +73,13 @@ def _batch(b: int, k: int, t_real: int, grid: list[int], device: torch.device) -
     }
 
 
+def _add_memory(out: dict, device: torch.device) -> None:
+    if device.type == "cuda":
+        out["peak_memory_MiB"] = torch.cuda.max_memory_allocated(device) / 2**20
+    else:
+        out["peak_rss_MiB"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def worker(args: argparse.Namespace) -> dict:
     """One setting, measured in this process.
 
@@ -73,7 +95,10 @@ def worker(args: argparse.Namespace) -> dict:
     net = CronosUNet(num_frames=k, channels=args.channels, attention=False, time_mode=args.variant)
     net = configure_network(net, device, args.channels_last, args.activation_checkpointing)
     torch.nn.init.normal_(net.out_conv.weight, std=0.01)
-    opt = torch.optim.AdamW(net.parameters(), lr=1e-4, fused=device.type == "cuda")
+    fused = {"auto": device.type == "cuda", "on": True, "off": None}[args.fused_adamw]
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-4, fused=fused)
+    if args.compile:
+        net = torch.compile(net)
     prep, loss_fn = FlowMatchingPrepareBatch(variant=args.variant), FlowMatchingLoss()
     batch = _batch(args.batch, k, min(args.t, k), args.grid, device)
 
@@ -86,11 +111,16 @@ def worker(args: argparse.Namespace) -> dict:
         loss.backward()
         opt.step()
 
+    t_first = time.perf_counter()
     for _ in range(args.warmup):
         step()
-    with FlopCounterMode(display=False) as fc:
-        step()
-    flops = fc.get_total_flops()
+    warmup_s = time.perf_counter() - t_first  # includes compilation with --compile
+    if args.compile:
+        flops = None  # FlopCounterMode does not see inside compiled graphs
+    else:
+        with FlopCounterMode(display=False) as fc:
+            step()
+        flops = fc.get_total_flops()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     times = []
@@ -112,12 +142,14 @@ def worker(args: argparse.Namespace) -> dict:
         "train_step_s_median": med,
         "train_samples_per_s": args.batch / med,
         "flops_per_train_step": flops,
-        "achieved_flops_per_s": flops / med,
+        "achieved_flops_per_s": None if flops is None else flops / med,
+        "warmup_s": warmup_s,
     }
-    if device.type == "cuda":
-        out["peak_memory_MiB"] = torch.cuda.max_memory_allocated(device) / 2**20
-    else:
-        out["peak_rss_MiB"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if args.skip_forecast:
+        out["forecast"] = []
+        _add_memory(out, device)
+        return out
+    _add_memory(out, device)
     net.eval()
     prep_f = __import__("monai_tfm.engines", fromlist=["ForecastPrepareBatch"]).ForecastPrepareBatch(args.variant)
     one = {key: (v[:1] if torch.is_tensor(v) or isinstance(v, list) else v) for key, v in batch.items()}
@@ -163,8 +195,8 @@ def _markdown(prov: dict, args: argparse.Namespace, rows: list[dict]) -> str:
         mem = r.get("peak_memory_MiB", r.get("peak_rss_MiB"))
         lines.append(
             f"| {r['variant']} | {r['T']} | {r['K_network_frames']} | {r['params']:,} | {r['train_samples_per_s']:.2f} "
-            f"| {r['train_step_s_median']:.3f} | {mem:.0f} | {r['flops_per_train_step'] / 1e9:.2f} | "
-            f"{r['achieved_flops_per_s'] / 1e9:.1f} |"
+            f"| {r['train_step_s_median']:.3f} | {mem:.0f} | {(r['flops_per_train_step'] or 0) / 1e9:.2f} | "
+            f"{(r['achieved_flops_per_s'] or 0) / 1e9:.1f} |"
         )
     lines += ["", "Forecast latency per volume (batch 1) and network evaluations (NFE):", ""]
     solvers = [f"{m}-{n}" if n else m for m, n in SOLVERS]
@@ -192,6 +224,11 @@ def main() -> None:
     p.add_argument("--bf16", action="store_true")
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--activation-checkpointing", action="store_true")
+    p.add_argument("--compile", action="store_true", help="torch.compile the network")
+    p.add_argument("--fused-adamw", choices=["auto", "on", "off"], default="auto", help="auto: fused on CUDA only")
+    p.add_argument("--skip-forecast", action="store_true", help="training step only")
+    p.add_argument("--switches", action="store_true", help="one row per speed switch (see the module notes)")
+    p.add_argument("--timeout", type=float, default=900.0, help="seconds per setting")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--label", default="")
     p.add_argument("--out", default="docs/results/speed")
@@ -202,6 +239,9 @@ def main() -> None:
     args.grid_slots = args.grid_slots or max(args.context)
     if args.worker:
         sys.stdout.write(json.dumps(worker(args)) + "\n")
+        return
+    if args.switches:
+        run_switches(args)
         return
     rows = []
     base = [a for a in sys.argv[1:] if a != "--worker"]
@@ -214,6 +254,67 @@ def main() -> None:
                 raise RuntimeError(f"{variant} T={t} failed:\n{proc.stderr[-3000:]}")
             rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
             _write(args, rows)  # after every setting, so an interrupted run keeps what it measured
+
+
+def run_switches(args: argparse.Namespace) -> None:
+    """Each speed switch alone against the baseline, each in a fresh process; writes ``<out>_switches.md/json``.
+
+    Args:
+        args: parsed command line (``--variant``, ``--t``, grid, channels, batch, steps, warm-up, device).
+    """
+    base = [a for a in sys.argv[1:] if a != "--switches"]
+    common = [*base, "--worker", "--skip-forecast", "--fused-adamw", "off", "--grid-slots", str(args.grid_slots)]
+    rows: list[dict] = []
+    for name, flags in SWITCHES.items():
+        cmd = [sys.executable, __file__, *common, *flags]
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
+            ok = proc.returncode == 0
+            result = json.loads(proc.stdout.strip().splitlines()[-1]) if ok else {"error": proc.stderr[-400:]}
+        except subprocess.TimeoutExpired:
+            result = {"error": f"timed out after {args.timeout:g} s"}
+        rows.append({"switch": name, **result})
+        _write_switches(args, rows)
+
+
+def _write_switches(args: argparse.Namespace, rows: list[dict]) -> None:
+    prov = provenance()
+    out = Path(str(args.out) + "_switches")
+    base = next((r for r in rows if "error" not in r and r["switch"].startswith("baseline")), None)
+    lines = [
+        "# Speed switches, one at a time",
+        "",
+        f"**{args.label}**" if args.label else "",
+        "",
+        f"Device: {prov['device']}; commit {prov['commit']}; torch {prov['torch']}, MONAI {prov['monai']}.",
+        f"Command: `{prov['command']}`",
+        "",
+        f"{args.variant} CRONOS UNet (channels {args.channels}, no attention), T = {args.t}, grid "
+        f"{'x'.join(map(str, args.grid))}, batch {args.batch}; training step = forward + flow-matching loss + "
+        f"backward + AdamW step; median of {args.steps} timed steps after {args.warmup} warm-up step(s); every row "
+        "in a fresh process. Peak memory: "
+        + (
+            "CUDA max allocated."
+            if args.device.startswith("cuda")
+            else "peak RSS of the process (includes the ~0.5 GB" " Python/torch baseline)."
+        ),
+        "",
+        "| switch [config id] | step s | samples/s | vs baseline | peak MiB | warm-up s |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['switch']} | failed: {' '.join(r['error'].split())[-160:]} | | | | |")
+            continue
+        mem = r.get("peak_memory_MiB", r.get("peak_rss_MiB"))
+        speed = "1.00x" if base is None else f"{base['train_step_s_median'] / r['train_step_s_median']:.2f}x"
+        lines.append(
+            f"| {r['switch']} | {r['train_step_s_median']:.3f} | {r['train_samples_per_s']:.2f} | {speed} | {mem:.0f} "
+            f"| {r['warmup_s']:.1f} |"
+        )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps({"provenance": prov, "args": vars(args), "rows": rows}, indent=1))
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
 
 
 def _write(args: argparse.Namespace, rows: list[dict]) -> None:
