@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -16,24 +17,34 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 
 
-def provenance() -> dict[str, str]:
-    """Commit, device and library versions of a benchmark run."""
+def _versions() -> dict[str, str]:
+    """Device, library versions and command line of this process."""
     import monai
 
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO, capture_output=True)
     if torch.cuda.is_available():
         device = f"cuda: {torch.cuda.get_device_name(0)}"
     else:
         device = f"cpu: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
     return {
-        "commit": commit.stdout.strip() + (" (+ uncommitted changes)" if dirty.stdout.strip() else ""),
         "device": device,
         "torch": torch.__version__,
         "monai": monai.__version__,
         "python": platform.python_version(),
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
     }
+
+
+def provenance() -> dict[str, str]:
+    """Commit, device and library versions of a benchmark run.
+
+    Without a git checkout (a copy of the tree on a remote GPU machine) the commit comes from ``BENCH_COMMIT``.
+    """
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
+    if commit.returncode != 0:
+        return {"commit": os.environ.get("BENCH_COMMIT", "unknown (no git checkout)"), **_versions()}
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO, capture_output=True)
+    suffix = " (+ uncommitted changes)" if dirty.stdout.strip() else ""
+    return {"commit": commit.stdout.strip() + suffix, **_versions()}
 
 
 def run_bundle(run_id: str, config_files: list[str], log_path: Path, **overrides: Any) -> float:

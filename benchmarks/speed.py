@@ -73,6 +73,55 @@ def _batch(b: int, k: int, t_real: int, grid: list[int], device: torch.device) -
     }
 
 
+def matmul_peak_tflops(device: torch.device, n: int = 8192, repeats: int = 10) -> float | None:
+    """Measured bf16 matrix-product throughput of ``device`` (TFLOP/s), the reference for "fraction of peak".
+
+    Vendor peaks assume clocks and data that a real product rarely reaches; a dense ``n^3`` bf16 product on the
+    same device, timed the same way as the training steps, is the achievable ceiling this harness compares with.
+
+    Args:
+        device: where to measure; ``None`` is returned on the CPU (no bf16 tensor cores to compare with).
+        n: matrix size.
+        repeats: timed products (after 3 warm-ups).
+
+    Returns:
+        TFLOP/s, or ``None`` on the CPU.
+    """
+    if device.type != "cuda":
+        return None
+    a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    _sync(device)
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    _sync(device)
+    return 2 * n**3 * repeats / (time.perf_counter() - t0) / 1e12
+
+
+def _peak_note(args: argparse.Namespace, rows: list[dict]) -> list[str]:
+    """Lines stating the bf16 peaks the achieved FLOP/s are compared with (empty on the CPU)."""
+    peak = next((r.get("matmul_peak_tflops") for r in rows if r.get("matmul_peak_tflops")), None)
+    if peak is None:
+        return []
+    lines = [f"bf16 peak for the fraction columns: measured dense 8192^3 bf16 matrix product {peak:.0f} TFLOP/s"]
+    if args.spec_peak_tflops:
+        lines[0] += f"; vendor dense bf16 peak {args.spec_peak_tflops:g} TFLOP/s (fraction of it in brackets)"
+    return [lines[0] + ". FLOPs are counted with `torch.utils.flop_counter` (forward + backward, fp32 run).", ""]
+
+
+def _fraction(r: dict, args: argparse.Namespace) -> str:
+    peak, achieved = r.get("matmul_peak_tflops"), r.get("achieved_flops_per_s")
+    if not peak or not achieved:
+        return "-"
+    text = f"{achieved / 1e12 / peak:.1%}"
+    if args.spec_peak_tflops:
+        text += f" ({achieved / 1e12 / args.spec_peak_tflops:.1%})"
+    return text
+
+
 def _add_memory(out: dict, device: torch.device) -> None:
     if device.type == "cuda":
         out["peak_memory_MiB"] = torch.cuda.max_memory_allocated(device) / 2**20
@@ -131,6 +180,8 @@ def worker(args: argparse.Namespace) -> dict:
         _sync(device)
         times.append(time.perf_counter() - t0)
     med = statistics.median(times)
+    if flops is None and args.flops_per_step:
+        flops = args.flops_per_step  # counted in the eager run of the same setting
     out = {
         "variant": args.variant,
         "T": args.t,
@@ -144,6 +195,7 @@ def worker(args: argparse.Namespace) -> dict:
         "flops_per_train_step": flops,
         "achieved_flops_per_s": None if flops is None else flops / med,
         "warmup_s": warmup_s,
+        "matmul_peak_tflops": matmul_peak_tflops(device) if args.measure_peak else None,
     }
     if args.skip_forecast:
         out["forecast"] = []
@@ -187,16 +239,17 @@ def _markdown(prov: dict, args: argparse.Namespace, rows: list[dict]) -> str:
         "continuous: the T real frames. Peak memory: "
         + ("CUDA max allocated." if args.device.startswith("cuda") else "peak RSS of a fresh process per setting."),
         "",
+        *_peak_note(args, rows),
         "| variant | T | network frames | params | train samples/s | step s | peak MiB | GFLOP/step | "
-        "GFLOP/s achieved |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "GFLOP/s achieved | fraction of bf16 peak |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         mem = r.get("peak_memory_MiB", r.get("peak_rss_MiB"))
         lines.append(
             f"| {r['variant']} | {r['T']} | {r['K_network_frames']} | {r['params']:,} | {r['train_samples_per_s']:.2f} "
             f"| {r['train_step_s_median']:.3f} | {mem:.0f} | {(r['flops_per_train_step'] or 0) / 1e9:.2f} | "
-            f"{(r['achieved_flops_per_s'] or 0) / 1e9:.1f} |"
+            f"{(r['achieved_flops_per_s'] or 0) / 1e9:.1f} | {_fraction(r, args)} |"
         )
     lines += ["", "Forecast latency per volume (batch 1) and network evaluations (NFE):", ""]
     solvers = [f"{m}-{n}" if n else m for m, n in SOLVERS]
@@ -227,6 +280,9 @@ def main() -> None:
     p.add_argument("--compile", action="store_true", help="torch.compile the network")
     p.add_argument("--fused-adamw", choices=["auto", "on", "off"], default="auto", help="auto: fused on CUDA only")
     p.add_argument("--skip-forecast", action="store_true", help="training step only")
+    p.add_argument("--measure-peak", action="store_true", help="time a bf16 matmul for the fraction-of-peak column")
+    p.add_argument("--spec-peak-tflops", type=float, default=None, help="vendor dense bf16 peak, also reported")
+    p.add_argument("--flops-per-step", type=float, default=None, help=argparse.SUPPRESS)
     p.add_argument("--switches", action="store_true", help="one row per speed switch (see the module notes)")
     p.add_argument("--timeout", type=float, default=900.0, help="seconds per setting")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -267,6 +323,9 @@ def run_switches(args: argparse.Namespace) -> None:
     rows: list[dict] = []
     for name, flags in SWITCHES.items():
         cmd = [sys.executable, __file__, *common, *flags]
+        if "--compile" in flags and rows and rows[0].get("flops_per_train_step"):
+            # FlopCounterMode cannot see inside a compiled graph: the same model does the eager baseline's FLOPs
+            cmd += ["--flops-per-step", str(rows[0]["flops_per_train_step"])]
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
             ok = proc.returncode == 0
@@ -299,18 +358,20 @@ def _write_switches(args: argparse.Namespace, rows: list[dict]) -> None:
             else "peak RSS of the process (includes the ~0.5 GB" " Python/torch baseline)."
         ),
         "",
-        "| switch [config id] | step s | samples/s | vs baseline | peak MiB | warm-up s |",
-        "|---|---|---|---|---|---|",
+        *_peak_note(args, rows),
+        "| switch [config id] | step s | samples/s | vs baseline | peak MiB | warm-up s | TFLOP/s achieved | "
+        "fraction of bf16 peak |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['switch']} | failed: {' '.join(r['error'].split())[-160:]} | | | | |")
+            lines.append(f"| {r['switch']} | failed: {' '.join(r['error'].split())[-160:]} | | | | | | |")
             continue
         mem = r.get("peak_memory_MiB", r.get("peak_rss_MiB"))
         speed = "1.00x" if base is None else f"{base['train_step_s_median'] / r['train_step_s_median']:.2f}x"
         lines.append(
             f"| {r['switch']} | {r['train_step_s_median']:.3f} | {r['train_samples_per_s']:.2f} | {speed} | {mem:.0f} "
-            f"| {r['warmup_s']:.1f} |"
+            f"| {r['warmup_s']:.1f} | {(r['achieved_flops_per_s'] or 0) / 1e12:.2f} | {_fraction(r, args)} |"
         )
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps({"provenance": prov, "args": vars(args), "rows": rows}, indent=1))
