@@ -22,5 +22,5 @@ LABEL="GPU, the ACDC paper setting (batch 4, 128 x 128 x 32, CRONOS UNet width 3
 timeout "${MAIN_S:-240}" python3 benchmarks/speed.py "${SETTING[@]}" --context 11 7 3 --grid-slots 11 \
     --variants discrete continuous --dopri5-context 11 --out "$OUT/speed_gpu" --label "$LABEL" 2>&1 | tail -20
 timeout "${SWITCH_S:-330}" python3 benchmarks/speed.py "${SETTING[@]}" --switches --variant discrete --t 11 --context 11 \
-    --timeout 240 --out "$OUT/speed_gpu" --label "$LABEL" 2>&1 | tail -20
+    --timeout 200 --out "$OUT/speed_gpu" --label "$LABEL" 2>&1 | tail -20
 cat "$OUT"/speed_gpu*.md

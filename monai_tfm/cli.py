@@ -302,6 +302,82 @@ class Commands:
         )
         return "\n".join(str(r.output) for r in results)
 
+    def generate(
+        self,
+        bundle: str | None = None,
+        n: int = 1,
+        mask: str | None = None,
+        steps: int | None = None,
+        output: str | None = None,
+        solver: str | None = None,
+        method: str | None = None,
+        weights: str | None = None,
+        device: str = "cpu",
+        seed: int = 0,
+        guidance: float | None = None,
+        preview: bool = True,
+        overwrite: bool = False,
+        batch_size: int = 8,
+        **options: Any,
+    ) -> str:
+        """Generate images with a generation bundle (noise-to-image flow matching, or its DDPM baseline).
+
+        ``monai-tfm generate --bundle bundles/acdc_cine_generation --class DCM --mask m.nii.gz --n 8 --steps 5
+        --output DIR`` writes ``DIR/DCM_000.nii.gz`` ... (and ``.png`` previews); existing files are never replaced
+        unless ``--overwrite``. See :func:`monai_tfm.generation.app.generate`.
+
+        Args:
+            bundle: bundle folder (default: the built-in ``synthetic_generation`` bundle).
+            n: number of images.
+            mask: conditioning mask (NIfTI label map) for mask-conditional models.
+            steps: sampling steps (default: the bundle's).
+            output: output folder.
+            solver: flow models: ``euler``, ``midpoint``, ``rk4``; DDPM models (``--method ddpm``): ``ddpm``, ``ddim``.
+            method: method overlay of the bundle (``ddpm``).
+            weights: weights file (default ``<bundle>/models/model.pt``).
+            device: ``cpu``, ``cuda``, ...
+            seed: noise seed.
+            guidance: classifier-free guidance weight (1: none).
+            preview: write PNG previews.
+            overwrite: replace existing outputs.
+            batch_size: images per network batch.
+            options: ``--class NAME`` (the class, by name or index) and bundle config ids.
+
+        Returns:
+            the written files, one per line.
+
+        Raises:
+            CLIError: any problem with the inputs, in one line.
+        """
+        from monai_tfm.generation.app import GenerationError
+        from monai_tfm.generation.app import generate as generate_images
+        from monai_tfm.utils.bundle import find_bundle_root
+
+        class_name = options.pop("class", options.pop("class_name", None))
+        try:
+            root = Path(bundle) if bundle is not None else Path(find_bundle_root("synthetic_generation"))
+            written = generate_images(
+                root,
+                n=n,
+                class_name=class_name,
+                mask=mask,
+                steps=steps,
+                solver=solver,
+                output=output,
+                method=method,
+                weights=weights,
+                device=device,
+                seed=seed,
+                guidance=guidance,
+                preview=preview,
+                overwrite=overwrite,
+                batch_size=batch_size,
+                **options,
+            )
+        except GenerationError as e:
+            raise CLIError(str(e)) from None
+        return "\n".join(str(p) for p in written)
+
     def pack(
         self, bundle: str | None = None, weights: str | None = None, output: str = "bundle.zip", overwrite: bool = False
     ) -> str:

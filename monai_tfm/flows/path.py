@@ -1,11 +1,13 @@
 # Copyright (c) monai_tfm contributors. Licensed under the Apache License, Version 2.0.
-"""The sequence-to-image flow of TFM / CRONOS (SPEC section 2): one home for the interpolation path.
+"""The flows of the package (SPEC section 2): one home for the interpolation path.
 
-Both the trainer (prepare-batch) and the forecasting inferer import these functions; nothing else in
-the package computes ``X_tau``, the target velocity or the flowed frame times.
+Both the trainers (prepare-batch) and the inferers import these functions; nothing else in the package computes
+``X_tau``, the target velocity or the flowed frame times.
 
-Notation: the flow step is ``tau`` in [0, 1]. ``x0`` is the context stack ``(B, K, C, D, H, W)``,
-``x1`` the target broadcast to the same shape.
+Notation: the flow step is ``tau`` in [0, 1]. Forecasting (TFM / CRONOS): ``x0`` is the context stack
+``(B, K, C, D, H, W)``, ``x1`` the target broadcast to the same shape. Generation (MOTFM, issue 8): ``x0`` is
+Gaussian noise from :func:`noise_source` with the shape of the image batch ``x1`` ``(B, C, *spatial)``; the same
+:func:`interpolate` and :func:`target_velocity` give the straight path and its velocity.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import torch
 
 __all__ = [
     "broadcast_target",
+    "noise_source",
     "sample_tau",
     "sigma_at",
     "interpolate",
@@ -43,6 +46,23 @@ def broadcast_target(target: torch.Tensor, num_frames: int) -> torch.Tensor:
         a view ``(B, K, C, D, H, W)`` (no copy).
     """
     return target.unsqueeze(1).expand(-1, num_frames, *target.shape[1:])
+
+
+def noise_source(like: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """The noise source of a noise-to-image flow, ``X0 ~ N(0, I)`` with the shape, dtype and device of ``like``.
+
+    Args:
+        like: the target batch ``X1`` (any shape, e.g. ``(B, C, H, W)`` or ``(B, C, D, H, W)``).
+        generator: optional torch generator for reproducible draws (drawn on the generator's device, then moved).
+
+    Returns:
+        standard normal noise shaped like ``like``.
+    """
+    if generator is None:
+        return torch.randn_like(like)
+    dtype = like.dtype if like.is_floating_point() else torch.float32
+    noise = torch.randn(like.shape, generator=generator, device=generator.device, dtype=dtype)
+    return noise.to(device=like.device, dtype=dtype)
 
 
 def sample_tau(batch_size: int, device: torch.device | str | None = None, generator: torch.Generator | None = None):
