@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import time
 from pathlib import Path
@@ -15,6 +16,11 @@ from monai_tfm.engines import FlowMatchingLoss, FlowMatchingPrepareBatch, config
 from monai_tfm.networks import CronosUNet
 
 CONFIGS = Path(__file__).resolve().parents[1] / "bundles" / "synthetic_forecasting" / "configs"
+# the numerical checks also run on a GPU where there is one (benchmarks/gpu_speed.sh runs them there)
+DEVICES = [
+    "cpu",
+    pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")),
+]
 
 
 def _net(**kw) -> CronosUNet:
@@ -24,18 +30,30 @@ def _net(**kw) -> CronosUNet:
     return net
 
 
-def _inputs():
+@contextlib.contextmanager
+def _no_tf32():
+    """Real fp32 convolutions on a GPU (cuDNN uses TF32 by default), so references are exact to float32 rounding."""
+    old = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32 = old
+
+
+def _inputs(device: str = "cpu"):
     g = torch.Generator().manual_seed(1)
-    return torch.rand(2, 3, 1, 16, 16, 8, generator=g), torch.rand(2, generator=g)
+    return torch.rand(2, 3, 1, 16, 16, 8, generator=g).to(device), torch.rand(2, generator=g).to(device)
 
 
-def test_channels_last_same_outputs():
-    net = _net().eval()
-    x, tau = _inputs()
-    ref = net(x, tau)
+@pytest.mark.parametrize("device", DEVICES)
+def test_channels_last_same_outputs(device):
+    net = _net().eval().to(device)
+    x, tau = _inputs(device)
     fast = configure_network(copy.deepcopy(net), channels_last=True)
     assert any(p.ndim == 5 and p.is_contiguous(memory_format=torch.channels_last_3d) for p in fast.parameters())
-    torch.testing.assert_close(fast(x, tau), ref, rtol=0, atol=1e-5)
+    with _no_tf32():
+        torch.testing.assert_close(fast(x, tau), net(x, tau), rtol=0, atol=1e-5)
 
 
 def test_activation_checkpointing_same_gradients():
@@ -54,9 +72,10 @@ def test_activation_checkpointing_same_gradients():
         configure_network(torch.nn.Linear(2, 2), activation_checkpointing=True)
 
 
-def test_bf16_autocast_loss_close_to_fp32():
+@pytest.mark.parametrize("device", DEVICES)
+def test_bf16_autocast_loss_close_to_fp32(device):
     """bf16 autocast (8 mantissa bits) changes the flow-matching loss by well under 2 % relative on this net."""
-    net = _net().train()
+    net = _net().train().to(device)
     g = torch.Generator().manual_seed(2)
     batch = {
         "context": torch.rand(2, 3, 1, 16, 16, 8, generator=g),
@@ -65,43 +84,48 @@ def test_bf16_autocast_loss_close_to_fp32():
         "target": torch.rand(2, 1, 16, 16, 8, generator=g),
         "target_time": torch.ones(2),
     }
-    x, targets, _, kwargs = FlowMatchingPrepareBatch(seed=0)(batch)
+    x, targets, _, kwargs = FlowMatchingPrepareBatch(seed=0)(batch, torch.device(device))
     loss_fn = FlowMatchingLoss()
-    fp32 = loss_fn(net(x, **kwargs), targets)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    with _no_tf32():
+        fp32 = loss_fn(net(x, **kwargs), targets)
+    with torch.autocast(device, dtype=torch.bfloat16):
         out = net(x, **kwargs)
     bf16 = loss_fn(out, targets)  # the loss itself in float32 (FlowMatchingLoss casts)
     assert out.dtype == torch.bfloat16 and bf16.dtype == torch.float32
     assert abs(bf16.item() - fp32.item()) <= 0.02 * fp32.item()
 
 
-def test_compile_same_outputs():
+@pytest.mark.parametrize("device", DEVICES)
+def test_compile_same_outputs(device):
     if not hasattr(torch, "compile"):
         pytest.skip("torch.compile unavailable")
-    net = _net().eval()
-    x, tau = _inputs()
-    ref = net(x, tau)
+    net = _net().eval().to(device)
+    x, tau = _inputs(device)
     t0 = time.perf_counter()
-    try:
-        out = torch.compile(net)(x, tau)
-    except Exception as e:  # no C++ compiler or unsupported platform
-        pytest.skip(f"torch.compile failed here: {type(e).__name__}")
+    with _no_tf32():
+        ref = net(x, tau)
+        try:
+            out = torch.compile(net)(x, tau)
+        except Exception as e:  # no C++ compiler or unsupported platform
+            pytest.skip(f"torch.compile failed here: {type(e).__name__}")
     if time.perf_counter() - t0 > 60:
         pytest.skip("torch.compile took more than 60 s")
     torch.testing.assert_close(out, ref, rtol=0, atol=1e-4)
 
 
-def test_fused_adamw_same_weights():
+@pytest.mark.parametrize("device", DEVICES)
+def test_fused_adamw_same_weights(device):
     """The fused AdamW kernel takes the same steps as the per-parameter loop (float32 rounding only)."""
-    nets = [_net(), _net()]
+    nets = [_net().to(device), _net().to(device)]
     opts = [torch.optim.AdamW(n.parameters(), lr=1e-2, weight_decay=1e-4, fused=f) for n, f in zip(nets, (None, True))]
-    ctx, tau = _inputs()
-    for _ in range(3):
-        for net, opt in zip(nets, opts):
-            opt.zero_grad()
-            net(ctx, tau).square().mean().backward()
-            opt.step()
-    start = _net()
+    ctx, tau = _inputs(device)
+    with _no_tf32():
+        for _ in range(3):
+            for net, opt in zip(nets, opts):
+                opt.zero_grad()
+                net(ctx, tau).square().mean().backward()
+                opt.step()
+    start = _net().to(device)
     # biases right before a GroupNorm have a mathematically zero gradient (~1e-9 of rounding noise), which Adam
     # divides by ~eps: their steps are noise in both kernels, so only parameters with a real gradient are compared
     pairs = [(a, b, c) for a, b, c in zip(nets[0].parameters(), nets[1].parameters(), start.parameters())]
