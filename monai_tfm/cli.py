@@ -194,15 +194,23 @@ class Commands:
     def prepare(self, dataset: str, src: str, dst: str, **kwargs: Any) -> str:
         """Convert an official dataset download into per-frame NIfTI files + ``datalist.json`` (SPEC section 6).
 
-        Example: ``monai-tfm prepare acdc /data/ACDC/database /data/acdc_prep --num_frames 12``.
+        Examples: ``monai-tfm prepare acdc /data/ACDC/database /data/acdc_prep --num_frames 12``,
+        ``monai-tfm prepare isles /data/ISLES24/train /data/isles_prep``,
+        ``monai-tfm prepare lumiere /data/LUMIERE/Imaging /data/lumiere_prep --modality CT1``.
 
         Args:
-            dataset: dataset name, a key of :data:`PREPARERS` (``acdc``: cine MRI,
-                :func:`monai_tfm.data.acdc.prepare_acdc`).
+            dataset: dataset name, a key of :data:`PREPARERS`: ``acdc`` (cine MRI,
+                :func:`monai_tfm.data.acdc.prepare_acdc`), ``isles`` (ISLES 2024 perfusion CT,
+                :func:`monai_tfm.data.isles.prepare_isles`), ``lumiere`` (glioma follow-up MRI,
+                :func:`monai_tfm.data.lumiere.prepare_lumiere`).
             src: the download folder (read only).
             dst: output folder.
-            kwargs: options of the dataset's preparer, checked against its signature (ACDC: ``spatial_size``,
-                ``num_frames``, ``num_folds``, ``seed``, ``overwrite``, ``include_labels``, ``progress``).
+            kwargs: options of the dataset's preparer, checked against its signature. ACDC: ``spatial_size``,
+                ``num_frames``, ``num_folds``, ``seed``, ``overwrite``, ``include_labels``, ``progress``; ISLES:
+                ``pattern``, ``spatial_size``, ``frame_step``, ``percentiles``, ``brain_window``, ``crop_margin``,
+                ``clip_region``, ``min_frames``, ``test_fraction``, ``num_folds``, ``seed``, ``overwrite``,
+                ``progress``; LUMIERE: ``modality``, ``pattern``, ``spatial_size``, ``test_fraction``,
+                ``num_folds``, ``seed``, ``same_week_offset``, ``missing_visits``, ``overwrite``, ``progress``.
 
         Returns:
             the datalist path.

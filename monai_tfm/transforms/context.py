@@ -53,8 +53,6 @@ class ContextProtocol:
         gap: number of frames right before the target that are hidden from the context.
         window: at most this many candidate frames directly before the hidden gap are eligible as context
             (``None``: all earlier frames).
-        consecutive: keep all eligible frames before random masking is applied only to them (ISLES: a block of
-            ``window`` consecutive frames); kept for readability, masking is controlled by ``keep_prob``.
         keep_prob: probability to keep each eligible context frame (1: keep all).
         min_keep: at least this many context frames are kept (when the draw keeps fewer, random eligible frames are
             forced in).
@@ -68,7 +66,6 @@ class ContextProtocol:
     target: str = "random"
     gap: int = 0
     window: int | None = None
-    consecutive: bool = False
     keep_prob: float = 1.0
     min_keep: int = 1
     max_context: int | None = None
