@@ -1,0 +1,152 @@
+# Copyright (c) monai_tfm contributors. Licensed under the Apache License, Version 2.0.
+"""Data-pipeline throughput of a bundle's training loader (issue 6): can it keep a GPU fed?
+
+Builds ``train#dataloader`` of a bundle's ``train.yaml`` with MONAI's config parser, once per setting, and times full
+passes over it (no network): plain ``Dataset`` (every transform every epoch) against the bundle's ``CacheDataset``
+(deterministic loading/resampling cached, random context draws still per epoch), with 0 or more worker processes,
+pinned memory and persistent workers. The first pass with persistent workers includes their start; the table reports
+the median of the later passes. Compare the batches per second with the training steps per second of
+``docs/results/speed_gpu_switches.md``: a loader slower than the step starves the GPU.
+
+    python benchmarks/data_pipeline.py --bundle bundles/acdc_cine_forecasting \
+        --set dataset_dir=../shared/data/acdc_cine --set prepared_dir=runs/acdc_prepared_128 \
+        --set "spatial_size=[128,128,32]" --out docs/results/data_pipeline
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from monai.bundle import ConfigParser
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import provenance  # noqa: E402
+
+# name -> (dataset class, num_workers, pin_memory, persistent_workers)
+SETTINGS = {
+    "Dataset, 0 workers": ("Dataset", 0, False, False),
+    "CacheDataset, 0 workers (bundle default)": ("CacheDataset", 0, False, False),
+    "Dataset, N workers, pinned, persistent": ("Dataset", -1, True, True),
+    "CacheDataset, N workers, pinned, persistent": ("CacheDataset", -1, True, True),
+}
+
+
+def _parse_value(text: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def measure(config: Path, overrides: dict, dataset: str, workers: int, pin: bool, persistent: bool, passes: int):
+    """Time ``passes`` full passes over the bundle's training loader with one setting.
+
+    Args:
+        config: the bundle's ``train.yaml``.
+        overrides: config ids and values (``dataset_dir``, ``spatial_size``, ...).
+        dataset: ``Dataset`` or ``CacheDataset``.
+        workers: loader worker processes.
+        pin: pinned host memory.
+        persistent: keep the workers between passes.
+        passes: timed passes (at least 2).
+
+    Returns:
+        dict with the build time, per-pass times, batches and samples per second (median over passes after the
+        first) and the batch shape.
+    """
+    parser = ConfigParser()
+    parser.read_config(str(config))
+    parser.update(overrides)
+    parser["num_workers"] = workers
+    parser["pin_memory"] = pin
+    parser["persistent_workers"] = persistent
+    if dataset == "Dataset":
+        parser["train#dataset"] = {"_target_": "Dataset", "data": "@train#data", "transform": "@train#preprocessing"}
+    t0 = time.perf_counter()
+    loader = parser.get_parsed_content("train#dataloader")
+    build_s = time.perf_counter() - t0
+    times, shape, batches, samples = [], None, 0, 0
+    for _ in range(passes):
+        batches = samples = 0
+        t0 = time.perf_counter()
+        for batch in loader:
+            batches += 1
+            samples += int(batch["target"].shape[0])
+            shape = list(batch["context"].shape)
+        times.append(time.perf_counter() - t0)
+    steady = statistics.median(times[1:]) if len(times) > 1 else times[0]
+    return {
+        "build_s": build_s,
+        "pass_s": times,
+        "batches": batches,
+        "samples": samples,
+        "batches_per_s": batches / steady,
+        "samples_per_s": samples / steady,
+        "context_shape": shape,
+    }
+
+
+def main() -> None:
+    """Parse the command line, measure every setting, write ``<out>.md`` and ``<out>.json``."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--bundle", default="bundles/acdc_cine_forecasting")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override (JSON value)")
+    p.add_argument("--workers", type=int, default=2, help="N of the worker settings")
+    p.add_argument("--passes", type=int, default=3)
+    p.add_argument("--label", default="")
+    p.add_argument("--out", default="docs/results/data_pipeline")
+    args = p.parse_args()
+    overrides = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            p.error(f"--set expects KEY=VALUE, got {item!r}")
+        overrides[key] = _parse_value(value)
+    config = Path(args.bundle) / "configs" / "train.yaml"
+    if not config.is_file():
+        p.error(f"no configs/train.yaml in bundle {args.bundle!r}")
+    torch.manual_seed(0)
+    rows = []
+    for name, (dataset, workers, pin, persistent) in SETTINGS.items():
+        n = args.workers if workers < 0 else workers
+        row = measure(config, overrides, dataset, n, pin, persistent, args.passes)
+        rows.append({"setting": name.replace("N workers", f"{n} workers"), **row})
+        _write(args, rows)
+
+
+def _write(args: argparse.Namespace, rows: list[dict]) -> None:
+    prov = provenance()
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    lines = [
+        "# Data pipeline throughput (training loader, no network)",
+        "",
+        f"**{args.label}**" if args.label else "",
+        "",
+        f"Device: {prov['device']}; commit {prov['commit']}; torch {prov['torch']}, MONAI {prov['monai']}.",
+        f"Command: `{prov['command']}`",
+        "",
+        f"Bundle `{args.bundle}`, its `train#dataloader` (batch shape {rows[0]['context_shape']}); "
+        f"{args.passes} passes per setting, median of the passes after the first (the first includes worker start-up).",
+        "",
+        "| setting | build s (incl. cache) | first pass s | batches/s | samples/s |",
+        "|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['setting']} | {r['build_s']:.1f} | {r['pass_s'][0]:.2f} | {r['batches_per_s']:.1f} | "
+            f"{r['samples_per_s']:.1f} |"
+        )
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    out.with_suffix(".json").write_text(json.dumps({"provenance": prov, "args": vars(args), "rows": rows}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
