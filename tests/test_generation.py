@@ -626,3 +626,19 @@ def test_generate_output_is_a_file(tmp_path, capsys, syn_weights):
     _assert_one_line_error(rc, err, "must be a folder")
     rc, _, err = _run(["generate", "--bundle", tmp_path, "--class", 0, "--output", tmp_path / "o"], capsys)
     _assert_one_line_error(rc, err, "is not a monai_tfm bundle")
+
+
+def test_generate_previews_without_matplotlib(tmp_path, capsys, syn_weights, monkeypatch):
+    """Without matplotlib, previews end in a one-line error before anything is written; --preview false works."""
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "matplotlib" else real(name, *a))
+    out = tmp_path / "out"
+    args = ["generate", "--bundle", SYN, "--weights", syn_weights, "--class", 0, "--n", 1, "--steps", 1]
+    rc, _, err = _run([*args, "--output", out], capsys)
+    _assert_one_line_error(rc, err, "need matplotlib", "--preview false")
+    assert not out.exists()
+    rc, _, err = _run([*args, "--output", out, "--preview", "false"], capsys)
+    assert rc == 0, err
+    assert [p.name for p in out.iterdir()] == ["bright_core_000.nii.gz"]  # class 0, no preview

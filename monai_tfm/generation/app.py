@@ -20,6 +20,7 @@ file, option or value.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -448,6 +449,8 @@ def generate(
     if output is None:
         raise GenerationError("--output is required (a folder for the generated images).")
     preview, overwrite = _flag(preview, "--preview"), _flag(overwrite, "--overwrite")
+    if preview and importlib.util.find_spec("matplotlib") is None:  # checked before anything is computed or written
+        raise GenerationError("PNG previews need matplotlib: pip install 'monai_tfm[plot]', or pass --preview false.")
     out = Path(output)
     if out.exists() and not out.is_dir():
         raise GenerationError(f"output '{out}' must be a folder, but it is a file.")
