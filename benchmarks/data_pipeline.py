@@ -73,14 +73,14 @@ def measure(config: Path, overrides: dict, dataset: str, workers: int, pin: bool
     t0 = time.perf_counter()
     loader = parser.get_parsed_content("train#dataloader")
     build_s = time.perf_counter() - t0
-    times, shape, batches, samples = [], None, 0, 0
+    times, shape, batches, samples = [], None, 0, 0  # shape: of the first batch
     for _ in range(passes):
         batches = samples = 0
         t0 = time.perf_counter()
         for batch in loader:
             batches += 1
             samples += int(batch["target"].shape[0])
-            shape = list(batch["context"].shape)
+            shape = shape or list(batch["context"].shape)
         times.append(time.perf_counter() - t0)
     steady = statistics.median(times[1:]) if len(times) > 1 else times[0]
     return {
