@@ -172,10 +172,8 @@ def test_ema_weights_are_validated_and_exported(tmp_path):
     assert not torch.equal(ema[key], online[key])  # EMA lags the online weights after a few steps
 
 
-def test_inference_writes_original_intensity_scale(tmp_path):
-    """inference.yaml undoes the series normalisation: with the as-built network (zero velocity) and ``last``
-    aggregation the forecast is the last context frame, clipped to the series' 0.5/99.5 percentiles, in the units of
-    the input files (here about 50..1050), on the input grid."""
+def _raw_series(tmp_path: Path) -> tuple[Path, list[np.ndarray], np.ndarray]:
+    """One subject of 5 frames (16 x 16 x 8, intensities about 50..1050, a non-identity affine) and its datalist."""
     rng = np.random.default_rng(3)
     affine = np.diag([1.5, 1.5, 3.0, 1.0])
     affine[:3, 3] = [-10.0, 4.0, 2.0]
@@ -189,6 +187,14 @@ def test_inference_writes_original_intensity_scale(tmp_path):
         entries.append({"image": str(path), "time": i / 11})
     datalist = tmp_path / "data" / "datalist.json"
     write_series_datalist(datalist, {"test": [{"subject": "s1", "frames": entries}]}, relative=False)
+    return datalist, frames, affine
+
+
+def test_inference_writes_original_intensity_scale(tmp_path):
+    """inference.yaml undoes the series normalisation: with the as-built network (zero velocity) and ``last``
+    aggregation the forecast is the last context frame, clipped to the series' 0.5/99.5 percentiles, in the units of
+    the input files (here about 50..1050), on the input grid."""
+    datalist, frames, affine = _raw_series(tmp_path)
     net = ConfigWorkflow(
         config_file=[str(CONFIGS / "inference.yaml")], workflow_type="infer", **{"network_def#channels": 8}
     )
@@ -216,3 +222,40 @@ def test_inference_writes_original_intensity_scale(tmp_path):
     expected = np.clip(frames[-1], lo, hi)  # the last frame before t = 0.5 is t = 4/11
     assert out.shape == frames[-1].shape and np.allclose(out.affine, affine)
     np.testing.assert_allclose(out.get_fdata(), expected, rtol=0, atol=1e-3 * (hi - lo))
+
+
+@pytest.mark.parametrize("method", ["convlstm", "simvp"])
+def test_inference_with_a_direct_baseline_overlay(tmp_path, method):
+    """A direct baseline's method overlay applies to inference.yaml as to train.yaml: its network, prepare-batch and
+    inferer are used, and the forecast is written on the input grid with its affine."""
+    from monai_tfm.engines import DirectPrepareBatch
+    from monai_tfm.inferers import DirectInferer
+
+    files = [CONFIGS / "inference.yaml", CONFIGS / "methods" / f"{method}.yaml"]
+    datalist, frames, affine = _raw_series(tmp_path)
+    built = ConfigWorkflow(config_file=[str(f) for f in files], workflow_type="infer")
+    built.initialize()
+    assert isinstance(built.parser.get_parsed_content("prepare_batch"), DirectPrepareBatch)
+    assert isinstance(built.parser.get_parsed_content("inferer"), DirectInferer)
+    net = built.parser.get_parsed_content("network_def")
+    assert type(net).__name__ == {"convlstm": "ConvLSTM3D", "simvp": "SimVP3D"}[method]
+    ckpt = tmp_path / "model.pt"
+    torch.save(net.state_dict(), ckpt)
+    inf = _workflow(
+        files,
+        "infer",
+        "run",
+        bundle_root=str(BUNDLE),
+        datalist=str(datalist),
+        output_dir=str(tmp_path / "run"),
+        ckpt_path=str(ckpt),
+        target_time=0.5,
+    )
+    inf.run()
+    inf.finalize()
+    (out_file,) = sorted((tmp_path / "run" / "forecasts").glob("*.nii.gz"))
+    out = nib.load(out_file)
+    assert out.shape == frames[-1].shape and np.allclose(out.affine, affine)
+    values = out.get_fdata()
+    assert np.isfinite(values).all() and values.std() > 0
+    assert np.abs(values - frames[-1]).max() > 1.0  # the untrained network's output, not a copy of the last frame

@@ -336,9 +336,11 @@ class BundleForecaster:
                     "--sigma S for a model trained with path noise S > 0."
                 )
             parser["solver"] = "euler_maruyama"
-            parser["inferer#num_samples"] = samples
-            parser["inferer#diffusion"] = sigma
-            parser["inferer#seed"] = seed
+            # inference.yaml defines the inferer under train.yaml's id (so that method overlays apply) and refers to it
+            inferer_id = "validate#inferer" if "validate#inferer" in parser else "inferer"
+            parser[f"{inferer_id}#num_samples"] = samples
+            parser[f"{inferer_id}#diffusion"] = sigma
+            parser[f"{inferer_id}#seed"] = seed
         self.samples = samples
 
         def parsed(key: str, default: Any = ForecastError) -> Any:
