@@ -45,7 +45,15 @@ from monai.bundle import ConfigParser
 from monai.data import MetaTensor, list_data_collate
 from monai.transforms import ResampleToMatch, ScaleIntensityRangePercentilesd
 
-from monai_tfm.engines.checkpoint import load_weights
+from monai_tfm.apps.bundle_loading import (
+    apply_overrides,
+    bundle_config_files,
+    config_getter,
+    load_bundle_weights,
+    one_line,
+    read_bundle_config,
+    resolve_device,
+)
 from monai_tfm.flows.solvers import ADAPTIVE_SOLVERS, FIXED_STEP_SOLVERS
 from monai_tfm.transforms.grid import GridEmbed, GridEmbedd, grid_slots
 from monai_tfm.transforms.intensity import IntensityScaling
@@ -73,12 +81,6 @@ class ForecastError(ValueError):
     """An expected problem with the inputs of a forecast; the message is one line naming the file or value."""
 
 
-def _one_line(text: str, limit: int = 300) -> str:
-    """Collapse a (reader's multi-line) message into one line of at most ``limit`` characters."""
-    line = " ".join(str(text).split())
-    return line if len(line) <= limit else line[: limit - 3] + "..."
-
-
 # ------------------------------------------------------------------------------------------------------ reading
 
 
@@ -102,7 +104,7 @@ def read_scan(path: str | os.PathLike, what: str = "scan") -> MetaTensor:
     try:
         return read_volume(path, what=what)
     except (FileNotFoundError, SeriesReadError, ValueError) as e:
-        raise ForecastError(_one_line(e)) from e
+        raise ForecastError(one_line(e)) from e
 
 
 def _on_grid(img: MetaTensor, ref: MetaTensor, name: str, ref_name: str) -> torch.Tensor:
@@ -187,7 +189,7 @@ def read_scan_table(path: str | os.PathLike) -> dict[str, list[tuple[str, str]]]
         with open(csv_path, newline="", encoding="utf-8-sig") as f:
             rows = list(csv_module.reader(f))
     except (OSError, UnicodeDecodeError, csv_module.Error) as e:
-        raise ForecastError(f"cannot read scan table '{path}': {_one_line(e)}") from e
+        raise ForecastError(f"cannot read scan table '{path}': {one_line(e)}") from e
     rows = [r for r in rows if any(c.strip() for c in r)]
     if not rows:
         raise ForecastError(f"scan table '{path}' is empty; expected a header 'subject,path,time' and rows.")
@@ -292,17 +294,8 @@ class BundleForecaster:
         overrides: Mapping[str, Any] | None = None,
     ) -> None:
         self.root = Path(bundle)
-        configs = self.root / "configs"
-        files = [configs / "inference.yaml"]
-        if not files[0].is_file():
-            raise ForecastError(f"'{self.root}' is not a monai_tfm bundle: '{files[0]}' does not exist.")
-        if method:
-            overlay = configs / "methods" / f"{method}.yaml"
-            if not overlay.is_file():
-                known = sorted(p.stem for p in (configs / "methods").glob("*.yaml"))
-                raise ForecastError(f"unknown method {method!r} for bundle '{self.root}'; available: {known}.")
-            files.append(overlay)
-        self.device = self._device(device)
+        files = bundle_config_files(self.root, method, ForecastError)
+        self.device = resolve_device(device, ForecastError)
         samples = int(samples)
         if samples < 1:
             raise ForecastError(f"--samples must be >= 1, got {samples}.")
@@ -311,15 +304,8 @@ class BundleForecaster:
         if steps is not None and int(steps) < 1:
             raise ForecastError(f"--steps must be >= 1, got {steps}.")
 
-        parser = ConfigParser()
-        parser.read_config([str(f) for f in files])
-        parser["bundle_root"] = str(self.root.resolve())
-        for key, value in (overrides or {}).items():
-            if key not in parser:
-                raise ForecastError(
-                    f"unknown option '--{key}': neither a forecast option nor a config id of {[str(f) for f in files]}."
-                )
-            parser[key] = value
+        parser = read_bundle_config(self.root, files)
+        apply_overrides(parser, overrides, files, ForecastError, "forecast")
         if solver is not None:
             parser["solver"] = solver
         if steps is not None:
@@ -343,13 +329,7 @@ class BundleForecaster:
             parser[f"{inferer_id}#seed"] = seed
         self.samples = samples
 
-        def parsed(key: str, default: Any = ForecastError) -> Any:
-            if key in parser:
-                return parser.get_parsed_content(key)
-            if default is ForecastError:
-                raise ForecastError(f"the bundle config {[f.name for f in files]} defines no '{key}'.")
-            return default
-
+        parsed = config_getter(parser, files, ForecastError)
         self.variant = str(parsed("variant", "discrete"))
         self.num_slots = int(parsed("num_slots"))
         self.variant_transforms = list(parsed("variant_transforms", []))
@@ -365,19 +345,7 @@ class BundleForecaster:
         self.network = parsed("network_def")
         self.weights = Path(weights) if weights is not None else self.root / "models" / "model.pt"
         if self.network.state_dict():  # parameter-free baselines need no weights
-            if not self.weights.is_file():
-                raise ForecastError(
-                    f"no weights at '{self.weights}': train the bundle (its models/model.pt) or pass --weights FILE."
-                )
-            try:
-                load_weights(self.network, self.weights)
-            except ValueError as e:
-                raise ForecastError(
-                    f"weights '{self.weights}' do not fit the network of {[f.name for f in files]} (another --method "
-                    f"or network size?): {_one_line(e, 200)}"
-                ) from e
-            except Exception as e:  # not a torch file, or not loadable with weights_only=True
-                raise ForecastError(f"cannot load weights '{self.weights}': {_one_line(e, 200)}") from e
+            load_bundle_weights(self.network, self.weights, files, ForecastError)
         self.network.to(self.device).eval()
         logger.info(
             "bundle %s (%s variant, %d slots), weights %s, solver %s, device %s",
@@ -388,16 +356,6 @@ class BundleForecaster:
             parsed("solver", "?"),
             self.device,
         )
-
-    @staticmethod
-    def _device(device: str | torch.device) -> torch.device:
-        try:
-            dev = torch.device(device)
-        except (RuntimeError, TypeError) as e:
-            raise ForecastError(f"unknown device {device!r}: {_one_line(e)}") from e
-        if dev.type == "cuda" and not torch.cuda.is_available():
-            raise ForecastError(f"device {device!r} requested but CUDA is not available; use --device cpu.")
-        return dev
 
     def _training_sigma(self, files: list[Path]) -> float:
         """The path noise the bundle trains with (``sigma`` of the inference config, else of ``train.yaml``)."""
@@ -638,7 +596,7 @@ def _forecast_one(
     try:
         scaling = IntensityScaling.from_series(frames, model.normalise)
     except ValueError as e:
-        raise ForecastError(_one_line(e)) from e
+        raise ForecastError(one_line(e)) from e
     normalised = scaling.forward(frames).float()
     ctx_times = [times[i] for i in context]
     logger.info(

@@ -29,9 +29,17 @@ from typing import Any
 
 import numpy as np
 import torch
-from monai.bundle import ConfigParser
 from monai.transforms import LoadImage, Resize
 
+from monai_tfm.apps.bundle_loading import (
+    apply_overrides,
+    bundle_config_files,
+    config_getter,
+    load_bundle_weights,
+    one_line,
+    read_bundle_config,
+    resolve_device,
+)
 from monai_tfm.engines.checkpoint import load_weights
 from monai_tfm.flows.solvers import ADAPTIVE_SOLVERS, FIXED_STEP_SOLVERS
 from monai_tfm.generation.evaluation import save_sample_grid
@@ -45,11 +53,6 @@ logger = logging.getLogger(__name__)
 
 class GenerationError(ValueError):
     """An expected problem with the inputs of a generation; the message is one line naming the file or value."""
-
-
-def _one_line(text: Any, limit: int = 300) -> str:
-    line = " ".join(str(text).split())
-    return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
 def _root_cause(error: BaseException) -> BaseException:
@@ -106,7 +109,7 @@ def read_mask(path: str | os.PathLike, spatial_size: Sequence[int], num_labels: 
     try:
         img = LoadImage(image_only=True, ensure_channel_first=True)(name)
     except Exception as e:  # any reader failure
-        raise GenerationError(f"cannot read mask '{name}': {type(e).__name__}: {_one_line(e)}") from e
+        raise GenerationError(f"cannot read mask '{name}': {type(e).__name__}: {one_line(e)}") from e
     dims = len(spatial_size)
     if img.shape[0] != 1:
         raise GenerationError(f"mask '{name}' has {img.shape[0]} channels/volumes; expected one label map.")
@@ -167,28 +170,12 @@ class BundleGenerator:
         overrides: Mapping[str, Any] | None = None,
     ) -> None:
         self.root = Path(bundle)
-        configs = self.root / "configs"
-        files = [configs / "inference.yaml"]
-        if not files[0].is_file():
-            raise GenerationError(f"'{self.root}' is not a monai_tfm bundle: '{files[0]}' does not exist.")
-        if method:
-            overlay = configs / "methods" / f"{method}.yaml"
-            if not overlay.is_file():
-                known = sorted(p.stem for p in (configs / "methods").glob("*.yaml"))
-                raise GenerationError(f"unknown method {method!r} for bundle '{self.root}'; available: {known}.")
-            files.append(overlay)
-        self.device = self._device(device)
-        parser = ConfigParser()
-        parser.read_config([str(f) for f in files])
-        parser["bundle_root"] = str(self.root.resolve())
+        files = bundle_config_files(self.root, method, GenerationError)
+        self.device = resolve_device(device, GenerationError)
+        parser = read_bundle_config(self.root, files)
         if "network_def" not in parser or "sampler" not in parser:
             raise GenerationError(f"'{self.root}' is not a generation bundle: its inference config has no sampler.")
-        for key, value in (overrides or {}).items():
-            if key not in parser:
-                raise GenerationError(
-                    f"unknown option '--{key}': neither a generate option nor a config id of {[str(f) for f in files]}."
-                )
-            parser[key] = value
+        apply_overrides(parser, overrides, files, GenerationError, "generate")
         self.objective = str(parser.get_parsed_content("objective")) if "objective" in parser else "flow"
         known = [*FIXED_STEP_SOLVERS, *ADAPTIVE_SOLVERS] if self.objective == "flow" else list(DIFFUSION_SCHEDULERS)
         if solver is not None:
@@ -205,13 +192,7 @@ class BundleGenerator:
             except (TypeError, ValueError):
                 raise GenerationError(f"--guidance must be a number, got {guidance!r}.") from None
 
-        def parsed(key: str, default: Any = GenerationError) -> Any:
-            if key in parser:
-                return parser.get_parsed_content(key)
-            if default is GenerationError:
-                raise GenerationError(f"the bundle config {[f.name for f in files]} defines no '{key}'.")
-            return default
-
+        parsed = config_getter(parser, files, GenerationError)
         self.class_names = [str(c) for c in (parsed("class_names", []) if parsed("use_class", True) else [])]
         self.num_labels = int(parsed("num_labels", 0)) if parsed("use_mask", False) else 0
         self.mask_optional = bool(parsed("mask_optional", True))
@@ -221,22 +202,10 @@ class BundleGenerator:
         try:
             self.sampler = parsed("sampler")
         except Exception as e:  # the sampler's own checks (steps beyond the diffusion schedule, ...)
-            raise GenerationError(f"bad sampler settings: {_one_line(_root_cause(e))}") from e
+            raise GenerationError(f"bad sampler settings: {one_line(_root_cause(e))}") from e
         self.network = parsed("network_def")
         self.weights = Path(weights) if weights is not None else self.root / "models" / "model.pt"
-        if not self.weights.is_file():
-            raise GenerationError(
-                f"no weights at '{self.weights}': train the bundle (its models/model.pt) or pass --weights FILE."
-            )
-        try:
-            load_weights(self.network, self.weights)
-        except ValueError as e:
-            raise GenerationError(
-                f"weights '{self.weights}' do not fit the network of {[f.name for f in files]} (another --method or "
-                f"network size?): {_one_line(e, 200)}"
-            ) from e
-        except Exception as e:  # not a torch file, or not loadable with weights_only=True
-            raise GenerationError(f"cannot load weights '{self.weights}': {_one_line(e, 200)}") from e
+        load_bundle_weights(self.network, self.weights, files, GenerationError)
         self.network.to(self.device).eval()
         logger.info(
             "bundle %s (%s, %dD %s, classes %s, mask labels %d), weights %s, sampler %s, device %s",
@@ -250,16 +219,6 @@ class BundleGenerator:
             type(self.sampler).__name__,
             self.device,
         )
-
-    @staticmethod
-    def _device(device: str | torch.device) -> torch.device:
-        try:
-            dev = torch.device(device)
-        except (RuntimeError, TypeError) as e:
-            raise GenerationError(f"unknown device {device!r}: {_one_line(e)}") from e
-        if dev.type == "cuda" and not torch.cuda.is_available():
-            raise GenerationError(f"device {device!r} requested but CUDA is not available; use --device cpu.")
-        return dev
 
     def class_index(self, name: Any) -> int | None:
         """The class index of a class name (case-insensitive) or number; checks it against the model.
@@ -397,7 +356,7 @@ def write_samples(
                     png, image[None], masks=None if mask is None else mask[None], title=title, overwrite=overwrite
                 )
         except FileExistsError as e:  # another writer created it meanwhile
-            raise GenerationError(_one_line(e)) from e
+            raise GenerationError(one_line(e)) from e
         written.append(nifti)
     return written
 

@@ -1,0 +1,186 @@
+# Copyright (c) monai_tfm contributors. Licensed under the Apache License, Version 2.0.
+"""Loading a trained bundle for an application (``monai-tfm forecast``, ``monai-tfm generate``).
+
+One home for what both applications do before their own work: find ``configs/inference.yaml`` and a method overlay,
+apply command-line config overrides, check the device, and load the weights. Each problem is raised as the calling
+application's own one-line error class (``error``), so that its command line can print it without a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from monai.bundle import ConfigParser
+
+from monai_tfm.engines.checkpoint import load_weights
+
+__all__ = [
+    "apply_overrides",
+    "bundle_config_files",
+    "config_getter",
+    "load_bundle_weights",
+    "one_line",
+    "read_bundle_config",
+    "resolve_device",
+]
+
+
+def one_line(text: Any, limit: int = 300) -> str:
+    """Collapse a (reader's multi-line) message into one line of at most ``limit`` characters.
+
+    Args:
+        text: the message (or an exception).
+        limit: maximum length; longer lines end in ``...``.
+
+    Returns:
+        the line.
+    """
+    line = " ".join(str(text).split())
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def bundle_config_files(root: Path, method: str | None, error: type[Exception]) -> list[Path]:
+    """``<root>/configs/inference.yaml`` and, if ``method`` is given, ``configs/methods/<method>.yaml``.
+
+    Args:
+        root: bundle folder.
+        method: method overlay name (``None``/empty: the bundle default).
+        error: the exception class to raise.
+
+    Returns:
+        the config files, in reading order.
+
+    Raises:
+        error: no ``configs/inference.yaml``, or an unknown method (the message lists the available ones).
+    """
+    configs = root / "configs"
+    files = [configs / "inference.yaml"]
+    if not files[0].is_file():
+        raise error(f"'{root}' is not a monai_tfm bundle: '{files[0]}' does not exist.")
+    if method:
+        overlay = configs / "methods" / f"{method}.yaml"
+        if not overlay.is_file():
+            known = sorted(p.stem for p in (configs / "methods").glob("*.yaml"))
+            raise error(f"unknown method {method!r} for bundle '{root}'; available: {known}.")
+        files.append(overlay)
+    return files
+
+
+def read_bundle_config(root: Path, files: Sequence[Path]) -> ConfigParser:
+    """MONAI's config parser over ``files`` with ``bundle_root`` set to the absolute bundle folder.
+
+    Args:
+        root: bundle folder.
+        files: config files from :func:`bundle_config_files`.
+
+    Returns:
+        the parser (nothing instantiated yet).
+    """
+    parser = ConfigParser()
+    parser.read_config([str(f) for f in files])
+    parser["bundle_root"] = str(Path(root).resolve())
+    return parser
+
+
+def apply_overrides(
+    parser: ConfigParser,
+    overrides: Mapping[str, Any] | None,
+    files: Sequence[Path],
+    error: type[Exception],
+    command: str,
+) -> None:
+    """Set config ids given on the command line; ids the configs do not define are refused.
+
+    Args:
+        parser: the bundle's parser.
+        overrides: config id -> value.
+        files: the config files (named in the error).
+        error: the exception class to raise.
+        command: the command's name, for the message (``forecast``, ``generate``).
+
+    Raises:
+        error: an id that is neither an option of the command nor a config id.
+    """
+    for key, value in (overrides or {}).items():
+        if key not in parser:
+            raise error(
+                f"unknown option '--{key}': neither a {command} option nor a config id of {[str(f) for f in files]}."
+            )
+        parser[key] = value
+
+
+def config_getter(parser: ConfigParser, files: Sequence[Path], error: type[Exception]) -> Callable[..., Any]:
+    """``get(key, default)``: the parsed content of ``key``; without a default a missing key raises ``error``.
+
+    Args:
+        parser: the bundle's parser.
+        files: the config files (named in the error).
+        error: the exception class to raise.
+
+    Returns:
+        the getter.
+    """
+    missing = object()
+
+    def get(key: str, default: Any = missing) -> Any:
+        if key in parser:
+            return parser.get_parsed_content(key)
+        if default is missing:
+            raise error(f"the bundle config {[Path(f).name for f in files]} defines no '{key}'.")
+        return default
+
+    return get
+
+
+def resolve_device(device: str | torch.device, error: type[Exception]) -> torch.device:
+    """A torch device that exists here.
+
+    Args:
+        device: e.g. ``"cpu"``, ``"cuda"``, ``"cuda:1"``.
+        error: the exception class to raise.
+
+    Returns:
+        the device.
+
+    Raises:
+        error: an unknown device, or CUDA asked for where there is none.
+    """
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise error(f"unknown device {device!r}: {one_line(e)}") from e
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise error(f"device {device!r} requested but CUDA is not available; use --device cpu.")
+    return dev
+
+
+def load_bundle_weights(
+    network: torch.nn.Module, path: str | os.PathLike, files: Sequence[Path], error: type[Exception]
+) -> None:
+    """Load a weights file (a flat state dict, ``weights_only``) into the bundle's network.
+
+    Args:
+        network: the network built from the bundle config.
+        path: the weights file.
+        files: the config files (named when the weights do not fit).
+        error: the exception class to raise.
+
+    Raises:
+        error: a missing file, weights of another network, or a file torch cannot load.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise error(f"no weights at '{path}': train the bundle (its models/model.pt) or pass --weights FILE.")
+    try:
+        load_weights(network, path)
+    except ValueError as e:
+        raise error(
+            f"weights '{path}' do not fit the network of {[Path(f).name for f in files]} (another --method or network "
+            f"size?): {one_line(e, 200)}"
+        ) from e
+    except Exception as e:  # not a torch file, or not loadable with weights_only=True
+        raise error(f"cannot load weights '{path}': {one_line(e, 200)}") from e
