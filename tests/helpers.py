@@ -8,6 +8,7 @@ from pathlib import Path
 from monai.bundle import ConfigWorkflow
 from monai.transforms import ScaleIntensityRangePercentilesd
 
+from monai_tfm.cli import main
 from monai_tfm.data import load_series_datalist
 from monai_tfm.metrics import compute_forecast_metrics
 from monai_tfm.transforms import LoadSeriesd
@@ -41,3 +42,21 @@ def lci_metrics_from_draws(row: dict, draws: dict, items: list[dict]) -> dict:
 def datalist_items(datalist: str, section: str) -> list[dict]:
     """Items of a datalist section."""
     return load_series_datalist(datalist, section)
+
+
+def run_cli(argv: list, capsys) -> tuple[int, str, str]:
+    """Run ``monai-tfm`` in this process; returns the exit code and the captured stdout and stderr."""
+    rc = main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return rc, captured.out, captured.err
+
+
+def assert_one_line_error(rc: int, err: str, *needles: str) -> None:
+    """An expected error: exit code 2, no traceback, the last stderr line ``monai-tfm: error: ...`` holding each
+    needle."""
+    assert rc == 2
+    assert "Traceback" not in err, err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("monai-tfm: error: "), err
+    for needle in needles:
+        assert needle in last, (needle, last)

@@ -190,34 +190,38 @@ def _raw_series(tmp_path: Path) -> tuple[Path, list[np.ndarray], np.ndarray]:
     return datalist, frames, affine
 
 
-def test_inference_writes_original_intensity_scale(tmp_path):
-    """inference.yaml undoes the series normalisation: with the as-built network (zero velocity) and ``last``
-    aggregation the forecast is the last context frame, clipped to the series' 0.5/99.5 percentiles, in the units of
-    the input files (here about 50..1050), on the input grid."""
-    datalist, frames, affine = _raw_series(tmp_path)
-    net = ConfigWorkflow(
-        config_file=[str(CONFIGS / "inference.yaml")], workflow_type="infer", **{"network_def#channels": 8}
-    )
-    net.initialize()
+def _infer_as_built(tmp_path: Path, files: list[Path], datalist: Path, **overrides):
+    """Save the weights of the network as the configs build it, then run ``inference.yaml`` (target time 0.5) on the
+    datalist with them; returns the parser of that build and the one forecast written."""
+    built = ConfigWorkflow(config_file=[str(f) for f in files], workflow_type="infer", **overrides)
+    built.initialize()
     ckpt = tmp_path / "model.pt"
-    torch.save(net.parser.get_parsed_content("network_def").state_dict(), ckpt)
-
+    torch.save(built.parser.get_parsed_content("network_def").state_dict(), ckpt)
     inf = _workflow(
-        [CONFIGS / "inference.yaml"],
+        files,
         "infer",
         "run",
         bundle_root=str(BUNDLE),
         datalist=str(datalist),
         output_dir=str(tmp_path / "run"),
         ckpt_path=str(ckpt),
-        aggregation="last",
         target_time=0.5,
-        **{"network_def#channels": 8},
+        **overrides,
     )
     inf.run()
     inf.finalize()
     (out_file,) = sorted((tmp_path / "run" / "forecasts").glob("*.nii.gz"))
-    out = nib.load(out_file)
+    return built.parser, nib.load(out_file)
+
+
+def test_inference_writes_original_intensity_scale(tmp_path):
+    """inference.yaml undoes the series normalisation: with the as-built network (zero velocity) and ``last``
+    aggregation the forecast is the last context frame, clipped to the series' 0.5/99.5 percentiles, in the units of
+    the input files (here about 50..1050), on the input grid."""
+    datalist, frames, affine = _raw_series(tmp_path)
+    _, out = _infer_as_built(
+        tmp_path, [CONFIGS / "inference.yaml"], datalist, aggregation="last", **{"network_def#channels": 8}
+    )
     lo, hi = np.percentile(np.stack(frames), [0.5, 99.5])
     expected = np.clip(frames[-1], lo, hi)  # the last frame before t = 0.5 is t = 4/11
     assert out.shape == frames[-1].shape and np.allclose(out.affine, affine)
@@ -233,28 +237,13 @@ def test_inference_with_a_direct_baseline_overlay(tmp_path, method):
 
     files = [CONFIGS / "inference.yaml", CONFIGS / "methods" / f"{method}.yaml"]
     datalist, frames, affine = _raw_series(tmp_path)
-    built = ConfigWorkflow(config_file=[str(f) for f in files], workflow_type="infer")
-    built.initialize()
-    assert isinstance(built.parser.get_parsed_content("prepare_batch"), DirectPrepareBatch)
-    assert isinstance(built.parser.get_parsed_content("inferer"), DirectInferer)
-    net = built.parser.get_parsed_content("network_def")
-    assert type(net).__name__ == {"convlstm": "ConvLSTM3D", "simvp": "SimVP3D"}[method]
-    ckpt = tmp_path / "model.pt"
-    torch.save(net.state_dict(), ckpt)
-    inf = _workflow(
-        files,
-        "infer",
-        "run",
-        bundle_root=str(BUNDLE),
-        datalist=str(datalist),
-        output_dir=str(tmp_path / "run"),
-        ckpt_path=str(ckpt),
-        target_time=0.5,
+    parser, out = _infer_as_built(tmp_path, files, datalist)
+    assert isinstance(parser.get_parsed_content("prepare_batch"), DirectPrepareBatch)
+    assert isinstance(parser.get_parsed_content("inferer"), DirectInferer)
+    assert (
+        type(parser.get_parsed_content("network_def")).__name__
+        == {"convlstm": "ConvLSTM3D", "simvp": "SimVP3D"}[method]
     )
-    inf.run()
-    inf.finalize()
-    (out_file,) = sorted((tmp_path / "run" / "forecasts").glob("*.nii.gz"))
-    out = nib.load(out_file)
     assert out.shape == frames[-1].shape and np.allclose(out.affine, affine)
     values = out.get_fdata()
     assert np.isfinite(values).all() and values.std() > 0

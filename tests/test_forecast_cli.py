@@ -7,7 +7,6 @@ network with a random head (a non-trivial field); nothing is trained here.
 
 from __future__ import annotations
 
-import logging
 import os
 import shutil
 import subprocess
@@ -19,9 +18,10 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from helpers import assert_one_line_error, run_cli
 from monai.bundle import ConfigParser, ckpt_export, verify_net_in_out
 
-from monai_tfm.cli import _group_list_flags, main
+from monai_tfm.cli import _group_list_flags
 from monai_tfm.data.synthetic import make_heart_series
 
 REPO = Path(__file__).resolve().parents[1]
@@ -31,19 +31,7 @@ ACDC_4D = Path(__file__).resolve().parents[2] / "shared" / "data" / "acdc_cine" 
 STEP = 1.0 / 11  # the synthetic bundle's frame spacing (12 frames over [0, 1])
 
 
-@pytest.fixture(autouse=True)
-def _fresh_log_handler():
-    """``setup_logging`` binds its handler to the ``sys.stderr`` of the first caller; each test's ``main`` call must
-    bind a new one to the stderr that ``capsys`` captures for that test."""
-
-    def drop():
-        pkg = logging.getLogger("monai_tfm")
-        for handler in [h for h in pkg.handlers if getattr(h, "_monai_tfm", False)]:
-            pkg.removeHandler(handler)
-
-    drop()
-    yield
-    drop()
+pytestmark = pytest.mark.usefixtures("fresh_log_handler")  # conftest.py
 
 
 def _network(*overlays: str) -> torch.nn.Module:
@@ -95,12 +83,6 @@ def scans(tmp_path_factory) -> list[str]:
     return [_save(folder / f"frame_{k:02d}.nii.gz", (frames[k] * 800 + 40).astype(np.float32)) for k in range(6)]
 
 
-def _run(argv: list[str], capsys) -> tuple[int, str, str]:
-    rc = main([str(a) for a in argv])
-    captured = capsys.readouterr()
-    return rc, captured.out, captured.err
-
-
 def _forecast_args(bundle: Path, scan_list, times, target, output, weights_file, *extra) -> list:
     """The forecast command line (``weights_file`` None: the bundle's own ``models/model.pt``)."""
     return [
@@ -120,15 +102,6 @@ def _forecast_args(bundle: Path, scan_list, times, target, output, weights_file,
         "1",
         *extra,
     ]
-
-
-def _assert_one_line_error(rc: int, err: str, *needles: str) -> None:
-    assert rc != 0
-    assert "Traceback" not in err, err
-    last = err.strip().splitlines()[-1]
-    assert last.startswith("monai-tfm: error: "), err
-    for needle in needles:
-        assert needle in last, (needle, last)
 
 
 def _clip_to_percentiles(last: np.ndarray, frames: list[np.ndarray]) -> np.ndarray:
@@ -171,7 +144,7 @@ def test_round_trip_lci_model_returns_last_scan(tmp_path, capsys, weights):
     files = [_save(tmp_path / f"t{k}.nii.gz", series[..., k], affine) for k in range(4)]
     out = tmp_path / "out" / "pred.nii.gz"
     times = [f"{k * STEP:.6f}" for k in range(4)]
-    rc, stdout, err = _run(
+    rc, stdout, err = run_cli(
         _forecast_args(BUNDLE, files, times, 0.5, out, weights["zero"], "--aggregation", "last"), capsys
     )
     assert rc == 0, err
@@ -189,11 +162,11 @@ def test_list_syntaxes(tmp_path, capsys, weights, scans):
     three = scans[:3]
     times = [f"{k * STEP:.6f}" for k in range(3)]
     first, second = tmp_path / "spaces.nii.gz", tmp_path / "brackets.nii.gz"
-    rc, stdout, err = _run(_forecast_args(BUNDLE, three, times, 0.6, first, weights["random"]), capsys)
+    rc, stdout, err = run_cli(_forecast_args(BUNDLE, three, times, 0.6, first, weights["random"]), capsys)
     assert rc == 0, err
     assert stdout.strip() == str(first)
     args = _forecast_args(BUNDLE, [f"[{','.join(three)}]"], [f"[{','.join(times)}]"], 0.6, second, weights["random"])
-    rc, _, err = _run(args, capsys)
+    rc, _, err = run_cli(args, capsys)
     assert rc == 0, err
     a, b = nib.load(str(first)).get_fdata(), nib.load(str(second)).get_fdata()
     np.testing.assert_array_equal(a, b)
@@ -208,14 +181,14 @@ def test_console_entry_bad_input(tmp_path, weights, scans):
     cmd = [sys.executable, "-m", "monai_tfm.cli", *(str(a) for a in args)]
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2, proc.stderr[-3000:]
-    _assert_one_line_error(proc.returncode, proc.stderr, "3 scans but 2 times")
+    assert_one_line_error(proc.returncode, proc.stderr, "3 scans but 2 times")
     assert proc.stdout == "" and not out.exists()
 
 
 def test_target_time_equal_to_a_context_time_is_allowed(tmp_path, capsys, weights, scans):
     out = tmp_path / "pred.nii.gz"
     times = [f"{k * STEP:.6f}" for k in range(3)]
-    rc, _, err = _run(
+    rc, _, err = run_cli(
         _forecast_args(BUNDLE, scans[:3], times, times[-1], out, weights["zero"], "--aggregation", "last"), capsys
     )
     assert rc == 0, err
@@ -225,7 +198,7 @@ def test_target_time_equal_to_a_context_time_is_allowed(tmp_path, capsys, weight
     # continuous CRONOS interpolates between scans
     out_c = tmp_path / "cont.nii.gz"
     args = _forecast_args(BUNDLE, scans[:3], times, times[1], out_c, weights["continuous"], "--method")
-    rc, _, err = _run([*args, "cronos_continuous"], capsys)
+    rc, _, err = run_cli([*args, "cronos_continuous"], capsys)
     assert rc == 0, err
     assert out_c.is_file()
 
@@ -238,7 +211,7 @@ def test_csv_several_subjects(tmp_path, capsys, weights, scans):
     for k in (3, 4):
         shutil.copy(scans[k], tmp_path / Path(scans[k]).name)
     out = tmp_path / "forecasts"
-    rc, stdout, err = _run(
+    rc, stdout, err = run_cli(
         ["forecast", "--bundle", BUNDLE, "--csv", table, "--target-time", 0.6, "--output", out]
         + ["--weights", weights["random"], "--steps", 1],
         capsys,
@@ -265,7 +238,7 @@ def test_other_grids_dicom_and_reference(tmp_path, capsys, caplog, weights, scan
     coarse = _save(tmp_path / "coarse.nii.gz", frames[1][::2, ::2], _affine(spacing=(3.0, 2.5, 3.0)))
     out = tmp_path / "pred.nii.gz"
     times = ["0", f"{STEP:.6f}", f"{2 * STEP:.6f}"]
-    rc, _, err = _run(_forecast_args(BUNDLE, [dicom, coarse, scans[2]], times, 0.5, out, weights["random"]), capsys)
+    rc, _, err = run_cli(_forecast_args(BUNDLE, [dicom, coarse, scans[2]], times, 0.5, out, weights["random"]), capsys)
     assert rc == 0, err
     assert caplog.text.count("resampled onto the reference grid") == 2  # logged notes
     ref = nib.load(scans[2])
@@ -273,7 +246,7 @@ def test_other_grids_dicom_and_reference(tmp_path, capsys, caplog, weights, scan
 
     other = _save(tmp_path / "other_grid.nii.gz", np.zeros((10, 12, 6), np.float32), _affine(spacing=(2, 2, 2)))
     out_ref = tmp_path / "pred_ref.nii.gz"
-    rc, _, err = _run(
+    rc, _, err = run_cli(
         _forecast_args(BUNDLE, scans[:2], times[:2], 0.5, out_ref, weights["random"], "--reference", other), capsys
     )
     assert rc == 0, err
@@ -286,7 +259,7 @@ def test_samples_preview_truth_and_no_overwrite(tmp_path, capsys, weights, scans
     times = [f"{k * STEP:.6f}" for k in range(3)]
     args = _forecast_args(BUNDLE, scans[:3], times, 4 * STEP, out, weights["random"], "--samples", 3, "--sigma", 0.05)
     args += ["--preview", tmp_path / "panel.png", "--truth", scans[4]]
-    rc, _, err = _run(args, capsys)
+    rc, _, err = run_cli(args, capsys)
     assert rc == 0, err
     std = nib.load(str(tmp_path / "pred_std.nii.gz")).get_fdata()
     assert std.shape == nib.load(scans[2]).shape and std.max() > 0 and std.min() >= 0
@@ -294,15 +267,15 @@ def test_samples_preview_truth_and_no_overwrite(tmp_path, capsys, weights, scans
     assert "against the real scan" in caplog.text
 
     before = out.read_bytes()
-    rc, _, err = _run(args, capsys)
-    _assert_one_line_error(rc, err, str(out), "--overwrite")
+    rc, _, err = run_cli(args, capsys)
+    assert_one_line_error(rc, err, str(out), "--overwrite")
     assert out.read_bytes() == before
-    rc, _, err = _run([*args, "--overwrite"], capsys)
+    rc, _, err = run_cli([*args, "--overwrite"], capsys)
     assert rc == 0, err
     # the bundle trains deterministically (sigma 0): samples need an explicit sigma
     args = _forecast_args(BUNDLE, scans[:2], times[:2], 0.5, tmp_path / "x.nii.gz", weights["random"], "--samples", 2)
-    rc, _, err = _run(args, capsys)
-    _assert_one_line_error(rc, err, "--samples 2", "sigma")
+    rc, _, err = run_cli(args, capsys)
+    assert_one_line_error(rc, err, "--samples 2", "sigma")
 
 
 # ---------------------------------------------------------------------------------------------------------- bad input
@@ -380,8 +353,8 @@ def test_bad_input_one_line_error_and_no_output(tmp_path, capsys, weights, scans
     out = out_dir / "pred.nii.gz"
     weights_args = [] if case == "bundle without weights" else ["--weights", weights["zero"]]
     argv = ["forecast", "--bundle", bundle, "--scans", *scan_list, "--times", *times, "--target-time", target]
-    rc, _, err = _run([*argv, "--output", out, *weights_args, "--steps", 1, *extra], capsys)
-    _assert_one_line_error(rc, err, *needles)
+    rc, _, err = run_cli([*argv, "--output", out, *weights_args, "--steps", 1, *extra], capsys)
+    assert_one_line_error(rc, err, *needles)
     assert not out.exists()
     assert not out_dir.exists() or not any(out_dir.iterdir())  # no temporary files left either
 
@@ -444,11 +417,11 @@ def test_pack_is_reproducible_and_runs_offline(tmp_path, capsys, monkeypatch, we
         (bundle / junk).parent.mkdir(parents=True, exist_ok=True)
         (bundle / junk).write_bytes(b"junk")
     first, second = tmp_path / "a.zip", tmp_path / "b.zip"
-    rc, stdout, err = _run(["pack", "--bundle", bundle, "--weights", weights["zero"], "--output", first], capsys)
+    rc, stdout, err = run_cli(["pack", "--bundle", bundle, "--weights", weights["zero"], "--output", first], capsys)
     assert rc == 0, err
     assert stdout.strip() == str(first)
     os.utime(bundle / "LICENSE", (1e9, 1e9))  # another timestamp must not change the zip
-    rc, _, err = _run(["pack", "--bundle", bundle, "--weights", weights["zero"], "--output", second], capsys)
+    rc, _, err = run_cli(["pack", "--bundle", bundle, "--weights", weights["zero"], "--output", second], capsys)
     assert rc == 0, err
     assert first.read_bytes() == second.read_bytes()
     with zipfile.ZipFile(first) as zf:
@@ -459,13 +432,13 @@ def test_pack_is_reproducible_and_runs_offline(tmp_path, capsys, monkeypatch, we
         assert "synthetic_forecasting/models/old.pt" in names and "synthetic_forecasting/LICENSE" in names
         assert not [n for n in names if "/data/" in n or "/runs/" in n or "__pycache__" in n]
         zf.extractall(tmp_path / "elsewhere")
-    rc, _, err = _run(["pack", "--bundle", bundle, "--weights", weights["zero"], "--output", first], capsys)
-    _assert_one_line_error(rc, err, str(first))
+    rc, _, err = run_cli(["pack", "--bundle", bundle, "--weights", weights["zero"], "--output", first], capsys)
+    assert_one_line_error(rc, err, str(first))
 
     monkeypatch.chdir(tmp_path)  # nothing may come from the repository folder
     out = tmp_path / "pred.nii.gz"
     unpacked = tmp_path / "elsewhere" / "synthetic_forecasting"
-    rc, _, err = _run(_forecast_args(unpacked, scans[:2], ["0", "0.1"], 0.5, out, None), capsys)
+    rc, _, err = run_cli(_forecast_args(unpacked, scans[:2], ["0", "0.1"], 0.5, out, None), capsys)
     assert rc == 0, err
     assert out.is_file()
 

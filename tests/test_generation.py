@@ -5,20 +5,18 @@ the evaluation metrics, the generation bundles and ``monai-tfm generate``."""
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from helpers import REPO, SHARED_ACDC, workflow
+from helpers import REPO, SHARED_ACDC, assert_one_line_error, run_cli, workflow
 from monai.bundle import ConfigParser, verify_metadata
 from monai.data import DataLoader, Dataset
 from monai.engines import SupervisedTrainer
 from monai.networks.schedulers import DDPMScheduler
 
-from monai_tfm.cli import main
 from monai_tfm.flows import interpolate, noise_source, sample_tau, target_velocity
 from monai_tfm.generation import (
     ConditionalDiffusionUNet,
@@ -37,6 +35,8 @@ from monai_tfm.generation import (
     ms_ssim_diversity,
     subsample,
 )
+
+pytestmark = pytest.mark.usefixtures("fresh_log_handler")  # conftest.py
 
 SYN = REPO / "bundles" / "synthetic_generation"
 ACDC = REPO / "bundles" / "acdc_cine_generation"
@@ -459,21 +459,6 @@ def test_acdc_generation_items(tmp_path):
 # ------------------------------------------------------------------------------------------------ command line
 
 
-@pytest.fixture(autouse=True)
-def _fresh_log_handler():
-    """Bind the package's log handler to the stderr that ``capsys`` captures in each test (as in the forecast CLI
-    tests)."""
-
-    def drop():
-        pkg = logging.getLogger("monai_tfm")
-        for handler in [h for h in pkg.handlers if getattr(h, "_monai_tfm", False)]:
-            pkg.removeHandler(handler)
-
-    drop()
-    yield
-    drop()
-
-
 @pytest.fixture(scope="module")
 def syn_weights(tmp_path_factory) -> Path:
     """Weights of the synthetic bundle's inference network (as configured, with perturbed parameters)."""
@@ -496,26 +481,11 @@ def _mask_file(folder: Path, values=(0, 1, 2), shape=(32, 32), name="mask.nii.gz
     return path
 
 
-def _run(argv: list, capsys) -> tuple[int, str, str]:
-    rc = main([str(a) for a in argv])
-    captured = capsys.readouterr()
-    return rc, captured.out, captured.err
-
-
-def _assert_one_line_error(rc: int, err: str, *needles: str) -> None:
-    assert rc == 2
-    assert "Traceback" not in err, err
-    last = err.strip().splitlines()[-1]
-    assert last.startswith("monai-tfm: error: "), err
-    for needle in needles:
-        assert needle in last, (needle, last)
-
-
 def test_generate_writes_nifti_and_previews(tmp_path, capsys, syn_weights):
     mask = _mask_file(tmp_path, shape=(64, 64))  # resized to the model grid (32 x 32)
     out = tmp_path / "out"
     argv = ["generate", "--bundle", SYN, "--weights", syn_weights, "--class", "dark_core", "--mask", mask]
-    rc, stdout, err = _run([*argv, "--n", 2, "--steps", 2, "--output", out], capsys)
+    rc, stdout, err = run_cli([*argv, "--n", 2, "--steps", 2, "--output", out], capsys)
     assert rc == 0, err
     files = sorted(out.iterdir())
     assert [p.name for p in files] == [
@@ -530,12 +500,12 @@ def test_generate_writes_nifti_and_previews(tmp_path, capsys, syn_weights):
     assert img.shape == (32, 32) and 0.0 <= data.min() and data.max() <= 1.0
     np.testing.assert_allclose(np.diag(img.affine)[:2], [3.0, 3.0])  # the mask's spacing, doubled by the resize
     # never replaces outputs, unless --overwrite
-    rc, _, err = _run([*argv, "--n", 2, "--steps", 2, "--output", out], capsys)
-    _assert_one_line_error(rc, err, "dark_core_000.nii.gz", "--overwrite")
-    rc, _, err = _run([*argv, "--n", 2, "--steps", 2, "--output", out, "--overwrite"], capsys)
+    rc, _, err = run_cli([*argv, "--n", 2, "--steps", 2, "--output", out], capsys)
+    assert_one_line_error(rc, err, "dark_core_000.nii.gz", "--overwrite")
+    rc, _, err = run_cli([*argv, "--n", 2, "--steps", 2, "--output", out, "--overwrite"], capsys)
     assert rc == 0, err
     # the same network trained as DDPM: sampled with DDIM through the method overlay; class by index, no mask
-    rc, _, err = _run(
+    rc, _, err = run_cli(
         [
             "generate",
             "--bundle",
@@ -614,18 +584,20 @@ def test_generate_errors_are_one_line_and_write_nothing(tmp_path, capsys, syn_we
         extra = [e for e in extra if e != "--no-output"]
         del defaults["--output"]
     flags = [a for k, v in defaults.items() if k not in extra for a in (k, v)]
-    rc, _, err = _run(["generate", "--bundle", SYN, *flags, *extra], capsys)
-    _assert_one_line_error(rc, err, *needles)
+    rc, _, err = run_cli(["generate", "--bundle", SYN, *flags, *extra], capsys)
+    assert_one_line_error(rc, err, *needles)
     assert not out.exists() or not any(out.iterdir())
 
 
 def test_generate_output_is_a_file(tmp_path, capsys, syn_weights):
     target = tmp_path / "file.txt"
     target.write_text("x")
-    rc, _, err = _run(["generate", "--bundle", SYN, "--weights", syn_weights, "--class", 0, "--output", target], capsys)
-    _assert_one_line_error(rc, err, "must be a folder")
-    rc, _, err = _run(["generate", "--bundle", tmp_path, "--class", 0, "--output", tmp_path / "o"], capsys)
-    _assert_one_line_error(rc, err, "is not a monai_tfm bundle")
+    rc, _, err = run_cli(
+        ["generate", "--bundle", SYN, "--weights", syn_weights, "--class", 0, "--output", target], capsys
+    )
+    assert_one_line_error(rc, err, "must be a folder")
+    rc, _, err = run_cli(["generate", "--bundle", tmp_path, "--class", 0, "--output", tmp_path / "o"], capsys)
+    assert_one_line_error(rc, err, "is not a monai_tfm bundle")
 
 
 def test_generate_previews_without_matplotlib(tmp_path, capsys, syn_weights, monkeypatch):
@@ -636,9 +608,9 @@ def test_generate_previews_without_matplotlib(tmp_path, capsys, syn_weights, mon
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "matplotlib" else real(name, *a))
     out = tmp_path / "out"
     args = ["generate", "--bundle", SYN, "--weights", syn_weights, "--class", 0, "--n", 1, "--steps", 1]
-    rc, _, err = _run([*args, "--output", out], capsys)
-    _assert_one_line_error(rc, err, "need matplotlib", "--preview false")
+    rc, _, err = run_cli([*args, "--output", out], capsys)
+    assert_one_line_error(rc, err, "need matplotlib", "--preview false")
     assert not out.exists()
-    rc, _, err = _run([*args, "--output", out, "--preview", "false"], capsys)
+    rc, _, err = run_cli([*args, "--output", out, "--preview", "false"], capsys)
     assert rc == 0, err
     assert [p.name for p in out.iterdir()] == ["bright_core_000.nii.gz"]  # class 0, no preview
