@@ -47,6 +47,44 @@ def provenance() -> dict[str, str]:
     return {"commit": commit.stdout.strip() + suffix, **_versions()}
 
 
+def page_header(title: str, label: str, prov: dict[str, str]) -> list[str]:
+    """The first lines of a results page: title, the run's label (bold, if any), device, commit, versions, command.
+
+    Args:
+        title: page title.
+        label: what the run was (device caveats, reduced settings); empty for none.
+        prov: :func:`provenance` of the run.
+
+    Returns:
+        markdown lines, ending with a blank one.
+    """
+    return [
+        f"# {title}",
+        "",
+        *([f"**{label}**", ""] if label else []),
+        f"Device: {prov['device']}; commit {prov['commit']}; torch {prov['torch']}, MONAI {prov['monai']}, "
+        f"Python {prov['python']}.",
+        f"Command: `{prov['command']}`",
+        "",
+    ]
+
+
+def write_results(out: Path, lines: list[str], prov: dict[str, str], args: Any, rows: list[dict]) -> None:
+    """Write ``<out>.md`` (the lines) and ``<out>.json`` (provenance, command-line arguments and rows).
+
+    Args:
+        out: path without suffix.
+        lines: markdown lines.
+        prov: :func:`provenance` of the run.
+        args: the parsed command line (an ``argparse.Namespace``).
+        rows: the measurements.
+    """
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps({"provenance": prov, "args": vars(args), "rows": rows}, indent=1))
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+
+
 def run_bundle(run_id: str, config_files: list[str], log_path: Path, **overrides: Any) -> float:
     """Run ``python -m monai.bundle run`` in a subprocess; returns the wall time in seconds.
 

@@ -27,7 +27,7 @@ from monai.bundle import ConfigParser
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import provenance  # noqa: E402
+from common import page_header, provenance, write_results  # noqa: E402
 
 # name -> (dataset class, num_workers, pin_memory, persistent_workers)
 SETTINGS = {
@@ -124,16 +124,8 @@ def main() -> None:
 
 def _write(args: argparse.Namespace, rows: list[dict]) -> None:
     prov = provenance()
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     lines = [
-        "# Data pipeline throughput (training loader, no network)",
-        "",
-        f"**{args.label}**" if args.label else "",
-        "",
-        f"Device: {prov['device']}; commit {prov['commit']}; torch {prov['torch']}, MONAI {prov['monai']}.",
-        f"Command: `{prov['command']}`",
-        "",
+        *page_header("Data pipeline throughput (training loader, no network)", args.label, prov),
         f"Bundle `{args.bundle}`, its `train#dataloader` (batch shape {rows[0]['context_shape']}); "
         f"{args.passes} passes per setting, median of the passes after the first (the first includes worker start-up).",
         "",
@@ -145,8 +137,7 @@ def _write(args: argparse.Namespace, rows: list[dict]) -> None:
             f"| {r['setting']} | {r['build_s']:.1f} | {r['pass_s'][0]:.2f} | {r['batches_per_s']:.1f} | "
             f"{r['samples_per_s']:.1f} |"
         )
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    out.with_suffix(".json").write_text(json.dumps({"provenance": prov, "args": vars(args), "rows": rows}, indent=1))
+    write_results(Path(args.out), lines, prov, args, rows)
 
 
 if __name__ == "__main__":

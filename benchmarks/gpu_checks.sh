@@ -8,10 +8,7 @@ set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/gpu_checks}
 mkdir -p "$OUT"
-if ls .whl/*.whl >/dev/null 2>&1; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-        && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH} || exit 1
-fi
+source benchmarks/device_wheels.sh
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 timeout 120 python3 -m pytest -q -p no:cacheprovider tests/test_speed_switches.py -k cuda -rs 2>&1 | tail -8 \
     | tee "$OUT/pytest_cuda.txt"
@@ -29,4 +26,4 @@ find $RUN -maxdepth 2 -name "*.json" -o -maxdepth 2 -name "*.csv" | head -20 | t
 for f in $(find $RUN/eval_test -maxdepth 1 -name "*.json" -o -maxdepth 1 -name "*summary*" | head -4); do
     cp "$f" "$OUT/eval_$(basename "$f")"
 done
-tail -5 "$OUT/train_log.txt" "$OUT/eval_log.txt"
+tail -n 5 "$OUT/train_log.txt" "$OUT/eval_log.txt"

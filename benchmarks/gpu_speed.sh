@@ -10,10 +10,7 @@ set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/gpu_speed}
 mkdir -p "$OUT"
-if ls .whl/*.whl >/dev/null 2>&1; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-        && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH} || exit 1
-fi
+source benchmarks/device_wheels.sh
 export PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv | tee "$OUT/nvidia_smi.txt"
 python3 -c "import torch, monai, ignite; print('torch', torch.__version__, 'monai', monai.__version__)" || exit 1

@@ -36,7 +36,7 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import provenance  # noqa: E402
+from common import page_header, provenance, write_results  # noqa: E402
 
 from monai_tfm.engines import FlowMatchingLoss, FlowMatchingPrepareBatch, configure_network  # noqa: E402
 from monai_tfm.inferers import ForecastInferer  # noqa: E402
@@ -195,12 +195,11 @@ def worker(args: argparse.Namespace) -> dict:
         "flops_per_train_step": flops,
         "achieved_flops_per_s": None if flops is None else flops / med,
         "warmup_s": warmup_s,
-        "matmul_peak_tflops": matmul_peak_tflops(device) if args.measure_peak else None,
     }
     if args.skip_forecast:
         out["forecast"] = []
         _add_memory(out, device)
-        return out
+        return _with_peak(out, args, device)
     _add_memory(out, device)
     net.eval()
     prep_f = __import__("monai_tfm.engines", fromlist=["ForecastPrepareBatch"]).ForecastPrepareBatch(args.variant)
@@ -220,19 +219,30 @@ def worker(args: argparse.Namespace) -> dict:
             _sync(device)
         name = f"{method}-{steps}" if steps else method
         out["forecast"].append({"solver": name, "latency_s": time.perf_counter() - t0, "nfe": inferer.last_nfe})
+    return _with_peak(out, args, device)
+
+
+def _with_peak(out: dict, args: argparse.Namespace, device: torch.device) -> dict:
+    """Add the measured bf16 peak to a worker's row when the worker was asked directly (``--measure-peak``); run after
+    the memory reading, so the matmul's buffers never count as the setting's peak memory."""
+    out["matmul_peak_tflops"] = matmul_peak_tflops(device) if args.measure_peak else None
     return out
+
+
+def _parent_peak(args: argparse.Namespace) -> float | None:
+    """The bf16 peak measured once by the parent for all its rows (the workers are started without the flag)."""
+    if not args.measure_peak:
+        return None
+    device = torch.device(args.device)
+    peak = matmul_peak_tflops(device)
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return peak
 
 
 def _markdown(prov: dict, args: argparse.Namespace, rows: list[dict]) -> str:
     lines = [
-        "# Speed benchmark",
-        "",
-        f"**{args.label}**",
-        "",
-        f"Device: {prov['device']}; commit {prov['commit']}; torch {prov['torch']}, MONAI {prov['monai']}, "
-        f"Python {prov['python']}.",
-        f"Command: `{prov['command']}`",
-        "",
+        *page_header("Speed benchmark", args.label, prov),
         f"CRONOS UNet (channels {args.channels}, no attention), grid {'x'.join(map(str, args.grid))}, batch "
         f"{args.batch}, AdamW, fp32{' + bf16 autocast' if args.bf16 else ''}; median of {args.steps} timed steps after "
         f"{args.warmup} warm-up step(s). Discrete: the network sees the {args.grid_slots} grid slots whatever T; "
@@ -300,7 +310,8 @@ def main() -> None:
         run_switches(args)
         return
     rows = []
-    base = [a for a in sys.argv[1:] if a != "--worker"]
+    peak = _parent_peak(args)
+    base = [a for a in sys.argv[1:] if a not in ("--worker", "--measure-peak")]
     for variant in args.variants:
         for t in args.context:
             cmd = [sys.executable, __file__, *base, "--worker", "--variant", variant, "--t", str(t)]
@@ -308,7 +319,7 @@ def main() -> None:
             proc = subprocess.run(cmd, capture_output=True, text=True)
             if proc.returncode != 0:
                 raise RuntimeError(f"{variant} T={t} failed:\n{proc.stderr[-3000:]}")
-            rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+            rows.append({**json.loads(proc.stdout.strip().splitlines()[-1]), "matmul_peak_tflops": peak})
             _write(args, rows)  # after every setting, so an interrupted run keeps what it measured
 
 
@@ -318,7 +329,8 @@ def run_switches(args: argparse.Namespace) -> None:
     Args:
         args: parsed command line (``--variant``, ``--t``, grid, channels, batch, steps, warm-up, device).
     """
-    base = [a for a in sys.argv[1:] if a != "--switches"]
+    peak = _parent_peak(args)
+    base = [a for a in sys.argv[1:] if a not in ("--switches", "--measure-peak")]
     common = [*base, "--worker", "--skip-forecast", "--fused-adamw", "off", "--grid-slots", str(args.grid_slots)]
     rows: list[dict] = []
     for name, flags in SWITCHES.items():
@@ -332,7 +344,7 @@ def run_switches(args: argparse.Namespace) -> None:
             result = json.loads(proc.stdout.strip().splitlines()[-1]) if ok else {"error": proc.stderr[-400:]}
         except subprocess.TimeoutExpired:
             result = {"error": f"timed out after {args.timeout:g} s"}
-        rows.append({"switch": name, **result})
+        rows.append({"switch": name, **result, "matmul_peak_tflops": peak})
         _write_switches(args, rows)
 
 
@@ -341,13 +353,7 @@ def _write_switches(args: argparse.Namespace, rows: list[dict]) -> None:
     out = Path(str(args.out) + "_switches")
     base = next((r for r in rows if "error" not in r and r["switch"].startswith("baseline")), None)
     lines = [
-        "# Speed switches, one at a time",
-        "",
-        f"**{args.label}**" if args.label else "",
-        "",
-        f"Device: {prov['device']}; commit {prov['commit']}; torch {prov['torch']}, MONAI {prov['monai']}.",
-        f"Command: `{prov['command']}`",
-        "",
+        *page_header("Speed switches, one at a time", args.label, prov),
         f"{args.variant} CRONOS UNet (channels {args.channels}, no attention), T = {args.t}, grid "
         f"{'x'.join(map(str, args.grid))}, batch {args.batch}; training step = forward + flow-matching loss + "
         f"backward + AdamW step; median of {args.steps} timed steps after {args.warmup} warm-up step(s); every row "
@@ -373,17 +379,12 @@ def _write_switches(args: argparse.Namespace, rows: list[dict]) -> None:
             f"| {r['switch']} | {r['train_step_s_median']:.3f} | {r['train_samples_per_s']:.2f} | {speed} | {mem:.0f} "
             f"| {r['warmup_s']:.1f} | {(r['achieved_flops_per_s'] or 0) / 1e12:.2f} | {_fraction(r, args)} |"
         )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps({"provenance": prov, "args": vars(args), "rows": rows}, indent=1))
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    write_results(out, lines, prov, args, rows)
 
 
 def _write(args: argparse.Namespace, rows: list[dict]) -> None:
     prov = provenance()
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps({"provenance": prov, "args": vars(args), "rows": rows}, indent=1))
-    out.with_suffix(".md").write_text(_markdown(prov, args, rows))
+    write_results(Path(args.out), _markdown(prov, args, rows).splitlines(), prov, args, rows)
 
 
 if __name__ == "__main__":
