@@ -58,6 +58,7 @@ from monai_tfm.flows.solvers import ADAPTIVE_SOLVERS, FIXED_STEP_SOLVERS
 from monai_tfm.transforms.grid import GridEmbed, GridEmbedd, grid_slots
 from monai_tfm.transforms.intensity import IntensityScaling
 from monai_tfm.transforms.series import SeriesReadError, grid_mismatch, read_volume
+from monai_tfm.utils.display import middle_slice
 from monai_tfm.utils.io import atomic_path, atomic_save_nifti
 
 __all__ = [
@@ -503,12 +504,6 @@ class BundleForecaster:
 # ------------------------------------------------------------------------------------------------------ preview
 
 
-def _middle(vol: torch.Tensor) -> np.ndarray:
-    """Middle slice across the last spatial axis of ``(C, D, H, W)`` (first channel), transposed for display."""
-    v = vol[0].numpy()
-    return v[:, :, v.shape[2] // 2].T
-
-
 def _write_preview(
     path: Path,
     frames: torch.Tensor,
@@ -528,15 +523,15 @@ def _write_preview(
         raise ForecastError("--preview needs matplotlib: pip install 'monai_tfm[plot]'.") from e
     shown = list(range(len(times)))[-6:]
     panels: list[tuple[str, np.ndarray, dict]] = [
-        (f"scan t={times[i]:.3g}", _middle(frames[i]), {"cmap": "gray", "vmin": 0, "vmax": 1}) for i in shown
+        (f"scan t={times[i]:.3g}", middle_slice(frames[i]), {"cmap": "gray", "vmin": 0, "vmax": 1}) for i in shown
     ]
-    panels.append((f"forecast t={target_time:.3g}", _middle(pred), {"cmap": "gray", "vmin": 0, "vmax": 1}))
+    panels.append((f"forecast t={target_time:.3g}", middle_slice(pred), {"cmap": "gray", "vmin": 0, "vmax": 1}))
     if std is not None:
-        panels.append(("sample std", _middle(std), {"cmap": "magma", "vmin": 0}))
+        panels.append(("sample std", middle_slice(std), {"cmap": "magma", "vmin": 0}))
     if truth is not None:
-        residual = _middle(pred - truth)
+        residual = middle_slice(pred - truth)
         lim = float(max(np.abs(residual).max(), 1e-6))
-        panels.append((f"real scan t={target_time:.3g}", _middle(truth), {"cmap": "gray", "vmin": 0, "vmax": 1}))
+        panels.append((f"real scan t={target_time:.3g}", middle_slice(truth), {"cmap": "gray", "vmin": 0, "vmax": 1}))
         panels.append(("forecast - real", residual, {"cmap": "RdBu_r", "vmin": -lim, "vmax": lim}))
     fig = Figure(figsize=(2.2 * len(panels), 2.6), dpi=100)
     FigureCanvasAgg(fig)

@@ -38,6 +38,7 @@ from torch import nn
 from monai_tfm.engines.checkpoint import load_weights
 from monai_tfm.generation.data import subsample
 from monai_tfm.generation.samplers import generate_images, make_sampler
+from monai_tfm.utils.display import middle_slice
 from monai_tfm.utils.io import atomic_path, atomic_save_torch, atomic_write_text
 
 __all__ = [
@@ -430,14 +431,6 @@ def mask_dice(segmentation: torch.Tensor, masks: torch.Tensor, num_labels: int) 
     return out
 
 
-def _middle(image: torch.Tensor) -> np.ndarray:
-    """A 2D view of ``(C, *spatial)``: the image, or the middle slice of a volume (last axis); first axis up."""
-    arr = image[0].numpy()
-    if arr.ndim == 3:
-        arr = arr[..., arr.shape[-1] // 2]
-    return arr.T
-
-
 def save_sample_grid(
     path: str | os.PathLike,
     images: torch.Tensor,
@@ -474,10 +467,10 @@ def save_sample_grid(
         ax.set_axis_off()
         if k >= n:
             continue
-        ax.imshow(_middle(images[k]), cmap="gray", vmin=0, vmax=1, origin="lower", interpolation="nearest")
+        ax.imshow(middle_slice(images[k]), cmap="gray", vmin=0, vmax=1, origin="lower", interpolation="nearest")
         if masks is not None and masks[k].any():
             ax.contour(
-                _middle(masks[k].float()),
+                middle_slice(masks[k].float()),
                 levels=[0.5, 1.5, 2.5],
                 colors=["r", "y", "c"],
                 linewidths=0.6,

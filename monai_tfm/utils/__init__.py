@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from .bundle import find_bundle_root, log_forecasts, log_run_summary, setup_logging
+from .display import middle_slice
 from .io import atomic_path, atomic_save_nifti, atomic_save_torch, atomic_write, atomic_write_text
 
 __all__ = [
@@ -15,5 +16,6 @@ __all__ = [
     "find_bundle_root",
     "log_forecasts",
     "log_run_summary",
+    "middle_slice",
     "setup_logging",
 ]
