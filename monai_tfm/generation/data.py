@@ -122,12 +122,6 @@ def make_shape_items(
     return items
 
 
-def _load_volume(path: str) -> np.ndarray:
-    import nibabel as nib
-
-    return np.asarray(nib.load(path).dataobj, dtype=np.float32)
-
-
 def acdc_generation_items(
     datalist: str | os.PathLike,
     spatial_dims: int = 2,
@@ -158,6 +152,7 @@ def acdc_generation_items(
         FileNotFoundError: the datalist or a frame file does not exist.
     """
     from monai_tfm.data.datalist import load_series_datalist
+    from monai_tfm.transforms.series import read_volume
 
     if spatial_dims not in (2, 3):
         raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}.")
@@ -179,8 +174,11 @@ def acdc_generation_items(
             )
         cls = names.index(group)
         for k, frame in enumerate(series["frames"]):
-            image = _load_volume(frame["image"])
-            label = np.rint(_load_volume(frame["label"])).astype(np.uint8) if frame.get("label") else None
+            who = series["subject"]
+            image = read_volume(frame["image"], who=who)[0].numpy()
+            label = None
+            if frame.get("label"):
+                label = np.rint(read_volume(frame["label"], what="label", who=who)[0].numpy()).astype(np.uint8)
             if spatial_dims == 3:
                 parts = [(f"{series['subject']}/f{k:02d}", image, label)]
             else:
