@@ -235,3 +235,23 @@ def test_overfit_tiny_phantom_beats_lci():
     lci_mse = float(((lci - target) ** 2).mean())
     assert model_mse < 0.5 * lci_mse, (model_mse, lci_mse)
     assert tie_padding(x0, kw["count_mask"]) is x0  # discrete: every slot counts, nothing is tied
+
+
+def test_log_run_summary_with_and_without_validation(tmp_path, caplog):
+    """The run summary reports the best validated epoch, or (no evaluator: generation bundles) only the paths."""
+    from monai_tfm.engines import TrainingCheckpointer
+    from monai_tfm.utils import log_run_summary
+
+    net = torch.nn.Linear(2, 2)
+    plain = TrainingCheckpointer(tmp_path / "a", {"network": net}, network=net)
+    with caplog.at_level("INFO", logger="monai_tfm"):
+        summary = log_run_summary(plain)
+    assert summary == {
+        "model": str(tmp_path / "a" / "models" / "model.pt"),
+        "resume_checkpoint": str(tmp_path / "a" / "checkpoints" / "last.pt"),
+    }
+    assert "no validation" in caplog.text
+    validated = TrainingCheckpointer(tmp_path / "b", {"network": net}, network=net, evaluator=object())
+    validated.best, validated.best_epoch = 0.25, 3
+    summary = log_run_summary(validated)
+    assert summary["best"] == 0.25 and summary["best_epoch"] == 3 and summary["key_metric"] == "val_nrmse"

@@ -38,7 +38,6 @@ from .samplers import (
     make_sampler,
     make_scheduler,
 )
-from .training import log_generation_run
 
 __all__ = [
     "ACDC_GROUPS",
@@ -67,7 +66,6 @@ __all__ = [
     "encode_mask",
     "feature_distances",
     "generate_images",
-    "log_generation_run",
     "make_sampler",
     "make_scheduler",
     "make_shape_items",

@@ -65,12 +65,23 @@ def setup_logging(level: int | str = logging.INFO) -> None:
 def log_run_summary(checkpointer: Any) -> dict[str, Any]:
     """Log where a training run left its best model and how good it was.
 
+    A run without validation (no evaluator, e.g. the generation bundles) exports the weights of its last epoch; its
+    summary holds only the paths.
+
     Args:
         checkpointer: the run's :class:`monai_tfm.engines.TrainingCheckpointer`.
 
     Returns:
-        the summary dict (best value, epoch, paths).
+        the summary dict (best value, epoch, paths; only the paths without validation).
     """
+    if checkpointer.evaluator is None:
+        summary = {"model": str(checkpointer.model_path), "resume_checkpoint": str(checkpointer.last_path)}
+        logger.info(
+            "training finished (no validation: the last epoch's weights): weights %s, resume checkpoint %s",
+            summary["model"],
+            summary["resume_checkpoint"],
+        )
+        return summary
     summary = {
         "key_metric": checkpointer.key_metric,
         "best": checkpointer.best,
