@@ -1,8 +1,9 @@
 # Copyright (c) monai_tfm contributors. Licensed under the Apache License, Version 2.0.
 """ACDC cine MRI benchmark: cross-validated flow methods vs LCI, NFE and design ablations, example figure.
 
-Writes ``docs/results/acdc.md`` (rewritten after every finished run, so partial results survive) and
-``docs/results/acdc_examples.png``. Finished runs are skipped when the script is started again.
+Writes ``docs/results/acdc.md`` (rewritten after every finished run, so partial results survive), ``acdc.json`` (the
+per-fold means of every run with the commit and device that trained it, so the tables can be recomputed without the
+run folders) and ``docs/results/acdc_examples.png``. Finished runs are skipped when the script is started again.
 
     python benchmarks/acdc.py --src ../shared/data/acdc_cine --folds 0,1,2 --epochs 20 --channels 16
 """
@@ -55,6 +56,12 @@ def _summary(run_dir: Path, eval_name: str = "eval_validation") -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+def _run_info(run_dir: Path) -> dict | None:
+    """Provenance and training wall time of a finished run (``run_info.json``, written when the run finished)."""
+    path = run_dir / "run_info.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
 def _means(result: dict) -> dict:
     return {m: {k: v["mean"] for k, v in cells.items()} for m, cells in result["summary"].items()}
 
@@ -75,6 +82,22 @@ def _table(names: list[str], results: dict, folds: list[int]) -> str:
             lci_row = (len(per_fold), f"| LCI | {len(per_fold)} | {lci} |")
     if lci_row is not None:
         md.append(lci_row[1])
+    return "\n".join(md)
+
+
+def _fold_table(names: list[str], results: dict, folds: list[int]) -> str:
+    """NRMSE / SSIM / PSNR of every method and of LCI in each fold (LCI: the draws of the first method listed)."""
+    md = ["| fold | " + " | ".join(names) + " | LCI |", "|---" * (len(names) + 2) + "|"]
+    for fold in folds:
+        done = [n for n in names if results.get(n, {}).get(fold)]
+        if not done:
+            continue
+        cells = []
+        for name in [*names, None]:
+            result = results.get(name or done[0], {}).get(fold)
+            m = _means(result)["model" if name else "lci"] if result else None
+            cells.append(f"{m['nrmse']:.4f} / {m['ssim']:.2f} / {m['psnr']:.2f}" if m else "-")
+        md.append(f"| {fold} | " + " | ".join(cells) + " |")
     return "\n".join(md)
 
 
@@ -111,16 +134,19 @@ def main() -> None:
     results: dict = {}
     nfe_results: dict = {}
     walls: dict = {}
+    run_infos: dict = {}
 
     def write() -> None:
+        trained_by = sorted({f"{r['commit']} on {r['device']}, torch {r['torch']}" for r in run_infos.values()})
+        cpu_note = " (CPU: a reduced budget, see below)" if info["device"].startswith("cpu") else ""
         md = [
             "# ACDC cine MRI: flow methods against LCI",
             "",
-            f"* command: `{info['command']}`",
-            f"* commit: {info['commit']}",
-            f"* device: {info['device']} (no GPU was lent to this task: a reduced CPU budget, see below)",
+            f"* command of this page: `{info['command']}`",
+            f"* commit of this page: {info['commit']}; device {info['device']}{cpu_note}",
+            "* runs trained and evaluated by: " + ("; ".join(trained_by) or "-"),
             f"* torch {info['torch']}, MONAI {info['monai']}; "
-            f"wall time so far {(time.perf_counter() - t0) / 60:.0f} min",
+            f"wall time of this command {(time.perf_counter() - t0) / 60:.0f} min",
             "",
             f"Data: the 29-patient cropped development copy (`../shared/data/acdc_cine`), prepared by the bundle to 12 "
             f"phases ED..ES of 96 x 96 x 8 voxels. Folds {folds} of the bundle's 5 stratified folds "
@@ -137,17 +163,22 @@ def main() -> None:
             "",
             _table([n for n in names if n in MAIN], results, folds),
             "",
-            f"## Ablations (discrete CRONOS, CRONOS Table 4; fold(s) {ablation_folds})",
+            "Per fold (NRMSE / SSIM / PSNR on the fold's validation patients; LCI from the same draws):",
             "",
-            _table([n for n in ("cronos_discrete", "cronos_discrete_no_locf") if n in names], results, ablation_folds),
+            _fold_table([n for n in names if n in MAIN], results, folds),
             "",
-            "`no_locf`: empty grid slots stay zero instead of last-observation-carried-forward (trained that way).",
-            "",
-            f"## Solver steps and aggregation (discrete CRONOS, evaluation only; fold {ablation_folds})",
-            "",
-            "| setting | NFE per forecast | ms per forecast | nrmse | ssim | psnr |",
-            "|---|---|---|---|---|---|",
         ]
+        ablations = [n for n in ("cronos_discrete_no_locf",) if n in names and results.get(n)]
+        if ablations:
+            md += [
+                f"## Ablations (discrete CRONOS, CRONOS Table 4; fold(s) {ablation_folds})",
+                "",
+                _table(["cronos_discrete", *ablations], results, ablation_folds),
+                "",
+                "`no_locf`: empty grid slots stay zero instead of last-observation-carried-forward (trained that way).",
+                "",
+            ]
+        nfe_rows = []
         for name in ("euler_1", "euler_2", "euler_5", "euler_10", "dopri5", "last_aggregation"):
             source = {"euler_10": results.get("cronos_discrete", {})}.get(name, nfe_results.get(name, {}))
             per = [source[f] for f in ablation_folds if source.get(f)]
@@ -155,25 +186,35 @@ def main() -> None:
                 m = [_means(r)["model"] for r in per]
                 nfe = sum(r["info"]["nfe_per_forecast"] for r in per) / len(per)
                 ms = 1000 * sum(r["info"]["seconds_per_forecast"] for r in per) / len(per)
-                md.append(
+                nfe_rows.append(
                     f"| {name} | {nfe:.1f} | {ms:.0f} | "
                     + " | ".join(f"{sum(x[k] for x in m) / len(m):.4g}" for k in ("nrmse", "ssim", "psnr"))
                     + " |"
                 )
+        if nfe_results:
+            md += [
+                f"## Solver steps and aggregation (discrete CRONOS, evaluation only; fold {ablation_folds})",
+                "",
+                "| setting | NFE per forecast | ms per forecast | nrmse | ssim | psnr |",
+                "|---|---|---|---|---|---|",
+                *nfe_rows,
+                "",
+                "euler_10 is the main evaluation; dopri5 (rtol = atol = 1e-5) reports the network evaluations it "
+                "actually made; last_aggregation = 10-step Euler with the last slot instead of the mean over slots.",
+                "",
+            ]
+        ct_runs = [n for n in ("ct_protocol_discrete", "ct_protocol_continuous") if n in names and results.get(n)]
+        if ct_runs:
+            md += [
+                f"## Continuous-time protocol (CRONOS appendix B.6.2; fold(s) {ablation_folds})",
+                "",
+                "A window of 4 frames: 2 of the 3 frames before the target are context. The discrete model gets the "
+                "two frames without times; the continuous one their times and the target time.",
+                "",
+                _table(ct_runs, results, ablation_folds),
+                "",
+            ]
         md += [
-            "",
-            "euler_10 is the main evaluation; dopri5 (rtol = atol = 1e-5) reports the network evaluations it actually "
-            "made; last_aggregation = 10-step Euler with the last slot instead of the mean over slots.",
-            "",
-            f"## Continuous-time protocol (CRONOS appendix B.6.2; fold(s) {ablation_folds})",
-            "",
-            "A window of 4 frames: 2 of the 3 frames before the target are context. The discrete model gets the two "
-            "frames without times; the continuous one their times and the target time.",
-            "",
-            _table(
-                [n for n in ("ct_protocol_discrete", "ct_protocol_continuous") if n in names], results, ablation_folds
-            ),
-            "",
             "## Training wall time per run (s)",
             "",
             "| run | " + " | ".join(f"fold {f}" for f in folds) + " |",
@@ -182,8 +223,25 @@ def main() -> None:
         for name in names:
             if name in walls:
                 md.append(f"| {name} | " + " | ".join(f"{walls[name].get(f, float('nan')):.0f}" for f in folds) + " |")
-        md += ["", "![examples](acdc_examples.png)", ""]
+        md += ["", *([] if args.no_figure else ["![examples](acdc_examples.png)", ""])]
         atomic_write_text(args.out, "\n".join(md), overwrite=True)
+        runs = [
+            {"run": name, "fold": fold, **run_infos.get((name, fold), {}), "metrics": _means(result)}
+            for name, per_fold in results.items()
+            for fold, result in per_fold.items()
+            if result
+        ]
+        runs += [
+            {"run": f"cronos_discrete_{abl}", "fold": fold, "evaluation_only": True, "metrics": _means(result)}
+            for abl, per_fold in nfe_results.items()
+            for fold, result in per_fold.items()
+            if result
+        ]
+        atomic_write_text(
+            Path(args.out).with_suffix(".json"),
+            json.dumps({"provenance": info, "args": vars(args), "runs": runs}, indent=1),
+            overwrite=True,
+        )
 
     for fold in folds:
         for name in names:
@@ -199,9 +257,12 @@ def main() -> None:
                     "training", _files(method, extra), work / f"{out.name}_train.log", **kw
                 )
                 run_bundle("evaluating", _files(method, extra, True), work / f"{out.name}_eval.log", **kw)
-                (out / "wall_train_s.txt").write_text(str(walls[name][fold]))
-            elif (out / "wall_train_s.txt").is_file():
-                walls.setdefault(name, {})[fold] = float((out / "wall_train_s.txt").read_text())
+                keys = ("commit", "device", "torch", "monai")
+                run_info = {**{k: info[k] for k in keys}, "wall_train_s": walls[name][fold]}
+                atomic_write_text(out / "run_info.json", json.dumps(run_info, indent=1), overwrite=True)
+            if _run_info(out) is not None:
+                run_infos[(name, fold)] = _run_info(out)
+                walls.setdefault(name, {})[fold] = run_infos[(name, fold)]["wall_train_s"]
             results.setdefault(name, {})[fold] = _summary(out)
             if name == "cronos_discrete" and fold in ablation_folds:
                 for abl, ov in NFE.items():
