@@ -51,15 +51,12 @@ def _files(method: str, extra: list[str], evaluate: bool = False) -> list[str]:
     return files + ([str(CONFIGS / "evaluate.yaml")] if evaluate else [])
 
 
+def _read_json(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
 def _summary(run_dir: Path, eval_name: str = "eval_validation") -> dict | None:
-    path = run_dir / eval_name / "summary.json"
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
-def _run_info(run_dir: Path) -> dict | None:
-    """Provenance and training wall time of a finished run (``run_info.json``, written when the run finished)."""
-    path = run_dir / "run_info.json"
-    return json.loads(path.read_text()) if path.is_file() else None
+    return _read_json(run_dir / eval_name / "summary.json")
 
 
 def _means(result: dict) -> dict:
@@ -133,8 +130,7 @@ def main() -> None:
     }
     results: dict = {}
     nfe_results: dict = {}
-    walls: dict = {}
-    run_infos: dict = {}
+    run_infos: dict = {}  # (name, fold) -> provenance and training wall time of the run (its run_info.json)
 
     def write() -> None:
         trained_by = sorted({f"{r['commit']} on {r['device']}, torch {r['torch']}" for r in run_infos.values()})
@@ -221,8 +217,9 @@ def main() -> None:
             "|---" * (len(folds) + 1) + "|",
         ]
         for name in names:
-            if name in walls:
-                md.append(f"| {name} | " + " | ".join(f"{walls[name].get(f, float('nan')):.0f}" for f in folds) + " |")
+            walls = [run_infos[(name, f)]["wall_train_s"] if (name, f) in run_infos else float("nan") for f in folds]
+            if any((name, f) in run_infos for f in folds):
+                md.append(f"| {name} | " + " | ".join(f"{w:.0f}" for w in walls) + " |")
         md += ["", *([] if args.no_figure else ["![examples](acdc_examples.png)", ""])]
         atomic_write_text(args.out, "\n".join(md), overwrite=True)
         runs = [
@@ -253,16 +250,14 @@ def main() -> None:
             if _summary(out) is None and args.report_only:
                 continue
             if _summary(out) is None:
-                walls.setdefault(name, {})[fold] = run_bundle(
-                    "training", _files(method, extra), work / f"{out.name}_train.log", **kw
-                )
+                wall = run_bundle("training", _files(method, extra), work / f"{out.name}_train.log", **kw)
                 run_bundle("evaluating", _files(method, extra, True), work / f"{out.name}_eval.log", **kw)
                 keys = ("commit", "device", "torch", "monai")
-                run_info = {**{k: info[k] for k in keys}, "wall_train_s": walls[name][fold]}
+                run_info = {**{k: info[k] for k in keys}, "wall_train_s": wall}
                 atomic_write_text(out / "run_info.json", json.dumps(run_info, indent=1), overwrite=True)
-            if _run_info(out) is not None:
-                run_infos[(name, fold)] = _run_info(out)
-                walls.setdefault(name, {})[fold] = run_infos[(name, fold)]["wall_train_s"]
+            run_info = _read_json(out / "run_info.json")
+            if run_info is not None:
+                run_infos[(name, fold)] = run_info
             results.setdefault(name, {})[fold] = _summary(out)
             if name == "cronos_discrete" and fold in ablation_folds:
                 for abl, ov in NFE.items():
