@@ -64,7 +64,29 @@ def _run(run_id: str, files: list[str], bundle_root: Path, overrides: dict[str, 
     from monai.bundle import run
 
     overrides.setdefault("bundle_root", str(bundle_root.resolve()))
-    run(run_id, config_file=files, **overrides)
+    try:
+        run(run_id, config_file=files, **overrides)
+    except Exception as e:
+        # MONAI's config runner wraps an error raised inside a config expression in a RuntimeError ("Failed to
+        # evaluate ConfigExpression"); a user error found in the chain is re-raised alone (printed as one line)
+        user_error = _user_error_in_chain(e)
+        if user_error is None:
+            raise
+        raise user_error from None
+
+
+USER_ERRORS = (CLIError, FileNotFoundError, FileExistsError, ValueError)
+
+
+def _user_error_in_chain(error: BaseException) -> BaseException | None:
+    """The first expected user error in an exception's cause/context chain, or ``None``."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, USER_ERRORS):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
 
 
 # options that take several values; fire gives a flag one value, so ``--scans a b c`` is joined into one list first
@@ -438,7 +460,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         command = _group_list_flags(list(argv if argv is not None else sys.argv[1:]))
         fire.Fire(Commands, command=command, name="monai-tfm")
-    except (CLIError, FileNotFoundError, FileExistsError, ValueError) as e:
+    except USER_ERRORS as e:
         sys.stderr.write(f"monai-tfm: error: {e}\n")
         return 2
     return 0

@@ -102,10 +102,27 @@ def test_down_strides():
     assert compute_down_strides(ODD, 3) == [(2, 2, 2), (1, 1, 1), (1, 1, 1)]
     assert compute_down_strides(THIN, 3) == [(2, 2, 2), (2, 2, 1), (2, 2, 1)]
     assert compute_down_strides((16, 64, 64), 3, axes=(1, 2)) == [(1, 2, 2)] * 3
-    net = TFMUNet(num_frames=1, channels=8)
-    assert all(s[0] == 1 for s in net.down_strides((64, 64, 64)))
+    net = TFMUNet(num_frames=1, channels=8)  # default: the last axis (z of an (x, y, z) NIfTI volume) kept
+    assert all(s[2] == 1 for s in net.down_strides((64, 64, 64)))
+    assert all(s[0] == 1 for s in TFMUNet(num_frames=1, channels=8, slice_axis=0).down_strides((64, 64, 64)))
     fixed = CronosUNet(num_frames=1, channels=8, spatial_size=THIN)
     assert fixed.down_strides(ODD) == compute_down_strides(THIN, 3)
+    with pytest.raises(ValueError, match="slice_axis"):
+        TFMUNet(num_frames=1, channels=8, slice_axis=3)
+
+
+@pytest.mark.parametrize("net_cls", NETS)
+def test_slice_axis_on_an_anisotropic_volume(net_cls):
+    """An ACDC-like (x, y, z) = 32 x 24 x 8 volume: with slice_axis=2 only x and y are halved, z keeps its 8 slices
+    at every level, and the output has the input's shape."""
+    size = (32, 24, 8)
+    net = net_cls(num_frames=2, channels=8, channel_mult=(1, 2, 2), slice_axis=2)
+    assert net.down_strides(size) == [(2, 2, 1), (2, 2, 1)]
+    assert net.stride_lists(list(size)) == [[2, 2, 1], [2, 2, 1]]  # what forward uses
+    x = torch.rand(1, 2, 1, *size)
+    assert net(x, torch.rand(1)).shape == x.shape
+    if net_cls is CronosUNet:  # the CRONOS default strides every axis that stays >= min_size (z: 8 -> 4)
+        assert net_cls(num_frames=2, channels=8, channel_mult=(1, 2, 2)).down_strides(size)[0] == (2, 2, 2)
 
 
 # ---------------------------------------------------------------------------------------------- attention

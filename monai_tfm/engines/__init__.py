@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from .checkpoint import TrainingCheckpointer, WeightsLoader, load_weights
+from .checkpoint import TrainingCheckpointer, WeightsLoader, check_run_folder, load_weights
 from .direct import DirectPrepareBatch, require_trainable
 from .distributed import (
     barrier,
@@ -24,10 +24,12 @@ from .handlers import GradientClipHandler
 from .loss import FlowMatchingLoss
 from .prepare_batch import VARIANTS, FlowMatchingPrepareBatch, ForecastPrepareBatch, counted_frames
 from .progress import ProgressBarHandler
-from .report import ForecastReportWriter
+from .report import REPORT_FILES, ForecastReportWriter
 from .speed import configure_network
 
 __all__ = [
+    "REPORT_FILES",
+    "check_run_folder",
     "TrainingCheckpointer",
     "load_weights",
     "WeightsLoader",

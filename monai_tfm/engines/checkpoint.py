@@ -25,8 +25,43 @@ from ignite.engine import Engine, Events
 
 from monai_tfm.engines.distributed import barrier, is_main_process, unwrap_module
 from monai_tfm.utils.io import atomic_save_torch
+from monai_tfm.utils.options import as_bool
 
-__all__ = ["TrainingCheckpointer", "WeightsLoader", "load_weights"]
+__all__ = ["TrainingCheckpointer", "WeightsLoader", "check_run_folder", "load_weights"]
+
+LAST_CHECKPOINT = Path("checkpoints") / "last.pt"
+BEST_MODEL = Path("models") / "model.pt"
+
+
+def check_run_folder(output_dir: str | Path, resume: bool | str = False, overwrite: bool | str = False) -> bool:
+    """Refuse to start a training run in a folder that already holds one, unless asked to resume or overwrite.
+
+    Bundles call this first (before any file is written: draws, TensorBoard events, checkpoints), so that a refused
+    run leaves the folder exactly as it was; :class:`TrainingCheckpointer` applies the same rule when it starts.
+
+    Args:
+        output_dir: run folder.
+        resume: continue the run in it (a switch: a bool or ``true``/``false``, see
+            :func:`monai_tfm.utils.as_bool`).
+        overwrite: start a new run in it, replacing the old one's files.
+
+    Returns:
+        whether the folder holds a run (``checkpoints/last.pt`` or ``models/model.pt``).
+
+    Raises:
+        ValueError: ``resume`` or ``overwrite`` is not a boolean switch value.
+        FileExistsError: the folder holds a run and neither ``resume`` nor ``overwrite`` is true.
+    """
+    resume, overwrite = as_bool(resume, "resume"), as_bool(overwrite, "overwrite")
+    output_dir = Path(output_dir)
+    found = [p for p in (output_dir / LAST_CHECKPOINT, output_dir / BEST_MODEL) if p.exists()]
+    if found and not (resume or overwrite):
+        raise FileExistsError(
+            f"{output_dir} already holds a training run ({found[0]}); pass --resume true to continue it, "
+            "--overwrite true to start again in it, or choose another --output_dir."
+        )
+    return bool(found)
+
 
 logger = logging.getLogger(__name__)
 
@@ -131,17 +166,17 @@ class TrainingCheckpointer:
         if mode not in ("min", "max"):
             raise ValueError(f"mode must be 'min' or 'max', got {mode!r}.")
         self.output_dir = Path(output_dir)
-        self.last_path = self.output_dir / "checkpoints" / "last.pt"
-        self.model_path = self.output_dir / "models" / "model.pt"
+        self.last_path = self.output_dir / LAST_CHECKPOINT
+        self.model_path = self.output_dir / BEST_MODEL
         self.save_dict = dict(save_dict)
         self.network = unwrap_module(network)
         self.evaluator = evaluator
         self.key_metric = key_metric
         self.mode = mode
         self.save_interval = max(1, int(save_interval))
-        self.resume = bool(resume)
-        self.overwrite = bool(overwrite)
-        self.validate_at_end = bool(validate_at_end)
+        self.resume = as_bool(resume, "resume")
+        self.overwrite = as_bool(overwrite, "overwrite")
+        self.validate_at_end = as_bool(validate_at_end, "validate_at_end")
         self._validated_epoch = -1
         self.best = math.inf if mode == "min" else -math.inf
         self.best_epoch = 0
@@ -194,11 +229,8 @@ class TrainingCheckpointer:
             logger.info("resumed from %s at epoch %d", self.last_path, engine.state.epoch)
         elif self.resume:
             logger.warning("resume requested but %s does not exist: starting a new run", self.last_path)
-        elif self.last_path.exists() and not self.overwrite:
-            raise FileExistsError(
-                f"{self.output_dir} already holds a training run ({self.last_path}); pass --resume true to continue "
-                "it, --overwrite true to start again in it, or choose another --output_dir."
-            )
+        else:
+            check_run_folder(self.output_dir, resume=False, overwrite=self.overwrite)
 
     def _save_last(self, engine: Engine) -> None:
         if is_main_process():

@@ -15,9 +15,10 @@ from ignite.engine import Engine, Events
 from monai.engines.utils import IterationEvents
 
 from monai_tfm.metrics import FORECAST_METRICS, format_summary_markdown, summarise, write_per_sample_csv
-from monai_tfm.utils.io import atomic_write_text
+from monai_tfm.utils.io import atomic_write_text, check_outputs_free
+from monai_tfm.utils.options import as_bool
 
-__all__ = ["ForecastReportWriter", "describe_device"]
+__all__ = ["REPORT_FILES", "ForecastReportWriter", "describe_device"]
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +36,9 @@ def describe_device(device: torch.device | str) -> str:
     if device.type == "cuda":
         return f"cuda: {torch.cuda.get_device_name(device)}"
     return f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+REPORT_FILES = ("per_sample.csv", "summary.md", "summary.json")
 
 
 class ForecastReportWriter:
@@ -58,7 +62,8 @@ class ForecastReportWriter:
         metrics: tuple[str, ...] = FORECAST_METRICS,
     ) -> None:
         self.output_dir = Path(output_dir)
-        self.overwrite = overwrite
+        self.overwrite = as_bool(overwrite, "overwrite")
+        check_outputs_free(self.output_dir, REPORT_FILES, self.overwrite, "an evaluation report")
         self.title = title
         self.metrics = tuple(metrics)
         self._t0 = 0.0

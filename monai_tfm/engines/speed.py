@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from monai_tfm.utils.options import as_bool
+
 __all__ = ["configure_network"]
 
 
@@ -35,6 +37,8 @@ def configure_network(
     Raises:
         ValueError: activation checkpointing requested for a network that does not support it.
     """
+    channels_last = as_bool(channels_last, "channels_last")
+    activation_checkpointing = as_bool(activation_checkpointing, "activation_checkpointing")
     if device is not None:
         network = network.to(device)
     if channels_last:

@@ -27,6 +27,7 @@ from monai_tfm.networks.blocks.interfaces import CondModule, StridedModule, Tens
 from monai_tfm.networks.blocks.resample import (
     StridedConvDownsample,
     compute_down_strides,
+    down_axis_mask,
     down_stride_lists,
     resize_to,
 )
@@ -67,6 +68,8 @@ class CronosUNet(FrameVelocityNet):
         use_target_time: continuous mode: also encode the target time.
         max_freq: highest Fourier frequency.
         min_size: an axis is downsampled only while it stays at least this large.
+        slice_axis: a spatial axis that is never downsampled (e.g. ``2``, the slice axis of an ``(x, y, z)``
+            volume); ``None`` (default, the CRONOS UNet) downsamples every axis while it stays ``>= min_size``.
         spatial_size: if given, the stride pattern is fixed from this size; otherwise it is computed from every
             input's size.
         film_mode: FiLM form, ``"paper"`` (``alpha * GN(h) + beta + h``, default) or ``"scale_shift"``.
@@ -94,6 +97,7 @@ class CronosUNet(FrameVelocityNet):
         max_freq: float = 32.0,
         min_size: int = 4,
         spatial_size: Sequence[int] | None = None,
+        slice_axis: int | None = None,
         film_mode: str = "paper",
         activation_checkpointing: bool = False,
     ) -> None:
@@ -108,8 +112,13 @@ class CronosUNet(FrameVelocityNet):
         self.in_channels = in_channels
         self.min_size = min_size
         self.num_levels = len(channel_mult)
+        self.slice_axis = slice_axis
+        self._down_mask = down_axis_mask(spatial_dims, slice_axis)  # a list: the same for TorchScript
+        self._down_axes = tuple(a for a, allowed in enumerate(self._down_mask) if allowed)
         self._fixed_strides = (
-            None if spatial_size is None else compute_down_strides(spatial_size, self.num_levels - 1, min_size)
+            None
+            if spatial_size is None
+            else compute_down_strides(spatial_size, self.num_levels - 1, min_size, axes=self._down_axes)
         )
         # the same for TorchScript: a non-empty int list (zeros: strides follow the input size)
         self._fixed_size = [0] * spatial_dims if spatial_size is None else [int(v) for v in spatial_size]
@@ -167,7 +176,7 @@ class CronosUNet(FrameVelocityNet):
         """
         if self._fixed_strides is not None:
             return self._fixed_strides
-        return compute_down_strides(spatial_size, self.num_levels - 1, self.min_size)
+        return compute_down_strides(spatial_size, self.num_levels - 1, self.min_size, axes=self._down_axes)
 
     def stride_lists(self, spatial_size: list[int]) -> list[list[int]]:
         """:meth:`down_strides` as lists (TorchScript-compatible, used by ``forward``).
@@ -179,7 +188,7 @@ class CronosUNet(FrameVelocityNet):
             one stride list per downsampling step.
         """
         size = spatial_size if self._fixed_size[0] <= 0 else self._fixed_size
-        return down_stride_lists(size, self.num_levels - 1, self.min_size, [True] * len(size))
+        return down_stride_lists(size, self.num_levels - 1, self.min_size, self._down_mask)
 
     @torch.jit.unused
     def _checkpointed(self, name: str, index: int, h: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:

@@ -29,6 +29,7 @@ from monai_tfm.networks.blocks.interfaces import StridedModule, TensorModule
 from monai_tfm.networks.blocks.resample import (
     StridedConvDownsample,
     compute_down_strides,
+    down_axis_mask,
     down_stride_lists,
     resize_to,
 )
@@ -134,6 +135,9 @@ class TFMUNet(FrameVelocityNet):
         use_target_time: continuous mode: also encode the target time.
         max_freq: highest Fourier frequency.
         min_size: an in-plane axis is downsampled only while it stays at least this large.
+        slice_axis: the spatial axis that is never downsampled (TFM keeps the slice axis at full size). Volumes
+            loaded from NIfTI here are ``(x, y, z)`` with the slices last, hence the default ``-1``; ``None``
+            downsamples every axis. 2D inputs have no slice axis: both axes are in-plane.
     """
 
     def __init__(
@@ -156,6 +160,7 @@ class TFMUNet(FrameVelocityNet):
         use_target_time: bool = True,
         max_freq: float = 32.0,
         min_size: int = 4,
+        slice_axis: int | None = -1,
     ) -> None:
         super().__init__()
         if spatial_dims not in (2, 3):
@@ -168,9 +173,9 @@ class TFMUNet(FrameVelocityNet):
         self.num_levels = len(channel_mult)
         self.num_res_blocks = num_res_blocks
         self.min_size = min_size
-        # in-plane axes: the last two (H, W); for 2D inputs that is both
-        self._down_axes = (spatial_dims - 2, spatial_dims - 1)
-        self._down_mask = [a in self._down_axes for a in range(spatial_dims)]  # the same for TorchScript
+        self.slice_axis = None if spatial_dims == 2 else slice_axis
+        self._down_mask = down_axis_mask(spatial_dims, self.slice_axis)  # a list: the same for TorchScript
+        self._down_axes = tuple(a for a, allowed in enumerate(self._down_mask) if allowed)
         conv = Conv[Conv.CONV, spatial_dims]
         io_channels = num_frames * in_channels
 
@@ -233,7 +238,7 @@ class TFMUNet(FrameVelocityNet):
         nn.init.zeros_(self.out_conv.bias)
 
     def down_strides(self, spatial_size: Sequence[int]) -> list[tuple[int, ...]]:
-        """Per-axis strides of the downsampling steps (depth always 1) for an input of `spatial_size`.
+        """Per-axis strides of the downsampling steps (the slice axis always 1) for an input of `spatial_size`.
 
         Args:
             spatial_size: spatial size of the input.

@@ -5,14 +5,17 @@ from __future__ import annotations
 
 from .bundle import find_bundle_root, log_forecasts, log_run_summary, setup_logging
 from .display import middle_slice
-from .io import atomic_path, atomic_save_nifti, atomic_save_torch, atomic_write, atomic_write_text
+from .io import atomic_path, atomic_save_nifti, atomic_save_torch, atomic_write, atomic_write_text, check_outputs_free
+from .options import as_bool
 
 __all__ = [
+    "as_bool",
     "atomic_path",
     "atomic_save_nifti",
     "atomic_save_torch",
     "atomic_write",
     "atomic_write_text",
+    "check_outputs_free",
     "find_bundle_root",
     "log_forecasts",
     "log_run_summary",

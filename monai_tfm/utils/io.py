@@ -23,13 +23,20 @@ import contextlib
 import logging
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
 import torch
 
-__all__ = ["atomic_path", "atomic_save_nifti", "atomic_save_torch", "atomic_write", "atomic_write_text"]
+__all__ = [
+    "atomic_path",
+    "atomic_save_nifti",
+    "atomic_save_torch",
+    "atomic_write",
+    "atomic_write_text",
+    "check_outputs_free",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -235,3 +242,31 @@ def atomic_save_nifti(array: Any, affine: Any, path: PathLike, overwrite: bool =
     with atomic_path(path, overwrite=overwrite) as tmp:
         nib.save(img, tmp)
     return Path(path)
+
+
+def check_outputs_free(
+    folder: PathLike, names: Sequence[str] | None = None, overwrite: bool | str = False, what: str = "outputs"
+) -> None:
+    """Refuse, before any work starts, to write into ``folder`` where earlier outputs would be replaced.
+
+    Args:
+        folder: output folder (it need not exist).
+        names: the file names the job writes there; ``None``: any file in the folder counts as an earlier output.
+        overwrite: replace them (a switch: a bool or ``true``/``false``, see :func:`monai_tfm.utils.as_bool`).
+        what: what the files are, for the message (``"evaluation report"``, ``"forecasts"``).
+
+    Raises:
+        ValueError: ``overwrite`` is not a boolean switch value.
+        FileExistsError: an earlier output exists and ``overwrite`` is false; the message names one.
+    """
+    from monai_tfm.utils.options import as_bool
+
+    if as_bool(overwrite, "overwrite") or not Path(folder).is_dir():
+        return
+    folder = Path(folder)
+    found = [folder / n for n in names if (folder / n).exists()] if names else sorted(folder.iterdir())
+    if found:
+        raise FileExistsError(
+            f"{folder} already holds {what} ({found[0].name}); pass --overwrite true to replace them or choose "
+            "another output folder."
+        )

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from .attention import WindowAttention
 from .film import FiLMResBlock
-from .resample import StridedConvDownsample, compute_down_strides, resize_to
+from .resample import StridedConvDownsample, compute_down_strides, down_axis_mask, resize_to
 from .time_embedding import FourierFeatures, TimeConditioning, broadcast_tau
 
 __all__ = [
@@ -25,5 +25,6 @@ __all__ = [
     "WindowAttention",
     "broadcast_tau",
     "compute_down_strides",
+    "down_axis_mask",
     "resize_to",
 ]

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from monai.networks.layers import Conv
 from torch import nn
 
-__all__ = ["StridedConvDownsample", "compute_down_strides", "down_stride_lists", "resize_to"]
+__all__ = ["StridedConvDownsample", "compute_down_strides", "down_axis_mask", "down_stride_lists", "resize_to"]
 
 
 def compute_down_strides(
@@ -53,6 +53,27 @@ def compute_down_strides(
     allowed = set(range(len(spatial_size))) if axes is None else {a % len(spatial_size) for a in axes}
     mask = [a in allowed for a in range(len(spatial_size))]
     return [tuple(step) for step in down_stride_lists([int(s) for s in spatial_size], num_down, min_size, mask)]
+
+
+def down_axis_mask(spatial_dims: int, slice_axis: int | None = None) -> list[bool]:
+    """Which spatial axes a UNet may downsample: all but ``slice_axis`` (one rule for both UNets).
+
+    Args:
+        spatial_dims: number of spatial dimensions.
+        slice_axis: the axis kept at full size (negative counts from the end); ``None``: none.
+
+    Returns:
+        one flag per axis, ``True`` where the axis may be downsampled.
+
+    Raises:
+        ValueError: ``slice_axis`` is not an axis of a ``spatial_dims``-dimensional volume.
+    """
+    if slice_axis is None:
+        return [True] * spatial_dims
+    if not -spatial_dims <= int(slice_axis) < spatial_dims:
+        raise ValueError(f"slice_axis must be an axis of a {spatial_dims}D volume or None, got {slice_axis!r}.")
+    fixed = int(slice_axis) % spatial_dims
+    return [a != fixed for a in range(spatial_dims)]
 
 
 def down_stride_lists(spatial_size: list[int], num_down: int, min_size: int, allowed: list[bool]) -> list[list[int]]:
