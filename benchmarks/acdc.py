@@ -6,19 +6,35 @@ per-fold means of every run with the commit and device that trained it, so the t
 run folders) and ``docs/results/acdc_examples.png``. Finished runs are skipped when the script is started again.
 
     python benchmarks/acdc.py --src ../shared/data/acdc_cine --folds 0,1,2 --epochs 20 --channels 16
+
+Budgets (one per invocation): ``--epochs`` (whole epochs), ``--budget-steps N`` (optimiser steps; the lr schedule
+spans them) or ``--budget-seconds S`` (a wall-clock budget of training steps: each method's seconds per step is
+measured by a short calibration run on the same machine and threads, and S is turned into that method's steps). The
+main CPU budget of the quality study: ``--spatial-size 64,64,8 --channels 16 --batch-size 2 --threads 2
+--budget-steps 1600`` (about what the authors' CRONOS does in 15 CPU minutes at that setting).
+
+The ``reference_cronos`` row trains the authors' CRONOS (MIC-DKFZ/Longitudinal4DMed at b63304f, an optional
+dependency that is never part of this project) on the same fold, steps or seconds, and scores it on the same fixed
+draws with the same metrics, through the comparison harness of the development workspace
+(``--reference-tools DIR``, default ``../shared/tools/reference``; its README says how to build its venv and where to
+put the snapshot). Without the harness, its venv or the snapshot the row is skipped with a note.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
+import math
+import os
+import subprocess
 import time
 from pathlib import Path
 
 from common import REPO, provenance, run_bundle
 
 from monai_tfm.data import ensure_acdc_prepared
-from monai_tfm.metrics import aggregate_runs
+from monai_tfm.metrics import aggregate_runs, paired_gain
 from monai_tfm.utils.io import atomic_write_text
 
 BUNDLE = REPO / "bundles" / "acdc_cine_forecasting"
@@ -33,8 +49,18 @@ RUNS = {
     "cronos_discrete_no_locf": ("cronos_discrete", [], {"fill": "zeros"}),
     "ct_protocol_discrete": ("cronos_discrete", ["protocols/continuous_time.yaml"], {}),
     "ct_protocol_continuous": ("cronos_continuous", ["protocols/continuous_time.yaml"], {}),
+    # training-recipe screen (one change at a time against the discrete default, on the ablation folds)
+    "recipe_lr_3e-3": ("cronos_discrete", [], {"learning_rate": 0.003}),
+    "recipe_lr_3e-4": ("cronos_discrete", [], {"learning_rate": 0.0003}),
+    "recipe_ema": ("cronos_discrete", [], {"use_ema": True}),
+    "recipe_keep_slices": ("cronos_discrete", [], {"network_def#slice_axis": 2}),
+    "recipe_real_frames": ("cronos_discrete", [], {"loss_frames": "real"}),
+    "recipe_sigma_0.01": ("cronos_discrete", [], {"sigma": 0.01}),
 }
-MAIN = ("cronos_discrete", "cronos_continuous", "tfm")
+RECIPE_BASE = "cronos_discrete"
+REFERENCE = "reference_cronos"  # the authors' CRONOS through the comparison harness (optional)
+MAIN = ("cronos_discrete", "cronos_continuous", "tfm", REFERENCE)
+CALIBRATION_STEPS = 40  # training steps timed to turn a wall-clock budget into steps
 # evaluation-only ablations of the trained discrete model: name -> overrides
 NFE = {
     "euler_1": {"solver": "euler", "solver_steps": 1},
@@ -61,6 +87,88 @@ def _summary(run_dir: Path, eval_name: str = "eval_validation") -> dict | None:
 
 def _means(result: dict) -> dict:
     return {m: {k: v["mean"] for k, v in cells.items()} for m, cells in result["summary"].items()}
+
+
+def _run_reference(args: argparse.Namespace, datalist: str, fold: int, out: Path, info: dict) -> bool:
+    """Train and score the authors' CRONOS through the comparison harness; False (with a note) when unavailable."""
+    tools = Path(args.reference_tools)
+    python = Path(os.environ.get("REFERENCE_VENV", REPO / ".venv-reference")) / "bin" / "python"
+    snapshot = os.environ.get("L4DM_DIR")
+    missing = [
+        what
+        for what, ok in (
+            (f"harness {tools / 'quality.py'}", (tools / "quality.py").is_file()),
+            (f"venv {python} (bash {tools / 'setup.sh'} $L4DM_DIR .)", python.is_file()),
+            ("L4DM_DIR (a snapshot of MIC-DKFZ/Longitudinal4DMed at b63304f)", bool(snapshot)),
+        )
+        if not ok
+    ]
+    if missing:
+        print(f"skipping {REFERENCE}: no " + "; no ".join(missing))  # noqa: T201  (benchmark script output)
+        return False
+    cmd = [str(python), str(tools / "quality.py"), "--datalist", datalist, "--fold", str(fold), "--model", "cronos"]
+    cmd += ["--width", str(args.channels), "--out", str(out), "--overwrite", "--l4dm", snapshot]
+    cmd += ["--batch", str(args.batch_size or 4)] + (["--threads", str(args.threads)] if args.threads else [])
+    if args.budget_seconds:
+        cmd += ["--seconds", f"{args.budget_seconds:g}"]
+    else:
+        cmd += ["--steps", str(args.budget_steps or 0)]
+    t0 = time.perf_counter()
+    with open(out.parent / f"{out.name}.log", "w") as log:
+        proc = subprocess.run(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{REFERENCE} failed; see {out.parent / (out.name + '.log')}")
+    summary = _read_json(out / "summary.json") or {}
+    training = summary.get("training", {})
+    run_info = {
+        **{k: info[k] for k in ("commit", "device", "torch", "monai")},
+        "wall_train_s": time.perf_counter() - t0,
+        "budget_steps": args.budget_steps,
+        "budget_seconds": args.budget_seconds,
+        "steps_done": training.get("steps"),
+        "threads": args.threads,
+        "reference": summary.get("reference"),
+    }
+    atomic_write_text(out / "run_info.json", json.dumps(run_info, indent=1, default=str), overwrite=True)
+    # the harness writes summary.json at the top of its folder; the tables read eval_validation/summary.json
+    (out / "eval_validation").mkdir(exist_ok=True)
+    for name in ("summary.json", "per_sample.csv"):
+        atomic_write_text(out / "eval_validation" / name, (out / name).read_text(), overwrite=True)
+    return True
+
+
+def _per_sample_rows(run_dirs: list[Path]) -> list[dict]:
+    rows: list[dict] = []
+    for run_dir in run_dirs:
+        path = run_dir / "eval_validation" / "per_sample.csv"
+        if path.is_file():
+            with open(path, newline="") as f:
+                rows += list(csv.DictReader(f))
+    return rows
+
+
+def _paired_rows(rows: list[dict], base_rows: list[dict]) -> list[dict]:
+    """Rows of one run joined with another's on (subject, draw): ``model_*`` = this run, ``lci_*`` = the other."""
+    base = {(r["subject"], r["draw"]): r for r in base_rows}
+    joined = []
+    for r in rows:
+        b = base.get((r["subject"], r["draw"]))
+        if b is not None:
+            joined.append(
+                {
+                    "subject": r["subject"],
+                    **{f"lci_{k[6:]}": v for k, v in b.items() if k.startswith("model_")},
+                    **{k: v for k, v in r.items() if k.startswith("model_")},
+                }
+            )
+    return joined
+
+
+def _gain_cell(rows: list[dict], metric: str) -> str:
+    if not rows:
+        return "-"
+    g = paired_gain(rows, metric)
+    return f"{g['mean']:+.2f} [{g['ci_low']:+.2f}, {g['ci_high']:+.2f}] ({g['better']}/{g['subjects']})"
 
 
 def _table(names: list[str], results: dict, folds: list[int]) -> str:
@@ -109,6 +217,14 @@ def main() -> None:
     parser.add_argument("--ablation-folds", default="0", help="folds on which the non-main runs are trained")
     parser.add_argument("--report-only", action="store_true", help="collect finished runs and write the report")
     parser.add_argument("--no-figure", action="store_true")
+    parser.add_argument("--spatial-size", default=None, help="prepared grid x,y,z (default: the bundle's)")
+    parser.add_argument("--batch-size", type=int, default=None, help="default: the bundle's")
+    parser.add_argument("--val-interval", type=int, default=None, help="epochs between validations (bundle's)")
+    budget = parser.add_mutually_exclusive_group()
+    budget.add_argument("--budget-steps", type=int, default=None, help="optimiser steps per run (instead of epochs)")
+    budget.add_argument("--budget-seconds", type=float, default=None, help="seconds of training steps per run")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads of every run (OMP_NUM_THREADS)")
+    parser.add_argument("--reference-tools", default=str(REPO.parent / "shared" / "tools" / "reference"))
     parser.add_argument("--out", default=str(REPO / "docs" / "results" / "acdc.md"))
     parser.add_argument("--figure", default=str(REPO / "docs" / "results" / "acdc_examples.png"))
     args = parser.parse_args()
@@ -118,19 +234,42 @@ def main() -> None:
     ablation_folds = [int(f) for f in args.ablation_folds.split(",")]
     names = args.runs.split(",")
     info = provenance()
-    prepared = work / "prepared"
+    prepared = work / ("prepared" + (f"_{args.spatial_size.replace(',', 'x')}" if args.spatial_size else ""))
     t0 = time.perf_counter()
-    ensure_acdc_prepared(args.src, prepared)
+    spatial = [int(v) for v in args.spatial_size.split(",")] if args.spatial_size else None
+    if args.threads:
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)  # inherited by every run's process
+    datalist_path = ensure_acdc_prepared(args.src, prepared, spatial_size=spatial)
     common = {
         "dataset_dir": args.src,
         "prepared_dir": str(prepared),
         "max_epochs": args.epochs,
         "network_def#channels": args.channels,
         "overwrite": True,
+        **({"spatial_size": spatial} if spatial else {}),
+        **({"batch_size": args.batch_size} if args.batch_size else {}),
+        **({"val_interval": args.val_interval} if args.val_interval else {}),
     }
+    tag = (
+        f"_steps{args.budget_steps}"
+        if args.budget_steps
+        else (f"_sec{args.budget_seconds:g}" if args.budget_seconds else "")
+    )
     results: dict = {}
     nfe_results: dict = {}
     run_infos: dict = {}  # (name, fold) -> provenance and training wall time of the run (its run_info.json)
+
+    n_patients = len(json.loads(Path(datalist_path).read_text()).get("training", []))
+    grid = " x ".join(str(v) for v in spatial) if spatial else "the bundle's default"
+    budget_text = (
+        f"{args.budget_steps} optimiser steps per run"
+        if args.budget_steps
+        else (
+            f"{args.budget_seconds:g} s of training steps per run (steps from each method's measured s/step)"
+            if args.budget_seconds
+            else f"{args.epochs} epochs"
+        )
+    )
 
     def write() -> None:
         trained_by = sorted({f"{r['commit']} on {r['device']}, torch {r['torch']}" for r in run_infos.values()})
@@ -144,20 +283,36 @@ def main() -> None:
             f"* torch {info['torch']}, MONAI {info['monai']}; "
             f"wall time of this command {(time.perf_counter() - t0) / 60:.0f} min",
             "",
-            f"Data: the 29-patient cropped development copy (`../shared/data/acdc_cine`), prepared by the bundle to 12 "
-            f"phases ED..ES of 96 x 96 x 8 voxels. Folds {folds} of the bundle's 5 stratified folds "
-            "(each fold validates on "
-            "5-6 patients x 4 fixed draws); the table reports mean +- std over folds of the per-fold means (CRONOS "
-            "Table 2 format). Protocol as the papers: 11 context slots, gap 3, keep-probability 0.5, sigma 0, 10-step "
-            f"Euler, mean aggregation. Reduced budget (CPU): {args.epochs} epochs, UNet width {args.channels} "
-            "(paper: 32), batch 4, AdamW lr 1e-3 with warm-up + cosine; best epoch by validation NRMSE (validation "
-            "every 5 epochs, 2 draws per patient). The reported numbers are on the held-out fold with 4 draws per "
-            "patient (the same draws for every method), so selection and report use the same patients: no test split "
-            "exists in the development copy.",
+            f"Data: the {n_patients}-patient cropped development copy (`../shared/data/acdc_cine`), prepared by the "
+            f"bundle to 12 phases ED..ES of {grid} voxels. Folds {folds} of the bundle's 5 stratified folds (each "
+            "fold validates on its patients x 4 fixed draws); the table reports mean +- std over folds of the per-fold "
+            "means (CRONOS Table 2 format). Protocol as the papers: 11 context slots, gap 3, keep-probability 0.5, "
+            f"sigma 0, 10-step Euler, mean aggregation. Budget: {budget_text}; UNet width {args.channels} (paper: 32), "
+            f"batch {args.batch_size or 4}, AdamW lr 1e-3 with warm-up + cosine over the budget, CPU threads "
+            f"{args.threads or 'torch default'}; model.pt = best validation NRMSE over the validations (every "
+            f"{args.val_interval or 5} epochs and at the end; with an interval past the budget: the final weights). "
+            "The numbers are on the held-out fold with 4 draws per patient (the same draws for every method); the "
+            "development copy has no test split.",
             "",
             "## Main table",
             "",
             _table([n for n in names if n in MAIN], results, folds),
+            "",
+            "Paired gain over LCI, per patient (the mean over its draws), pooled over the folds: mean [bootstrap 95% "
+            "CI over patients] (patients better / patients); PSNR in dB, SSIM x100, NRMSE as a decrease:",
+            "",
+            "| method | PSNR gain | SSIM gain | NRMSE decrease |",
+            "|---|---|---|---|",
+            *[
+                f"| {n} | "
+                + " | ".join(
+                    _gain_cell(_per_sample_rows([work / f"{n}{tag}_fold{f}" for f in folds]), m)
+                    for m in ("psnr", "ssim", "nrmse")
+                )
+                + " |"
+                for n in names
+                if n in MAIN and results.get(n)
+            ],
             "",
             "Per fold (NRMSE / SSIM / PSNR on the fold's validation patients; LCI from the same draws):",
             "",
@@ -210,6 +365,26 @@ def main() -> None:
                 _table(ct_runs, results, ablation_folds),
                 "",
             ]
+        recipes = [n for n in names if n.startswith("recipe_") and results.get(n)]
+        if recipes and results.get(RECIPE_BASE):
+            base_rows = _per_sample_rows([work / f"{RECIPE_BASE}{tag}_fold{f}" for f in ablation_folds])
+            md += [
+                f"## Training-recipe screen (discrete CRONOS, one change at a time; fold(s) {ablation_folds})",
+                "",
+                "Paired per-patient gain of each change over the default recipe (same patients and draws), "
+                "mean [bootstrap 95% CI] (patients better / patients), and the recipe's own gain over LCI:",
+                "",
+                "| change | PSNR vs default | SSIM vs default | PSNR vs LCI | SSIM vs LCI |",
+                "|---|---|---|---|---|",
+            ]
+            for n in recipes:
+                rows = _per_sample_rows([work / f"{n}{tag}_fold{f}" for f in ablation_folds])
+                joined = _paired_rows(rows, base_rows)
+                cells = [_gain_cell(joined, m) for m in ("psnr", "ssim")] + [
+                    _gain_cell(rows, m) for m in ("psnr", "ssim")
+                ]
+                md.append(f"| {n} ({RUNS[n][2]}) | " + " | ".join(cells) + " |")
+            md.append("")
         md += [
             "## Training wall time per run (s)",
             "",
@@ -217,9 +392,14 @@ def main() -> None:
             "|---" * (len(folds) + 1) + "|",
         ]
         for name in names:
-            walls = [run_infos[(name, f)]["wall_train_s"] if (name, f) in run_infos else float("nan") for f in folds]
+            walls = [run_infos[(name, f)]["wall_train_s"] if (name, f) in run_infos else math.nan for f in folds]
             if any((name, f) in run_infos for f in folds):
-                md.append(f"| {name} | " + " | ".join(f"{w:.0f}" for w in walls) + " |")
+                steps = [run_infos.get((name, f), {}).get("steps_done") for f in folds]
+                md.append(
+                    f"| {name} | "
+                    + " | ".join(f"{w:.0f}" + (f" ({s} steps)" if s else "") for w, s in zip(walls, steps))
+                    + " |"
+                )
         md += ["", *([] if args.no_figure else ["![examples](acdc_examples.png)", ""])]
         atomic_write_text(args.out, "\n".join(md), overwrite=True)
         runs = [
@@ -240,20 +420,54 @@ def main() -> None:
             overwrite=True,
         )
 
+    def steps_for(name: str, method: str, extra: list[str], overrides: dict, fold: int) -> int | None:
+        """The run's step budget: --budget-steps, or --budget-seconds over its calibrated seconds per step."""
+        if not args.budget_seconds:
+            return args.budget_steps
+        calib = work / f"calibration_{name}"
+        if _read_json(calib / "budget.json") is None:
+            kw = {**common, **overrides, "fold": fold, "output_dir": str(calib), "max_steps": CALIBRATION_STEPS}
+            run_bundle("training", _files(method, extra), work / f"{calib.name}.log", **kw, val_interval=10**6)
+        per_step = _read_json(calib / "budget.json")["seconds_per_step"]
+        return max(1, int(args.budget_seconds / per_step))
+
     for fold in folds:
         for name in names:
-            method, extra, overrides = RUNS[name]
+            if name != REFERENCE and name not in RUNS:
+                raise SystemExit(f"unknown run {name!r}; known: {[*RUNS, REFERENCE]}")
             if name not in MAIN and fold not in ablation_folds:
                 continue
-            out = work / f"{name}_fold{fold}"
-            kw = {**common, **overrides, "fold": fold, "output_dir": str(out)}
+            out = work / f"{name}{tag}_fold{fold}"
             if _summary(out) is None and args.report_only:
                 continue
+            if name == REFERENCE:
+                if _summary(out) is None and not _run_reference(args, datalist_path, fold, out, info):
+                    continue
+                run_info = _read_json(out / "run_info.json")
+                if run_info is not None:
+                    run_infos[(name, fold)] = run_info
+                results.setdefault(name, {})[fold] = _summary(out)
+                write()
+                continue
+            method, extra, overrides = RUNS[name]
+            kw = {**common, **overrides, "fold": fold, "output_dir": str(out)}
             if _summary(out) is None:
+                max_steps = steps_for(name, method, extra, overrides, fold)
+                if max_steps:
+                    kw["max_steps"] = max_steps
                 wall = run_bundle("training", _files(method, extra), work / f"{out.name}_train.log", **kw)
                 run_bundle("evaluating", _files(method, extra, True), work / f"{out.name}_eval.log", **kw)
                 keys = ("commit", "device", "torch", "monai")
-                run_info = {**{k: info[k] for k in keys}, "wall_train_s": wall}
+                state = _read_json(out / "budget.json") or {}
+                run_info = {
+                    **{k: info[k] for k in keys},
+                    "wall_train_s": wall,
+                    "budget_steps": max_steps,
+                    "budget_seconds": args.budget_seconds,
+                    "steps_done": state.get("steps_timed"),
+                    "train_step_seconds": state.get("train_seconds"),
+                    "threads": state.get("threads"),
+                }
                 atomic_write_text(out / "run_info.json", json.dumps(run_info, indent=1), overwrite=True)
             run_info = _read_json(out / "run_info.json")
             if run_info is not None:

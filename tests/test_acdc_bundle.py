@@ -145,3 +145,19 @@ def test_continuous_time_protocol_overlay(two_patients, tmp_path):
     draws = json.loads((out / "val_draws.json").read_text())
     for d in draws["draws"]:
         assert len(d["context_indices"]) == 2 and d["target_index"] - d["context_indices"][0] <= 3
+
+
+@needs_shared
+def test_step_budget(two_patients, tmp_path):
+    """``max_steps`` overrides the epoch budget: training stops at that many optimiser steps, the lr schedule spans
+    them, and ``budget.json`` records the steps and the threads."""
+    files = [CONFIGS / "train.yaml", CONFIGS / "methods" / "cronos_discrete.yaml"]
+    wf = workflow(files, "train", "training", META, **_small(two_patients, tmp_path, max_steps=3, val_interval=100))
+    wf.run()
+    wf.finalize()  # `monai.bundle run` calls it after the run: it writes budget.json
+    state = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)
+    assert state["trainer"]["iteration"] == 3  # one training patient at batch 2: one step per epoch
+    assert state["lr_scheduler"]["last_epoch"] == 3
+    budget = json.loads((tmp_path / "run" / "budget.json").read_text())
+    assert budget["max_steps"] == 3 and budget["steps_timed"] == 3 and budget["threads"] >= 1
+    assert budget["seconds_per_step"] > 0

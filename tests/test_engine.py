@@ -255,3 +255,23 @@ def test_log_run_summary_with_and_without_validation(tmp_path, caplog):
     validated.best, validated.best_epoch = 0.25, 3
     summary = log_run_summary(validated)
     assert summary["best"] == 0.25 and summary["best_epoch"] == 3 and summary["key_metric"] == "val_nrmse"
+
+
+def test_step_budget_stops_mid_epoch():
+    from ignite.engine import Engine
+
+    from monai_tfm.engines import StepBudget, epochs_for_steps
+
+    assert epochs_for_steps(7, 5, 99) == 2 and epochs_for_steps(None, 5, 4) == 4 and epochs_for_steps(10, 5, 1) == 2
+    with pytest.raises(ValueError):
+        epochs_for_steps(-1, 5, 1)
+    engine = Engine(lambda e, b: b)
+    budget = StepBudget(7)
+    budget.attach(engine)
+    engine.run(range(5), max_epochs=epochs_for_steps(7, 5, 1))
+    assert engine.state.iteration == 7 and budget.steps == 7 and budget.seconds_per_step >= 0
+    unlimited = StepBudget(None)
+    engine = Engine(lambda e, b: b)
+    unlimited.attach(engine)
+    engine.run(range(5), max_epochs=2)
+    assert engine.state.iteration == 10

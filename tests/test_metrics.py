@@ -413,3 +413,26 @@ class TestReport(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+def test_paired_gain_per_subject_bootstrap():
+    import pytest
+
+    from monai_tfm.metrics import paired_gain
+
+    # subject a: gains 1 and 3 (mean 2), subject b: gain -1; two subjects, one better
+    rows = [
+        {"subject": "a", "model_psnr": 21.0, "lci_psnr": 20.0, "model_nrmse": 0.1, "lci_nrmse": 0.2},
+        {"subject": "a", "model_psnr": 23.0, "lci_psnr": 20.0, "model_nrmse": 0.1, "lci_nrmse": 0.2},
+        {"subject": "b", "model_psnr": 19.0, "lci_psnr": 20.0, "model_nrmse": 0.3, "lci_nrmse": 0.2},
+    ]
+    g = paired_gain(rows, "psnr", resamples=2000)
+    assert g["mean"] == pytest.approx(0.5) and g["subjects"] == 2 and g["better"] == 1
+    assert g["ci_low"] == pytest.approx(-1.0) and g["ci_high"] == pytest.approx(2.0)  # all-b and all-a resamples
+    n = paired_gain(rows, "nrmse")  # a lower NRMSE is a positive gain
+    assert n["mean"] == pytest.approx(0.0) and n["better"] == 1
+    same = [{"subject": s, "model_ssim": 80.0 + 1.5, "lci_ssim": 80.0} for s in "abcd"]
+    c = paired_gain(same, "ssim")
+    assert c["mean"] == c["ci_low"] == c["ci_high"] == pytest.approx(1.5) and c["better"] == 4
+    with pytest.raises(ValueError):
+        paired_gain([], "psnr")

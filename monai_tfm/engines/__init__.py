@@ -20,7 +20,7 @@ from .distributed import (
     unwrap_module,
 )
 from .forecast_metrics import ForecastMetrics, last_context_image
-from .handlers import GradientClipHandler
+from .handlers import GradientClipHandler, StepBudget, epochs_for_steps
 from .loss import FlowMatchingLoss
 from .prepare_batch import VARIANTS, FlowMatchingPrepareBatch, ForecastPrepareBatch, counted_frames
 from .progress import ProgressBarHandler
@@ -36,6 +36,8 @@ __all__ = [
     "ForecastMetrics",
     "last_context_image",
     "GradientClipHandler",
+    "StepBudget",
+    "epochs_for_steps",
     "FlowMatchingLoss",
     "VARIANTS",
     "FlowMatchingPrepareBatch",

@@ -3,11 +3,102 @@
 
 from __future__ import annotations
 
+import logging
+import math
+import time
+
 import torch
-from ignite.engine import Engine
+from ignite.engine import Engine, Events
 from monai.engines.utils import IterationEvents
 
-__all__ = ["GradientClipHandler"]
+__all__ = ["GradientClipHandler", "StepBudget", "epochs_for_steps"]
+
+logger = logging.getLogger(__name__)
+
+
+def epochs_for_steps(max_steps: int | None, steps_per_epoch: int, max_epochs: int) -> int:
+    """The trainer's ``max_epochs`` for an optimiser-step budget (``max_epochs`` itself when there is none).
+
+    Args:
+        max_steps: the step budget, or ``None``/``0`` for none.
+        steps_per_epoch: iterations per epoch (``len(dataloader)``).
+        max_epochs: the epoch budget used without a step budget.
+
+    Returns:
+        enough epochs to reach ``max_steps`` (the last one is cut by :class:`StepBudget`).
+
+    Raises:
+        ValueError: a negative budget or an empty epoch.
+    """
+    if not max_steps:
+        return int(max_epochs)
+    if int(max_steps) < 0 or steps_per_epoch < 1:
+        raise ValueError(f"need max_steps >= 0 and a non-empty epoch, got {max_steps} and {steps_per_epoch}.")
+    return math.ceil(int(max_steps) / steps_per_epoch)
+
+
+class StepBudget:
+    """Stop training after ``max_steps`` optimiser steps (mid-epoch if need be) and time the training steps.
+
+    Ignite's ``Engine.run`` counts epochs and MONAI's ``SupervisedTrainer`` has no step limit; a fixed number of
+    optimiser steps is the budget that compares methods with different epoch sizes. The handler also measures the
+    wall time spent in training iterations alone (validation and checkpointing excluded), so a wall-clock budget can
+    be turned into steps (``seconds_per_step``).
+
+    Args:
+        max_steps: the budget (``None``/``0``: no limit, only timing).
+    """
+
+    def __init__(self, max_steps: int | None = None) -> None:
+        self.max_steps = int(max_steps) if max_steps else 0
+        self.train_seconds = 0.0
+        self.steps = 0
+        self._t0 = 0.0
+
+    @property
+    def seconds_per_step(self) -> float:
+        """Mean wall time of a timed training iteration (NaN before any)."""
+        return self.train_seconds / self.steps if self.steps else float("nan")
+
+    def write(self, path: str, threads: int | None = None) -> None:
+        """Write the budget, the steps done and the timed training seconds as JSON (atomically).
+
+        Args:
+            path: the JSON file (replaced).
+            threads: CPU threads to record (default ``torch.get_num_threads()``).
+        """
+        import json
+
+        from monai_tfm.utils.io import atomic_write_text
+
+        record = {
+            "max_steps": self.max_steps or None,
+            "steps_timed": self.steps,
+            "train_seconds": self.train_seconds,
+            "seconds_per_step": self.seconds_per_step,
+            "threads": int(threads or torch.get_num_threads()),
+        }
+        atomic_write_text(path, json.dumps(record, indent=1), overwrite=True)
+
+    def attach(self, engine: Engine) -> None:
+        """Attach to the trainer.
+
+        Args:
+            engine: the trainer.
+        """
+        engine.add_event_handler(Events.ITERATION_STARTED, self._start)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._stop)
+
+    def _start(self, engine: Engine) -> None:
+        self._t0 = time.perf_counter()
+
+    def _stop(self, engine: Engine) -> None:
+        self.train_seconds += time.perf_counter() - self._t0
+        self.steps += 1
+        engine.state.train_seconds = self.train_seconds
+        if self.max_steps and engine.state.iteration >= self.max_steps:
+            logger.info("step budget of %d optimiser steps reached", self.max_steps)
+            engine.terminate()
 
 
 class GradientClipHandler:
