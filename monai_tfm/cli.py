@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Commands", "main", "bundle_configs", "PREPARERS"]
+__all__ = ["Commands", "main", "bundle_configs", "help_text", "PREPARERS"]
 
 logger = logging.getLogger("monai_tfm.cli")
 
@@ -443,6 +443,37 @@ class Commands:
         return f"monai_tfm {monai_tfm.__version__}, monai {monai.__version__}, torch {torch.__version__}"
 
 
+HELP_FLAGS = ("-h", "--help")
+
+
+def help_text(argv: list[str]) -> str:
+    """Usage of ``monai-tfm`` (no command), of a command, or of a ``prepare`` dataset; nothing is run.
+
+    Args:
+        argv: the command line (the help flag anywhere in it).
+
+    Returns:
+        the help text.
+    """
+    import importlib
+    import inspect
+
+    words = [a for a in argv if not a.startswith("-")]
+    commands = {n: f for n, f in inspect.getmembers(Commands, inspect.isfunction) if not n.startswith("_")}
+    if not words or words[0] not in commands:
+        lines = ["usage: monai-tfm COMMAND [--option value ...]", "", inspect.getdoc(Commands) or "", "", "commands:"]
+        lines += [f"  {n:<11} {(inspect.getdoc(f) or '').splitlines()[0]}" for n, f in commands.items()]
+        lines += ["", "monai-tfm COMMAND --help shows a command's options."]
+        return "\n".join(lines) + "\n"
+    name = words[0]
+    text = f"usage: monai-tfm {name} [--option value ...]\n\n{inspect.getdoc(commands[name])}\n"
+    if name == "prepare" and len(words) > 1 and words[1] in PREPARERS:
+        module, func = PREPARERS[words[1]].split(":")
+        text += f"\n{words[1]} options ({PREPARERS[words[1]]}):\n\n"
+        text += (inspect.getdoc(getattr(importlib.import_module(module), func)) or "") + "\n"
+    return text
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console entry point.
 
@@ -457,8 +488,12 @@ def main(argv: list[str] | None = None) -> int:
     from monai_tfm.utils.bundle import setup_logging
 
     setup_logging()
+    args = list(argv if argv is not None else sys.argv[1:])
+    if any(a in HELP_FLAGS for a in args):  # fire would hand --help to **overrides (and train); help only helps
+        sys.stdout.write(help_text(args))
+        return 0
     try:
-        command = _group_list_flags(list(argv if argv is not None else sys.argv[1:]))
+        command = _group_list_flags(args)
         fire.Fire(Commands, command=command, name="monai-tfm")
     except USER_ERRORS as e:
         sys.stderr.write(f"monai-tfm: error: {e}\n")
