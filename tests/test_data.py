@@ -398,3 +398,18 @@ def test_read_volume_and_grid_mismatch(tmp_path):
     with pytest.raises(ValueError, match="1 non-finite"):
         read_volume(_save(tmp_path / "e.nii.gz", bad))
     assert not torch.isfinite(read_volume(tmp_path / "e.nii.gz", check_finite=False)).all()
+
+
+@pytest.mark.parametrize("suffix", [".nii", ".nii.gz"])
+@pytest.mark.parametrize("keep", ["first_200", "half", "all_but_4"])
+def test_truncated_nifti_is_an_error_naming_the_file(tmp_path, suffix, keep):
+    """A NIfTI file cut short (its first 200 bytes, half of it, all but 4 bytes) is refused, never read as zeros."""
+    full = tmp_path / f"full{suffix}"
+    nib.save(nib.Nifti1Image(np.random.default_rng(0).random((16, 16, 8)).astype(np.float32), np.eye(4)), full)
+    data = full.read_bytes()
+    n = {"first_200": 200, "half": len(data) // 2, "all_but_4": len(data) - 4}[keep]
+    cut = tmp_path / f"cut{suffix}"
+    cut.write_bytes(data[:n])
+    assert read_volume(full).shape == (1, 16, 16, 8)
+    with pytest.raises(SeriesReadError, match=str(cut).replace(".", r"\.")):
+        read_volume(cut)

@@ -322,6 +322,12 @@ def _bad_case(name: str, tmp: Path, scans: list[str], weights: dict[str, Path]) 
         target, needles = "2.5", ["target time 2.5", "outside"]
     elif name == "unknown option":
         extra, needles = ["--solver_stepz", "3"], ["--solver_stepz"]
+    elif name == "truncated file":
+        cut = tmp / "cut.nii.gz"
+        cut.write_bytes(Path(good[0]).read_bytes()[:200])
+        good, needles = [str(cut), good[1]], ["cut.nii.gz"]
+    elif name == "fractional steps":
+        extra, needles = ["--steps", "2.5"], ["--steps", "positive integer", "2.5"]
     else:
         raise AssertionError(name)
     return [bundle, good, times, target, extra], needles
@@ -341,6 +347,8 @@ BAD_CASES = [
     "bundle without weights",
     "target outside the time grid",
     "unknown option",
+    "truncated file",
+    "fractional steps",
 ]
 
 
@@ -353,7 +361,8 @@ def test_bad_input_one_line_error_and_no_output(tmp_path, capsys, weights, scans
     out = out_dir / "pred.nii.gz"
     weights_args = [] if case == "bundle without weights" else ["--weights", weights["zero"]]
     argv = ["forecast", "--bundle", bundle, "--scans", *scan_list, "--times", *times, "--target-time", target]
-    rc, _, err = run_cli([*argv, "--output", out, *weights_args, "--steps", 1, *extra], capsys)
+    steps = [] if "--steps" in extra else ["--steps", 1]
+    rc, _, err = run_cli([*argv, "--output", out, *weights_args, *steps, *extra], capsys)
     assert_one_line_error(rc, err, *needles)
     assert not out.exists()
     assert not out_dir.exists() or not any(out_dir.iterdir())  # no temporary files left either

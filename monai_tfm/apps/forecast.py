@@ -260,6 +260,15 @@ class ForecastResult:
     metrics: dict[str, float]
 
 
+def _positive_int(value: object) -> bool:
+    """Whether ``value`` is a whole number >= 1 (``2`` or ``"2"``; not ``2.5``, ``True`` or ``"two"``)."""
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return False
+    return not isinstance(value, bool) and number.is_integer() and number >= 1
+
+
 class BundleForecaster:
     """A bundle's network, inferer and transforms, parsed once from ``configs/inference.yaml``, for many forecasts.
 
@@ -302,8 +311,8 @@ class BundleForecaster:
             raise ForecastError(f"--samples must be >= 1, got {samples}.")
         if solver is not None and solver not in SOLVERS:
             raise ForecastError(f"unknown solver {solver!r}; expected one of {list(SOLVERS)}.")
-        if steps is not None and int(steps) < 1:
-            raise ForecastError(f"--steps must be >= 1, got {steps}.")
+        if steps is not None and not _positive_int(steps):
+            raise ForecastError(f"--steps must be a positive integer, got {steps!r}.")
 
         parser = read_bundle_config(self.root, files)
         apply_overrides(parser, overrides, files, ForecastError, "forecast")

@@ -70,6 +70,34 @@ def dicom_series_count(folder: str | os.PathLike) -> int:
     return len(names.GetSeriesUIDs())
 
 
+def _check_nifti_complete(name: str, what: str, pre: str) -> None:
+    """Raise when a NIfTI file holds fewer bytes than its header describes.
+
+    A truncated ``.nii.gz`` can decompress without an error into a partial stream that the reader fills up, so a
+    forecast would be made from a volume that is not in the file. The whole stream is decompressed once and its size
+    compared with ``vox_offset + voxels x itemsize`` of the header.
+    """
+    import gzip
+
+    import nibabel as nib
+
+    try:
+        header = nib.load(name).header
+        expected = (
+            int(header.get_data_offset()) + int(np.prod(header.get_data_shape())) * header.get_data_dtype().itemsize
+        )
+        size = 0
+        with (gzip.open if name.lower().endswith(".gz") else open)(name, "rb") as f:
+            while chunk := f.read(1 << 20):
+                size += len(chunk)
+    except Exception as e:  # a header nibabel cannot parse, a gzip stream that ends early
+        raise SeriesReadError(f"{pre}cannot read {what} '{name}': {type(e).__name__}: {e}") from e
+    if size < expected:
+        raise SeriesReadError(
+            f"{pre}{what} '{name}' is truncated: {size} bytes where its header describes {expected} (header + voxels)."
+        )
+
+
 def read_volume(
     path: str | os.PathLike,
     loader: LoadImage | None = None,
@@ -119,6 +147,8 @@ def read_volume(
     elif loader is None:
         reader = "NibabelReader" if name.lower().endswith(_NIFTI_SUFFIXES) else None
         loader = LoadImage(reader=reader, image_only=True, ensure_channel_first=True, dtype=np.float32)
+    if os.path.isfile(name) and name.lower().endswith(_NIFTI_SUFFIXES):
+        _check_nifti_complete(name, what, pre)
     try:
         img = loader(name)
     except Exception as e:  # any reader failure: corrupt, truncated, unsupported format
