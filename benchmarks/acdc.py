@@ -168,7 +168,8 @@ def _gain_cell(rows: list[dict], metric: str) -> str:
     if not rows:
         return "-"
     g = paired_gain(rows, metric)
-    return f"{g['mean']:+.2f} [{g['ci_low']:+.2f}, {g['ci_high']:+.2f}] ({g['better']}/{g['subjects']})"
+    f = ".4f" if metric == "nrmse" else ".2f"
+    return f"{g['mean']:+{f}} [{g['ci_low']:+{f}}, {g['ci_high']:+{f}}] ({g['better']}/{g['subjects']})"
 
 
 def _table(names: list[str], results: dict, folds: list[int]) -> str:
@@ -372,7 +373,9 @@ def main() -> None:
                 f"## Training-recipe screen (discrete CRONOS, one change at a time; fold(s) {ablation_folds})",
                 "",
                 "Paired per-patient gain of each change over the default recipe (same patients and draws), "
-                "mean [bootstrap 95% CI] (patients better / patients), and the recipe's own gain over LCI:",
+                "mean [bootstrap 95% CI] (patients better / patients), and the recipe's own gain over LCI. A screen: "
+                "the ablation folds only and one seed; a change is adopted only after all five folds confirm it. "
+                "Training wall times below are not speed figures when runs shared the machine with other work.",
                 "",
                 "| change | PSNR vs default | SSIM vs default | PSNR vs LCI | SSIM vs LCI |",
                 "|---|---|---|---|---|",
