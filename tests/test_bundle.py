@@ -226,6 +226,18 @@ def test_inference_writes_original_intensity_scale(tmp_path):
     expected = np.clip(frames[-1], lo, hi)  # the last frame before t = 0.5 is t = 4/11
     assert out.shape == frames[-1].shape and np.allclose(out.affine, affine)
     np.testing.assert_allclose(out.get_fdata(), expected, rtol=0, atol=1e-3 * (hi - lo))
+    # a second inference into the same folder is refused before it runs ('false' as a shell gives it), the forecast kept
+    (forecast,) = sorted((tmp_path / "run" / "forecasts").glob("*.nii.gz"))
+    before = forecast.read_bytes()
+    again = dict(bundle_root=str(BUNDLE), datalist=str(datalist), output_dir=str(tmp_path / "run"))
+    again.update(ckpt_path=str(tmp_path / "model.pt"), target_time=0.5, overwrite="false")
+    with pytest.raises(RuntimeError) as err:
+        _workflow([CONFIGS / "inference.yaml"], "infer", "run", **again, **{"network_def#channels": 8}).run()
+    cause = err.value
+    while cause.__cause__ is not None:
+        cause = cause.__cause__
+    assert isinstance(cause, FileExistsError) and "already holds forecasts" in str(cause)
+    assert forecast.read_bytes() == before
 
 
 @pytest.mark.parametrize("method", ["convlstm", "simvp"])
