@@ -23,7 +23,6 @@ put the snapshot). Without the harness, its venv or the snapshot the row is skip
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
 import os
@@ -34,7 +33,7 @@ from pathlib import Path
 from common import REPO, provenance, run_bundle
 
 from monai_tfm.data import ensure_acdc_prepared
-from monai_tfm.metrics import aggregate_runs, paired_gain
+from monai_tfm.metrics import aggregate_runs, paired_gain, read_per_sample_csv
 from monai_tfm.utils.io import atomic_write_text
 
 BUNDLE = REPO / "bundles" / "acdc_cine_forecasting"
@@ -138,13 +137,8 @@ def _run_reference(args: argparse.Namespace, datalist: str, fold: int, out: Path
 
 
 def _per_sample_rows(run_dirs: list[Path]) -> list[dict]:
-    rows: list[dict] = []
-    for run_dir in run_dirs:
-        path = run_dir / "eval_validation" / "per_sample.csv"
-        if path.is_file():
-            with open(path, newline="") as f:
-                rows += list(csv.DictReader(f))
-    return rows
+    paths = [run_dir / "eval_validation" / "per_sample.csv" for run_dir in run_dirs]
+    return [row for path in paths if path.is_file() for row in read_per_sample_csv(path)]
 
 
 def _paired_rows(rows: list[dict], base_rows: list[dict]) -> list[dict]:
@@ -430,7 +424,8 @@ def main() -> None:
         calib = work / f"calibration_{name}"
         if _read_json(calib / "budget.json") is None:
             kw = {**common, **overrides, "fold": fold, "output_dir": str(calib), "max_steps": CALIBRATION_STEPS}
-            run_bundle("training", _files(method, extra), work / f"{calib.name}.log", **kw, val_interval=10**6)
+            kw["val_interval"] = 10**6  # timing only: no validation before the end
+            run_bundle("training", _files(method, extra), work / f"{calib.name}.log", **kw)
         per_step = _read_json(calib / "budget.json")["seconds_per_step"]
         return max(1, int(args.budget_seconds / per_step))
 

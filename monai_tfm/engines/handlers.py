@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
@@ -10,6 +11,8 @@ import time
 import torch
 from ignite.engine import Engine, Events
 from monai.engines.utils import IterationEvents
+
+from monai_tfm.utils.io import atomic_write_text
 
 __all__ = ["GradientClipHandler", "StepBudget", "epochs_for_steps"]
 
@@ -67,10 +70,6 @@ class StepBudget:
             path: the JSON file (replaced).
             threads: CPU threads to record (default ``torch.get_num_threads()``).
         """
-        import json
-
-        from monai_tfm.utils.io import atomic_write_text
-
         record = {
             "max_steps": self.max_steps or None,
             "steps_timed": self.steps,

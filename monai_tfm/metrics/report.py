@@ -458,14 +458,15 @@ def paired_gain(
 
     Returns:
         ``mean`` (over subjects), ``ci_low``, ``ci_high``, ``subjects``, ``better`` (subjects with a gain > 0;
-        for ``nrmse`` a gain is a decrease, so the sign is flipped: a positive gain is always an improvement).
+        for a lower-is-better metric (:data:`~monai_tfm.metrics.forecast.HIGHER_IS_BETTER`) such as ``nrmse`` a
+        gain is a decrease, so the sign is flipped: a positive gain is always an improvement).
 
     Raises:
         ValueError: no rows.
     """
     if not rows:
         raise ValueError("paired_gain needs at least one row.")
-    sign = -1.0 if metric in ("nrmse", "change_rmse") else 1.0
+    sign = 1.0 if HIGHER_IS_BETTER.get(metric, True) else -1.0
     per_subject: dict[str, list[float]] = {}
     for row in rows:
         diff = float(row[f"{method}_{metric}"]) - float(row[f"{baseline}_{metric}"])

@@ -74,8 +74,8 @@ def _check_nifti_complete(name: str, what: str, pre: str) -> None:
     """Raise when a NIfTI file holds fewer bytes than its header describes.
 
     A truncated ``.nii.gz`` can decompress without an error into a partial stream that the reader fills up, so a
-    forecast would be made from a volume that is not in the file. The whole stream is decompressed once and its size
-    compared with ``vox_offset + voxels x itemsize`` of the header.
+    forecast would be made from a volume that is not in the file. The size of the data (the file's size, or that of
+    the decompressed stream) is compared with ``vox_offset + voxels x itemsize`` of the header.
     """
     import gzip
 
@@ -86,10 +86,13 @@ def _check_nifti_complete(name: str, what: str, pre: str) -> None:
         expected = (
             int(header.get_data_offset()) + int(np.prod(header.get_data_shape())) * header.get_data_dtype().itemsize
         )
-        size = 0
-        with (gzip.open if name.lower().endswith(".gz") else open)(name, "rb") as f:
-            while chunk := f.read(1 << 20):
-                size += len(chunk)
+        if name.lower().endswith(".gz"):
+            size = 0
+            with gzip.open(name, "rb") as f:
+                while chunk := f.read(1 << 20):
+                    size += len(chunk)
+        else:
+            size = os.path.getsize(name)
     except Exception as e:  # a header nibabel cannot parse, a gzip stream that ends early
         raise SeriesReadError(f"{pre}cannot read {what} '{name}': {type(e).__name__}: {e}") from e
     if size < expected:

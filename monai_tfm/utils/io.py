@@ -29,6 +29,8 @@ from typing import IO, Any
 
 import torch
 
+from monai_tfm.utils.options import as_bool
+
 __all__ = [
     "atomic_path",
     "atomic_save_nifti",
@@ -259,8 +261,6 @@ def check_outputs_free(
         ValueError: ``overwrite`` is not a boolean switch value.
         FileExistsError: an earlier output exists and ``overwrite`` is false; the message names one.
     """
-    from monai_tfm.utils.options import as_bool
-
     if as_bool(overwrite, "overwrite") or not Path(folder).is_dir():
         return
     folder = Path(folder)
