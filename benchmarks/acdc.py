@@ -40,6 +40,24 @@ BUNDLE = REPO / "bundles" / "acdc_cine_forecasting"
 CONFIGS = BUNDLE / "configs"
 METRICS = ("nrmse", "ssim", "psnr", "change_rmse", "skill")
 
+# the ACDC bundle's `protocol`, spelled out so that a recipe can change one field of the training draws
+TRAIN_PROTOCOL = {
+    "_target_": "monai_tfm.transforms.ContextProtocol",
+    "gap": 3,
+    "keep_prob": 0.5,
+    "min_keep": 1,
+    "max_context": "@num_slots",
+}
+FLIPS = [
+    {
+        "_target_": "RandFlipd",
+        "keys": ["series", "series_label"],
+        "spatial_axis": axis,
+        "prob": 0.5,
+        "allow_missing_keys": True,
+    }
+    for axis in (1, 2)
+]
 # name -> (method overlay, extra overlay files, overrides)
 RUNS = {
     "cronos_discrete": ("cronos_discrete", [], {}),
@@ -55,6 +73,13 @@ RUNS = {
     "recipe_keep_slices": ("cronos_discrete", [], {"network_def#slice_axis": 2}),
     "recipe_real_frames": ("cronos_discrete", [], {"loss_frames": "real"}),
     "recipe_sigma_0.01": ("cronos_discrete", [], {"sigma": 0.01}),
+    "recipe_attention": ("cronos_discrete", [], {"network_def#attention": True}),
+    # training draws hide 0..3 frames (nearer targets too); validation keeps the protocol's gap 3
+    "recipe_all_gaps": ("cronos_discrete", [], {"train_protocol": {**TRAIN_PROTOCOL, "min_gap": 0}}),
+    # the network predicts the end point X1 - X_tau, loss on the end point (velocity derived from it)
+    "recipe_endpoint": ("cronos_discrete", [], {"prediction": "endpoint"}),
+    # in-plane flips of the whole series (the same flip for every frame)
+    "recipe_flips": ("cronos_discrete", [], {"train_augmentation": FLIPS}),
 }
 RECIPE_BASE = "cronos_discrete"
 REFERENCE = "reference_cronos"  # the authors' CRONOS through the comparison harness (optional)
@@ -108,6 +133,8 @@ def _run_reference(args: argparse.Namespace, datalist: str, fold: int, out: Path
     cmd = [str(python), str(tools / "quality.py"), "--datalist", datalist, "--fold", str(fold), "--model", "cronos"]
     cmd += ["--width", str(args.channels), "--out", str(out), "--overwrite", "--l4dm", snapshot]
     cmd += ["--batch", str(args.batch_size or 4)] + (["--threads", str(args.threads)] if args.threads else [])
+    if args.reference_solver != "dopri5":  # the release's validation_step solves with dopri5; its paper, 10 steps
+        cmd += ["--solver", args.reference_solver, "--solver-steps", "10"]
     if args.budget_seconds:
         cmd += ["--seconds", f"{args.budget_seconds:g}"]
     else:
@@ -219,6 +246,13 @@ def main() -> None:
     budget.add_argument("--budget-steps", type=int, default=None, help="optimiser steps per run (instead of epochs)")
     budget.add_argument("--budget-seconds", type=float, default=None, help="seconds of training steps per run")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads of every run (OMP_NUM_THREADS)")
+    parser.add_argument(
+        "--reference-solver",
+        default="euler",
+        choices=("euler", "midpoint", "rk4", "dopri5"),
+        help="solver of the reference forecasts: 10 fixed steps (the papers' and the bundle's setting) or the "
+        "release's adaptive dopri5 (about 14 s per forecast on 2 CPU threads)",
+    )
     parser.add_argument("--reference-tools", default=str(REPO.parent / "shared" / "tools" / "reference"))
     parser.add_argument("--out", default=str(REPO / "docs" / "results" / "acdc.md"))
     parser.add_argument("--figure", default=str(REPO / "docs" / "results" / "acdc_examples.png"))

@@ -91,6 +91,24 @@ class TestContext:
             assert max(d.context_indices) < d.target_index - 3  # the 3 frames before the target are hidden
         assert targets == set(range(4, 12))
 
+    def test_min_gap_draws_every_gap(self):
+        rng = np.random.default_rng(2)
+        protocol = ContextProtocol(gap=3, min_gap=0, keep_prob=1.0, max_context=11)
+        gaps = set()
+        for _ in range(400):
+            d = draw_context(rng, 12, protocol)
+            assert 4 <= d.target_index <= 11  # the target range stays that of the evaluation gap
+            gaps.add(d.target_index - max(d.context_indices) - 1)  # keep_prob 1: the hidden frames are the gap
+        assert gaps == {0, 1, 2, 3}
+        # without min_gap the draws are those of the plain protocol (same generator, same numbers)
+        plain = ContextProtocol(gap=3, keep_prob=0.5, max_context=11)
+        a = [draw_context(np.random.default_rng(5), 12, plain) for _ in range(3)]
+        b = [draw_context(np.random.default_rng(5), 12, ContextProtocol(**{**plain.__dict__})) for _ in range(3)]
+        assert a == b
+        for bad in (-1, 4):
+            with pytest.raises(ValueError, match="min_gap"):
+                ContextProtocol(gap=3, min_gap=bad)
+
     def test_keep_all_window_last_and_samples(self):
         rng = np.random.default_rng(1)
         d = draw_context(rng, 10, ContextProtocol(target="last", gap=3, window=4))
@@ -124,6 +142,13 @@ class TestContext:
         assert [key(x) for x in again] == [key(x) for x in a]
         with pytest.raises(ValueError, match="another protocol"):
             make_fixed_draws(items, ContextProtocol(gap=2), seed=3, num_draws=2, path=tmp_path / "run_a" / "draws.json")
+        # a file written before a protocol field existed (here: min_gap) is still the same protocol
+        del saved["protocol"]["min_gap"]
+        (tmp_path / "run_a" / "draws.json").write_text(json.dumps(saved))
+        again = make_fixed_draws(items, self.protocol, seed=3, num_draws=2, path=tmp_path / "run_a" / "draws.json")
+        assert [key(x) for x in again] == [key(x) for x in a]
+        with pytest.raises(ValueError, match="another protocol"):
+            make_fixed_draws(items, self.protocol, seed=4, num_draws=2, path=tmp_path / "run_a" / "draws.json")
 
     def test_select_context_pads_with_last_frame(self):
         series = _frames(list(range(8)))

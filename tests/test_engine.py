@@ -85,6 +85,28 @@ class TestLoss:
         with pytest.raises(ValueError, match="no frame counts"):
             loss(pred, {"velocity": u, "weight": torch.zeros(1, 2)})
 
+    def test_endpoint_prediction_loss_is_endpoint_mse(self):
+        # an endpoint-parameterised network: its velocity loss with the (1 - tau)^2 scale equals the MSE of the end
+        # point X_tau + (1 - tau) v against X1, computed here directly
+        batch = _batch()
+        batch["context_mask"] = torch.ones(2, 4, dtype=torch.bool)
+        g = torch.Generator().manual_seed(3)
+        x_tau, targets, _, kw = FlowMatchingPrepareBatch(generator=g, prediction="endpoint")(batch)
+        net = CronosUNet(num_frames=4, channels=8, attention=False, cond_dim=32, prediction="endpoint")
+        with torch.no_grad():
+            for p in net.out_conv.parameters():
+                p.normal_(0, 0.05)
+            v = net(x_tau, **kw)
+            loss = float(FlowMatchingLoss()(v, targets))
+        tau = kw["tau"].reshape(-1, 1, 1, 1, 1, 1)
+        end = x_tau + (1 - tau) * v
+        expected = float((end - batch["target"].unsqueeze(1)).pow(2).mean())
+        assert loss == pytest.approx(expected, rel=1e-5)
+        # the velocity parameterisation has no scale, and a bad name is refused
+        assert "scale" not in FlowMatchingPrepareBatch(generator=g)(batch)[1]
+        with pytest.raises(ValueError, match="prediction"):
+            FlowMatchingPrepareBatch(prediction="x0")
+
 
 class TestInfererWithNetwork:
     def test_continuous_padding_does_not_change_forecast(self):

@@ -270,3 +270,27 @@ def test_spatial_dims_2():
         net = perturb_head(make_net(cls, num_frames=2, spatial_dims=2, attention_window=4))
         x = torch.randn(2, 2, 1, 10, 7)
         assert net(x, torch.rand(2)).shape == x.shape
+
+
+@pytest.mark.parametrize("cls", [CronosUNet, TFMUNet])
+def test_endpoint_prediction_divides_by_remaining_flow(cls):
+    # the same weights: an endpoint network's velocity is the velocity network's output over (1 - tau), in eager mode
+    # and in TorchScript; an unknown parameterisation is refused
+    kw = dict(num_frames=3, channels=8, channel_mult=(1, 2), norm_groups=4, attention=False, cond_dim=32)
+    torch.manual_seed(0)
+    plain = cls(**kw)
+    with torch.no_grad():
+        for p in plain.parameters():
+            p.normal_(0, 0.1)
+    endpoint = cls(**kw, prediction="endpoint")
+    endpoint.load_state_dict(plain.state_dict())
+    x, tau = torch.randn(3, 3, 1, 16, 16, 8), torch.tensor([0.0, 0.75, 1.0])
+    with torch.no_grad():
+        v, e = plain(x, tau), endpoint(x, tau)
+        scripted = torch.jit.script(endpoint)(x, tau)
+    torch.testing.assert_close(e[0], v[0])
+    torch.testing.assert_close(e[1], v[1] / 0.25)
+    torch.testing.assert_close(e[2], v[2] / 1e-3)  # tau = 1: the remaining flow is clamped, the velocity finite
+    torch.testing.assert_close(scripted, e)
+    with pytest.raises(ValueError, match="prediction"):
+        cls(**kw, prediction="noise")

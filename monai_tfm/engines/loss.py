@@ -23,7 +23,9 @@ class FlowMatchingLoss(_Loss):
 
         Args:
             input: predicted velocity ``(B, K, C, D, H, W)``.
-            target: ``{"velocity": u, "weight": (B, K)}`` or a plain velocity tensor (all frames count).
+            target: ``{"velocity": u, "weight": (B, K)}`` (optionally ``"scale": (B,)``, a per-sample factor of
+                the squared error that does not enter the normaliser, e.g. the end-point weight ``(1 - tau)^2``) or
+                a plain velocity tensor (all frames count).
 
         Returns:
             scalar loss.
@@ -31,13 +33,16 @@ class FlowMatchingLoss(_Loss):
         Raises:
             ValueError: shape mismatch or no counted frame in the batch.
         """
+        scale = None
         if isinstance(target, Mapping):
-            u, w = target["velocity"], target.get("weight")
+            u, w, scale = target["velocity"], target.get("weight"), target.get("scale")
         else:
             u, w = target, None
         if input.shape != u.shape:
             raise ValueError(f"velocity shape {tuple(input.shape)} differs from target {tuple(u.shape)}.")
         per_frame = (input.float() - u.float()).pow(2).flatten(2).mean(dim=2)  # (B, K)
+        if scale is not None:
+            per_frame = per_frame * scale.to(per_frame.dtype).reshape(-1, 1)
         if w is None:
             return per_frame.mean()
         w = w.to(per_frame.dtype)

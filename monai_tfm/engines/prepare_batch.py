@@ -28,7 +28,16 @@ import torch
 from ignite.engine import Engine, Events
 from monai.engines import PrepareBatch
 
-from monai_tfm.flows.path import broadcast_target, flowed_times, interpolate, sample_tau, target_velocity, tie_padding
+from monai_tfm.flows.path import (
+    broadcast_target,
+    check_prediction,
+    endpoint_loss_weight,
+    flowed_times,
+    interpolate,
+    sample_tau,
+    target_velocity,
+    tie_padding,
+)
 
 __all__ = ["VARIANTS", "FlowMatchingPrepareBatch", "ForecastPrepareBatch", "counted_frames"]
 
@@ -98,7 +107,9 @@ class FlowMatchingPrepareBatch(_FlowBatchBase):
     """Training batch of the sequence-to-image flow (SPEC section 2).
 
     Returns ``(X_tau, {"velocity": u, "weight": w}, (), net_kwargs)`` where ``w`` ``(B, K)`` marks the frames
-    that count; use it with :class:`monai_tfm.engines.FlowMatchingLoss`.
+    that count (and, for an endpoint-parameterised network, ``"scale"``: the ``(B,)`` factor ``(1 - tau)^2`` that
+    makes the loss the end-point MSE, :func:`monai_tfm.flows.endpoint_loss_weight`); use it with
+    :class:`monai_tfm.engines.FlowMatchingLoss`.
 
     Args:
         variant: ``"discrete"`` (time only through slot and ``tau``) or ``"continuous"`` (flowed frame times).
@@ -106,6 +117,8 @@ class FlowMatchingPrepareBatch(_FlowBatchBase):
         sigma_schedule: ``"constant"`` or ``"bridge"``.
         time_scale: multiplies all times (dataset unit to about [0, 1]).
         loss_frames: discrete variant: ``"all"`` slots or ``"real"`` (occupied) slots.
+        prediction: the network's parameterisation (:data:`monai_tfm.flows.PREDICTIONS`): ``"velocity"`` (loss on
+            the velocity) or ``"endpoint"`` (loss on the end point the velocity implies).
         generator: optional torch generator for ``tau`` and noise (reproducible tests).
         seed: if given, ``tau`` and the noise of every sample come from a generator keyed by
             ``(seed, epoch, subject, draw)`` (see the module notes): draws independent of the batch composition
@@ -124,8 +137,10 @@ class FlowMatchingPrepareBatch(_FlowBatchBase):
         loss_frames: str = "all",
         generator: torch.Generator | None = None,
         seed: int | None = None,
+        prediction: str = "velocity",
     ) -> None:
         super().__init__(variant, time_scale, loss_frames)
+        self.prediction = check_prediction(prediction)
         if generator is not None and seed is not None:
             raise ValueError("give either a generator or a per-sample seed, not both.")
         self.sigma = float(sigma)
@@ -220,6 +235,8 @@ class FlowMatchingPrepareBatch(_FlowBatchBase):
             "velocity": target_velocity(x0, x1),
             "weight": counted_frames(mask, self.variant, self.loss_frames).to(x0.dtype),
         }
+        if self.prediction == "endpoint":
+            targets["scale"] = endpoint_loss_weight(tau).to(x0.dtype)
         net_kwargs: dict[str, Any] = {"tau": tau}
         if self.variant == "continuous":
             net_kwargs.update(frame_times=flowed_times(ctx_t, tgt_t, tau), frame_mask=mask, target_time=tgt_t)

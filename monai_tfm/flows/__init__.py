@@ -4,7 +4,10 @@
 from __future__ import annotations
 
 from .path import (
+    PREDICTIONS,
     broadcast_target,
+    check_prediction,
+    endpoint_loss_weight,
     flowed_times,
     interpolate,
     last_real_index,
@@ -14,11 +17,15 @@ from .path import (
     sigma_at,
     target_velocity,
     tie_padding,
+    velocity_from_endpoint,
 )
 from .solvers import ADAPTIVE_SOLVERS, FIXED_STEP_SOLVERS, CountingField, SolverResult, euler_maruyama, integrate
 
 __all__ = [
+    "PREDICTIONS",
     "broadcast_target",
+    "check_prediction",
+    "endpoint_loss_weight",
     "flowed_times",
     "interpolate",
     "last_real_index",
@@ -28,6 +35,7 @@ __all__ = [
     "sigma_at",
     "target_velocity",
     "tie_padding",
+    "velocity_from_endpoint",
     "ADAPTIVE_SOLVERS",
     "FIXED_STEP_SOLVERS",
     "CountingField",

@@ -21,6 +21,10 @@ __all__ = [
     "sigma_at",
     "interpolate",
     "target_velocity",
+    "PREDICTIONS",
+    "check_prediction",
+    "velocity_from_endpoint",
+    "endpoint_loss_weight",
     "flowed_times",
     "reduce_frames",
     "last_real_index",
@@ -28,6 +32,9 @@ __all__ = [
 ]
 
 SIGMA_SCHEDULES = ("constant", "bridge")
+# what a velocity network's last layer predicts: the velocity u itself, or the way left to the end point
+# X1 - X_tau, from which the velocity follows as (X1 - X_tau) / (1 - tau)
+PREDICTIONS = ("velocity", "endpoint")
 
 
 def _expand(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -142,6 +149,58 @@ def target_velocity(x0: torch.Tensor, x1: torch.Tensor) -> torch.Tensor:
         ``x1 - x0``.
     """
     return x1 - x0
+
+
+def check_prediction(prediction: str) -> str:
+    """Validate the name of a network parameterisation.
+
+    Args:
+        prediction: one of :data:`PREDICTIONS`.
+
+    Returns:
+        ``prediction``.
+
+    Raises:
+        ValueError: an unknown name.
+    """
+    if prediction not in PREDICTIONS:
+        raise ValueError(f"unknown prediction {prediction!r}; expected one of {PREDICTIONS}.")
+    return prediction
+
+
+def velocity_from_endpoint(remaining: torch.Tensor, tau: torch.Tensor, min_remaining: float = 1e-3) -> torch.Tensor:
+    """Velocity of the straight path from a predicted remaining way ``X1 - X_tau``: ``u = (X1 - X_tau) / (1 - tau)``.
+
+    On the straight path ``X_tau = (1 - tau) X0 + tau X1`` the remaining way is ``(1 - tau) u``, so a network that
+    predicts it (an "x1-prediction", as in the x-/v-parameterisations of diffusion models) gives the same velocity
+    field.
+
+    Args:
+        remaining: ``(B, ...)`` predicted ``X1 - X_tau``.
+        tau: ``(B,)`` flow steps.
+        min_remaining: ``1 - tau`` is clamped at this value (the velocity at ``tau = 1`` stays finite).
+
+    Returns:
+        the velocity, shaped like ``remaining``.
+    """
+    shape = [remaining.shape[0]] + [1] * (remaining.dim() - 1)  # TorchScript-compatible (networks call this)
+    return remaining / torch.clamp(1.0 - tau, min=min_remaining).reshape(shape).to(remaining.dtype)
+
+
+def endpoint_loss_weight(tau: torch.Tensor) -> torch.Tensor:
+    """Per-sample weight ``(1 - tau)^2`` that turns the velocity MSE into the end-point MSE.
+
+    ``|| X_tau + (1 - tau) v - X1 ||^2 = (1 - tau)^2 || v - u ||^2``: weighting the velocity loss of an
+    endpoint-parameterised network (:func:`velocity_from_endpoint`) by this factor trains it on the error of the
+    end point it implies.
+
+    Args:
+        tau: ``(B,)`` flow steps.
+
+    Returns:
+        ``(B,)`` weights.
+    """
+    return (1.0 - tau) ** 2
 
 
 def flowed_times(context_time: torch.Tensor, target_time: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:

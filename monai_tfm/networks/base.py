@@ -8,6 +8,9 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from monai_tfm.flows.path import velocity_from_endpoint
+from monai_tfm.networks.blocks.time_embedding import broadcast_tau
+
 __all__ = ["check_frames_input", "FrameVelocityNet"]
 
 
@@ -33,7 +36,9 @@ def check_frames_input(x: torch.Tensor, spatial_dims: int, num_frames: int, in_c
 class FrameVelocityNet(nn.Module):
     """Base of the velocity networks: ``(x (B, K, C, *S), tau, times) -> v (B, K, C, *S)``.
 
-    Subclasses set ``spatial_dims``, ``num_frames``, ``in_channels`` (ints) and ``time_cond`` (a
+    Subclasses set ``spatial_dims``, ``num_frames``, ``in_channels`` (ints), ``endpoint_prediction`` (bool: the
+    backbone predicts the remaining way ``X1 - X_tau`` and ``forward`` turns it into the velocity,
+    :func:`monai_tfm.flows.velocity_from_endpoint`) and ``time_cond`` (a
     :class:`~monai_tfm.networks.blocks.TimeConditioning`), and implement :meth:`down_strides` (tuples, for callers),
     :meth:`stride_lists` (the same as lists, used by ``forward``) and :meth:`backbone`, which maps the frames stacked
     along channels ``(B, K*C, *S)`` and the conditioning vector to ``(B, K*C, *S)``.
@@ -106,4 +111,6 @@ class FrameVelocityNet(nn.Module):
         spatial = [int(s) for s in x.shape[3:]]
         cond = self.time_cond(tau, frame_times, frame_mask, target_time, batch_size=b).to(x.dtype)
         v = self.backbone(x.reshape([b, -1] + spatial), cond, self.stride_lists(spatial))
+        if self.endpoint_prediction:  # the last layer predicts X1 - X_tau (see monai_tfm.flows.PREDICTIONS)
+            v = velocity_from_endpoint(v, broadcast_tau(tau, b, device=x.device, dtype=x.dtype))
         return v.reshape(x.shape)

@@ -20,6 +20,7 @@ import torch.utils.checkpoint
 from monai.networks.layers import Conv
 from torch import nn
 
+from monai_tfm.flows.path import check_prediction
 from monai_tfm.networks.base import FrameVelocityNet
 from monai_tfm.networks.blocks.attention import WindowAttention
 from monai_tfm.networks.blocks.film import FiLMResBlock
@@ -73,6 +74,8 @@ class CronosUNet(FrameVelocityNet):
         spatial_size: if given, the stride pattern is fixed from this size; otherwise it is computed from every
             input's size.
         film_mode: FiLM form, ``"paper"`` (``alpha * GN(h) + beta + h``, default) or ``"scale_shift"``.
+        prediction: what the last layer predicts, ``"velocity"`` (the paper) or ``"endpoint"`` (the remaining way
+            ``X1 - X_tau``; forward still returns the velocity: :func:`monai_tfm.flows.velocity_from_endpoint`).
         activation_checkpointing: in training mode, recompute the activations of every residual block in the
             backward pass instead of storing them (``torch.utils.checkpoint``): less memory, about one more forward
             pass of compute, the same gradients. Not available in a TorchScript module in training mode.
@@ -100,6 +103,7 @@ class CronosUNet(FrameVelocityNet):
         slice_axis: int | None = None,
         film_mode: str = "paper",
         activation_checkpointing: bool = False,
+        prediction: str = "velocity",
     ) -> None:
         super().__init__()
         self.activation_checkpointing = bool(activation_checkpointing)
@@ -108,6 +112,7 @@ class CronosUNet(FrameVelocityNet):
         if len(channel_mult) < 1:
             raise ValueError("channel_mult needs at least one scale.")
         self.spatial_dims = spatial_dims
+        self.endpoint_prediction = check_prediction(prediction) == "endpoint"
         self.num_frames = num_frames
         self.in_channels = in_channels
         self.min_size = min_size

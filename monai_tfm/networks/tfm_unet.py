@@ -23,6 +23,7 @@ import torch
 from monai.networks.layers import Conv
 from torch import nn
 
+from monai_tfm.flows.path import check_prediction
 from monai_tfm.networks.base import FrameVelocityNet
 from monai_tfm.networks.blocks.attention import WindowAttention
 from monai_tfm.networks.blocks.interfaces import StridedModule, TensorModule
@@ -138,6 +139,8 @@ class TFMUNet(FrameVelocityNet):
         slice_axis: the spatial axis that is never downsampled (TFM keeps the slice axis at full size). Volumes
             loaded from NIfTI here are ``(x, y, z)`` with the slices last, hence the default ``-1``; ``None``
             downsamples every axis. 2D inputs have no slice axis: both axes are in-plane.
+        prediction: what the last layer predicts, ``"velocity"`` (the paper) or ``"endpoint"`` (the remaining way
+            ``X1 - X_tau``; forward still returns the velocity: :func:`monai_tfm.flows.velocity_from_endpoint`).
     """
 
     def __init__(
@@ -161,6 +164,7 @@ class TFMUNet(FrameVelocityNet):
         max_freq: float = 32.0,
         min_size: int = 4,
         slice_axis: int | None = -1,
+        prediction: str = "velocity",
     ) -> None:
         super().__init__()
         if spatial_dims not in (2, 3):
@@ -173,6 +177,7 @@ class TFMUNet(FrameVelocityNet):
         self.num_levels = len(channel_mult)
         self.num_res_blocks = num_res_blocks
         self.min_size = min_size
+        self.endpoint_prediction = check_prediction(prediction) == "endpoint"
         self.slice_axis = None if spatial_dims == 2 else slice_axis
         self._down_mask = down_axis_mask(spatial_dims, self.slice_axis)  # a list: the same for TorchScript
         self._down_axes = tuple(a for a, allowed in enumerate(self._down_mask) if allowed)

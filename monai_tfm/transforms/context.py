@@ -50,7 +50,10 @@ class ContextProtocol:
         target: ``"random"`` (target index uniform in ``[min_target, max_target]``) or ``"last"`` (the last frame;
             with the defaults ``gap=0``, ``keep_prob=1`` the context is every earlier frame, the latest
             ``max_context`` of them: follow-up series such as LUMIERE).
-        gap: number of frames right before the target that are hidden from the context.
+        gap: number of frames right before the target that are hidden from the context (the evaluation
+            protocol's gap; an inferer hides the same number of frames).
+        min_gap: training only: if set, every draw hides a gap drawn uniformly from ``[min_gap, gap]`` instead of
+            exactly ``gap`` frames, so that a model also learns from nearer targets (``None``: always ``gap``).
         window: at most this many candidate frames directly before the hidden gap are eligible as context
             (``None``: all earlier frames).
         keep_prob: probability to keep each eligible context frame (1: keep all).
@@ -72,12 +75,15 @@ class ContextProtocol:
     min_target: int | None = None
     max_target: int | None = None
     num_context_samples: int | None = None
+    min_gap: int | None = None
 
     def __post_init__(self) -> None:
         if self.target not in ("random", "last"):
             raise ValueError(f"ContextProtocol.target must be 'random' or 'last', got {self.target!r}.")
         if self.gap < 0:
             raise ValueError(f"ContextProtocol.gap must be >= 0, got {self.gap}.")
+        if self.min_gap is not None and not 0 <= self.min_gap <= self.gap:
+            raise ValueError(f"ContextProtocol.min_gap must be in [0, gap={self.gap}] or None, got {self.min_gap}.")
         if not 0.0 <= self.keep_prob <= 1.0:
             raise ValueError(f"ContextProtocol.keep_prob must be in [0, 1], got {self.keep_prob}.")
         if self.min_keep < 1:
@@ -133,7 +139,8 @@ def draw_context(rng: np.random.Generator, num_frames: int, protocol: ContextPro
     """
     lo, hi = protocol.target_range(num_frames)
     k = int(rng.integers(lo, hi + 1))
-    last_eligible = k - protocol.gap - 1
+    gap = protocol.gap if protocol.min_gap is None else int(rng.integers(protocol.min_gap, protocol.gap + 1))
+    last_eligible = k - gap - 1
     first_eligible = 0 if protocol.window is None else max(0, last_eligible - protocol.window + 1)
     eligible = np.arange(first_eligible, last_eligible + 1)
     if protocol.num_context_samples is not None:
@@ -227,9 +234,12 @@ def make_fixed_draws(
         path = Path(path)
         if path.exists():
             saved = json.loads(path.read_text())
-            same = {k: saved.get(k) for k in ("seed", "num_draws", "protocol")} == {
-                k: record[k] for k in ("seed", "num_draws", "protocol")
-            }
+            try:  # a file of an older version lacks the newer protocol fields: their defaults apply
+                same_protocol = ContextProtocol(**saved.get("protocol", {})) == protocol
+            except TypeError:
+                same_protocol = False
+            same_draws = (saved.get("seed"), saved.get("num_draws")) == (record["seed"], record["num_draws"])
+            same = same_protocol and same_draws
             if not same or saved.get("draws") != record["draws"]:
                 raise ValueError(
                     f"fixed draws file {path} was written for another protocol, seed or subject set; "
