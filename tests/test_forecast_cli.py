@@ -222,6 +222,35 @@ def test_csv_several_subjects(tmp_path, capsys, weights, scans):
     assert nib.load(str(out / "B_forecast.nii.gz")).shape == nib.load(scans[4]).shape
 
 
+def test_csv_every_subject_checked_before_the_first_output(tmp_path, capsys, weights, scans):
+    # subject B's second scan is truncated: the error names subject and file, and subject A's forecast is not written
+    cut = tmp_path / "cut.nii.gz"
+    cut.write_bytes(Path(scans[4]).read_bytes()[:200])
+    table = tmp_path / "scans.csv"
+    rows = ["subject,path,time"] + [f"A,{scans[k]},{k * STEP:.6f}" for k in (0, 1)]
+    rows += [f"B,{scans[3]},{3 * STEP:.6f}", f"B,{cut},{4 * STEP:.6f}"]
+    table.write_text("\n".join(rows) + "\n")
+    out = tmp_path / "forecasts"
+    rc, _, err = run_cli(
+        ["forecast", "--bundle", BUNDLE, "--csv", table, "--target-time", 0.6, "--output", out]
+        + ["--weights", weights["random"], "--steps", 1],
+        capsys,
+    )
+    assert_one_line_error(rc, err, "subject 'B'", "cut.nii.gz")
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_preview_without_matplotlib_writes_nothing(tmp_path, capsys, weights, scans, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now raises ImportError
+    out = tmp_path / "pred.nii.gz"
+    args = _forecast_args(BUNDLE, scans[:2], ["0", f"{STEP:.6f}"], 0.5, out, weights["random"])
+    rc, _, err = run_cli([*args, "--preview", tmp_path / "panel.png"], capsys)
+    assert_one_line_error(rc, err, "--preview", "matplotlib")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
 def test_other_grids_dicom_and_reference(tmp_path, capsys, caplog, weights, scans):
     """A DICOM series and a NIfTI scan on other grids are resampled onto the latest scan's grid (or --reference)."""
     itk = pytest.importorskip("itk")
@@ -328,6 +357,14 @@ def _bad_case(name: str, tmp: Path, scans: list[str], weights: dict[str, Path]) 
         good, needles = [str(cut), good[1]], ["cut.nii.gz"]
     elif name == "fractional steps":
         extra, needles = ["--steps", "2.5"], ["--steps", "positive integer", "2.5"]
+    elif name == "fractional samples":
+        extra, needles = ["--samples", "2.5"], ["--samples", "positive integer", "2.5"]
+    elif name == "same file twice":
+        link = tmp / "alias.nii.gz"
+        link.symlink_to(Path(good[0]).resolve())
+        good, needles = [good[0], str(link)], ["alias.nii.gz", "same file"]
+    elif name == "huge integer time":
+        target, needles = "1" + "0" * 400, ["--target-time", "finite number", "401 digits"]
     else:
         raise AssertionError(name)
     return [bundle, good, times, target, extra], needles
@@ -349,6 +386,9 @@ BAD_CASES = [
     "unknown option",
     "truncated file",
     "fractional steps",
+    "fractional samples",
+    "same file twice",
+    "huge integer time",
 ]
 
 

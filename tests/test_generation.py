@@ -538,8 +538,8 @@ def _bad_cases(tmp_path: Path, weights: Path) -> dict[str, tuple[list, tuple[str
     nib.save(nib.Nifti1Image(np.ones((32, 32, 4), np.uint8), np.eye(4)), three_d)
     return {
         "no output": (["--class", "dark_core", "--no-output"], ("--output is required",)),
-        "zero images": (["--class", "dark_core", "--n", 0], ("--n must be an integer >= 1",)),
-        "zero steps": (["--class", "dark_core", "--steps", 0], ("--steps must be an integer >= 1",)),
+        "zero images": (["--class", "dark_core", "--n", 0], ("--n must be a positive integer",)),
+        "zero steps": (["--class", "dark_core", "--steps", 0], ("--steps must be a positive integer",)),
         "unknown class": (["--class", "HCM"], ("unknown class 'HCM'", "bright_core")),
         "missing class": ([], ("class-conditional", "--class")),
         "unknown solver": (["--class", "dark_core", "--solver", "dopri99"], ("unknown solver 'dopri99'",)),

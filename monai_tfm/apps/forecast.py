@@ -44,6 +44,7 @@ import torch
 from monai.bundle import ConfigParser
 from monai.data import MetaTensor, list_data_collate
 from monai.transforms import ResampleToMatch, ScaleIntensityRangePercentilesd
+from tqdm.auto import tqdm
 
 from monai_tfm.apps.bundle_loading import (
     apply_overrides,
@@ -60,6 +61,7 @@ from monai_tfm.transforms.intensity import IntensityScaling
 from monai_tfm.transforms.series import SeriesReadError, grid_mismatch, read_volume
 from monai_tfm.utils.display import middle_slice
 from monai_tfm.utils.io import atomic_path, atomic_save_nifti
+from monai_tfm.utils.options import positive_int
 
 __all__ = [
     "BundleForecaster",
@@ -143,6 +145,8 @@ def _parse_time(value: Any, what: str) -> float:
         raise ForecastError(f"{what} must be a number, got {value!r}.")
     try:
         t = float(value)
+    except OverflowError:  # an integer beyond the float range (e.g. 1 followed by 400 zeros)
+        raise ForecastError(f"{what} must be a finite number, got an integer of {len(str(value))} digits.") from None
     except (TypeError, ValueError):
         raise ForecastError(f"{what} must be a number, got {value!r}.") from None
     if not math.isfinite(t):
@@ -159,6 +163,14 @@ def _parse_series(paths: Sequence[Any], times: Sequence[Any], who: str) -> list[
             f"{who}: {len(paths)} scans but {len(times)} times ({list(times)}); give one time per scan."
         )
     pairs = [(os.fspath(p), _parse_time(t, f"{who}: the time of scan '{os.fspath(p)}'")) for p, t in zip(paths, times)]
+    first_as: dict[str, str] = {}
+    for path, _ in pairs:  # one file (also through another spelling or a link) is one scan
+        real = os.path.realpath(path)
+        if real in first_as:
+            raise ForecastError(
+                f"{who}: '{first_as[real]}' and '{path}' are the same file; give each scan once, at its own time."
+            )
+        first_as[real] = path
     first_at: dict[float, str] = {}
     for path, t in pairs:
         if t in first_at:
@@ -260,15 +272,6 @@ class ForecastResult:
     metrics: dict[str, float]
 
 
-def _positive_int(value: object) -> bool:
-    """Whether ``value`` is a whole number >= 1 (``2`` or ``"2"``; not ``2.5``, ``True`` or ``"two"``)."""
-    try:
-        number = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return False
-    return not isinstance(value, bool) and number.is_integer() and number >= 1
-
-
 class BundleForecaster:
     """A bundle's network, inferer and transforms, parsed once from ``configs/inference.yaml``, for many forecasts.
 
@@ -306,13 +309,11 @@ class BundleForecaster:
         self.root = Path(bundle)
         files = bundle_config_files(self.root, method, ForecastError)
         self.device = resolve_device(device, ForecastError)
-        samples = int(samples)
-        if samples < 1:
-            raise ForecastError(f"--samples must be >= 1, got {samples}.")
+        samples = positive_int(samples, "samples", ForecastError)
         if solver is not None and solver not in SOLVERS:
             raise ForecastError(f"unknown solver {solver!r}; expected one of {list(SOLVERS)}.")
-        if steps is not None and not _positive_int(steps):
-            raise ForecastError(f"--steps must be a positive integer, got {steps!r}.")
+        if steps is not None:
+            steps = positive_int(steps, "steps", ForecastError)
 
         parser = read_bundle_config(self.root, files)
         apply_overrides(parser, overrides, files, ForecastError, "forecast")
@@ -513,6 +514,14 @@ class BundleForecaster:
 # ------------------------------------------------------------------------------------------------------ preview
 
 
+def _require_matplotlib() -> None:
+    """Raise a one-line :class:`ForecastError` when matplotlib (the ``plot`` extra) is missing."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError as e:
+        raise ForecastError("--preview needs matplotlib: pip install 'monai_tfm[plot]'.") from e
+
+
 def _write_preview(
     path: Path,
     frames: torch.Tensor,
@@ -525,11 +534,10 @@ def _write_preview(
     overwrite: bool,
 ) -> Path:
     """PNG panel: middle slices of the latest context scans, the forecast, and the real scan and residual if known."""
-    try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-    except ImportError as e:
-        raise ForecastError("--preview needs matplotlib: pip install 'monai_tfm[plot]'.") from e
+    _require_matplotlib()
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     shown = list(range(len(times)))[-6:]
     panels: list[tuple[str, np.ndarray, dict]] = [
         (f"scan t={times[i]:.3g}", middle_slice(frames[i]), {"cmap": "gray", "vmin": 0, "vmax": 1}) for i in shown
@@ -580,14 +588,23 @@ def _check_free(paths: Sequence[Path | None], overwrite: bool) -> None:
             raise ForecastError(f"output '{p}' exists; pass --overwrite to replace it.")
 
 
-def _forecast_one(
-    model: BundleForecaster,
-    job: _Job,
-    target_time: float,
-    reference: str | None,
-    truth: str | None,
-    overwrite: bool,
-) -> ForecastResult:
+@dataclass
+class _Inputs:
+    """One job's context, read, on the reference grid and normalised (everything a forecast needs to start)."""
+
+    times: list[float]
+    ref: MetaTensor
+    ref_name: str
+    scaling: IntensityScaling
+    normalised: torch.Tensor
+
+
+def _read_inputs(model: BundleForecaster, job: _Job, target_time: float, reference: str | None) -> _Inputs:
+    """Check the times of ``job``, read its context scans and bring them onto one grid and intensity scale.
+
+    Raises:
+        ForecastError: a time the model cannot use, a scan that cannot be read, or a constant series.
+    """
     names = [p for p, _ in job.scans]
     times = [t for _, t in job.scans]
     context = model.select_context(times, target_time, names)  # time checks before any image is read
@@ -601,13 +618,30 @@ def _forecast_one(
         scaling = IntensityScaling.from_series(frames, model.normalise)
     except ValueError as e:
         raise ForecastError(one_line(e)) from e
-    normalised = scaling.forward(frames).float()
-    ctx_times = [times[i] for i in context]
+    return _Inputs([times[i] for i in context], ref, ref_name, scaling, scaling.forward(frames).float())
+
+
+def _forecast_one(
+    model: BundleForecaster,
+    job: _Job,
+    target_time: float,
+    reference: str | None,
+    truth: str | None,
+    overwrite: bool,
+) -> ForecastResult:
+    inputs = _read_inputs(model, job, target_time, reference)
+    ref, ref_name, scaling, normalised, ctx_times = (
+        inputs.ref,
+        inputs.ref_name,
+        inputs.scaling,
+        inputs.normalised,
+        inputs.times,
+    )
     logger.info(
         "%s: forecasting t=%g from %d scan(s) at t=%s (intensity %.4g..%.4g -> %g..%g)",
         job.subject,
         target_time,
-        len(context),
+        len(ctx_times),
         [round(t, 6) for t in ctx_times],
         scaling.a_min,
         scaling.a_max,
@@ -766,10 +800,25 @@ def forecast(
         if extra is not None and not Path(extra).exists():
             raise ForecastError(f"{what} '{os.fspath(extra)}' does not exist.")
 
+    if preview is not None:
+        _require_matplotlib()  # before any output is written
+
     model = BundleForecaster(bundle, method, weights, device, solver, steps, samples, sigma, seed, overrides)
     ref = None if reference is None else os.fspath(reference)
     tru = None if truth is None else os.fspath(truth)
-    return [_forecast_one(model, job, t_target, ref, tru, overwrite) for job in jobs]
+    if len(jobs) == 1:
+        return [_forecast_one(model, jobs[0], t_target, ref, tru, overwrite)]
+    # a table: every subject's scans are read and checked before the first forecast is written (and read again for
+    # its forecast, so that a long table does not hold all its scans in memory)
+    for job in tqdm(jobs, desc="checking subjects", unit="subject", leave=False):
+        try:
+            _read_inputs(model, job, t_target, ref)
+        except ForecastError as e:
+            raise ForecastError(f"subject {job.subject!r} of '{csv}': {e}") from e
+    results = []
+    for job in tqdm(jobs, desc="forecasting", unit="subject"):
+        results.append(_forecast_one(model, job, t_target, ref, tru, overwrite))
+    return results
 
 
 def forecast_series(

@@ -45,6 +45,7 @@ from monai_tfm.flows.solvers import ADAPTIVE_SOLVERS, FIXED_STEP_SOLVERS
 from monai_tfm.generation.evaluation import save_sample_grid
 from monai_tfm.generation.samplers import DIFFUSION_SCHEDULERS, generate_images
 from monai_tfm.utils.io import atomic_save_nifti
+from monai_tfm.utils.options import as_bool, positive_int
 
 __all__ = ["BundleGenerator", "GenerationError", "generate", "read_mask", "write_class_samples", "write_samples"]
 
@@ -60,25 +61,6 @@ def _root_cause(error: BaseException) -> BaseException:
     while error.__cause__ is not None:
         error = error.__cause__
     return error
-
-
-def _positive_int(value: Any, what: str) -> int:
-    text = str(value).strip()
-    if isinstance(value, bool) or not text.lstrip("+").isdigit() or int(text) < 1:
-        raise GenerationError(f"{what} must be an integer >= 1, got {value!r}.")
-    return int(text)
-
-
-def _flag(value: Any, what: str) -> bool:
-    """A yes/no option: a bool, or (from the command line) ``true``/``false``, ``yes``/``no``, ``1``/``0``."""
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("true", "yes", "1"):
-        return True
-    if text in ("false", "no", "0"):
-        return False
-    raise GenerationError(f"{what} must be true or false, got {value!r}.")
 
 
 def _affine(spacing: Sequence[float]) -> np.ndarray:
@@ -185,7 +167,7 @@ class BundleGenerator:
                 )
             parser["solver"] = solver
         if steps is not None:
-            parser["solver_steps"] = _positive_int(steps, "--steps")
+            parser["solver_steps"] = positive_int(steps, "steps", GenerationError)
         if guidance is not None:
             try:
                 parser["guidance_scale"] = float(guidance)
@@ -407,16 +389,16 @@ def generate(
     """
     if output is None:
         raise GenerationError("--output is required (a folder for the generated images).")
-    preview, overwrite = _flag(preview, "--preview"), _flag(overwrite, "--overwrite")
+    preview, overwrite = as_bool(preview, "preview", GenerationError), as_bool(overwrite, "overwrite", GenerationError)
     if preview and importlib.util.find_spec("matplotlib") is None:  # checked before anything is computed or written
         raise GenerationError("PNG previews need matplotlib: pip install 'monai_tfm[plot]', or pass --preview false.")
     out = Path(output)
     if out.exists() and not out.is_dir():
         raise GenerationError(f"output '{out}' must be a folder, but it is a file.")
-    count = _positive_int(n, "--n")
-    batch = _positive_int(batch_size, "--batch-size")
+    count = positive_int(n, "n", GenerationError)
+    batch = positive_int(batch_size, "batch-size", GenerationError)
     if steps is not None:
-        _positive_int(steps, "--steps")
+        positive_int(steps, "steps", GenerationError)
     try:
         seed = int(seed)
     except (TypeError, ValueError):

@@ -6,10 +6,11 @@ from __future__ import annotations
 from .bundle import find_bundle_root, log_forecasts, log_run_summary, setup_logging
 from .display import middle_slice
 from .io import atomic_path, atomic_save_nifti, atomic_save_torch, atomic_write, atomic_write_text, check_outputs_free
-from .options import as_bool
+from .options import as_bool, positive_int
 
 __all__ = [
     "as_bool",
+    "positive_int",
     "atomic_path",
     "atomic_save_nifti",
     "atomic_save_torch",

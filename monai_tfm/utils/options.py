@@ -4,31 +4,35 @@
 ``python -m monai.bundle run ... --overwrite false`` (python-fire) hands the *string* ``'false'`` to the config, and
 ``bool('false')`` is ``True``: a run asked not to overwrite would replace a trained model. Every switch of the
 package and of its bundles goes through :func:`as_bool`, which accepts real booleans and the usual spellings and
-refuses anything else with a one-line error naming the option.
+refuses anything else with a one-line error naming the option; counts (``--steps``, ``--samples``, ...) go
+through :func:`positive_int`.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
-__all__ = ["TRUE_WORDS", "FALSE_WORDS", "as_bool"]
+__all__ = ["TRUE_WORDS", "FALSE_WORDS", "as_bool", "positive_int"]
 
 TRUE_WORDS = ("true", "1", "yes", "on")
 FALSE_WORDS = ("false", "0", "no", "off")
 
 
-def as_bool(value: Any, name: str = "option") -> bool:
+def as_bool(value: Any, name: str = "option", error: type[Exception] = ValueError) -> bool:
     """A switch value as a bool: ``True``/``False``, 0/1, or ``true/false/1/0/yes/no/on/off`` (any case).
 
     Args:
         value: the value given (a bool, an int 0/1, or a string).
         name: the option's name, used in the error message.
+        error: the exception class raised (a ``ValueError`` subclass of the caller, e.g. ``GenerationError``).
 
     Returns:
         the boolean.
 
     Raises:
-        ValueError: any other value (``None``, ``2``, ``'maybe'``, ...), naming the option and the accepted words.
+        ValueError: (``error``) any other value (``None``, ``2``, ``'maybe'``, ...), naming the option and the
+            accepted words.
     """
     if isinstance(value, bool):
         return value
@@ -40,4 +44,29 @@ def as_bool(value: Any, name: str = "option") -> bool:
             return True
         if word in FALSE_WORDS:
             return False
-    raise ValueError(f"--{name}: expected true or false (or 1/0, yes/no), got {value!r}.")
+    raise error(f"--{name}: expected true or false (or 1/0, yes/no), got {value!r}.")
+
+
+def positive_int(value: Any, name: str = "option", error: type[Exception] = ValueError) -> int:
+    """A count option as an int >= 1: ``3``, ``3.0`` or ``"3"``; not ``2.5``, ``0``, ``True`` or ``"three"``.
+
+    Args:
+        value: the value given (from the command line: an int, a float or a string).
+        name: the option's name, used in the error message.
+        error: the exception class raised.
+
+    Returns:
+        the integer.
+
+    Raises:
+        ValueError: (``error``) anything that is not a whole number >= 1, naming the option.
+    """
+    number = None
+    if not isinstance(value, bool):
+        try:
+            number = float(str(value).strip()) if isinstance(value, str) else float(value)
+        except (TypeError, ValueError, OverflowError):
+            number = None
+    if number is None or not math.isfinite(number) or not number.is_integer() or number < 1:
+        raise error(f"--{name} must be a positive integer, got {value!r}.")
+    return int(number)
