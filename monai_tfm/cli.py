@@ -274,6 +274,7 @@ class Commands:
         preview: str | None = None,
         truth: str | None = None,
         overwrite: bool = False,
+        allow_extrapolation: bool = False,
         **overrides: Any,
     ) -> str:
         """Forecast a patient's scan at ``--target-time`` from earlier scans (NIfTI files or DICOM series folders).
@@ -302,6 +303,8 @@ class Commands:
             preview: PNG panel of context, forecast (and real scan and residual with ``--truth``).
             truth: the real scan at the target time, for the preview and logged metrics.
             overwrite: replace existing outputs.
+            allow_extrapolation: forecast also at times (target or scans) outside the bundle's ``time_range`` plus
+                its ``extrapolation_margin`` (continuous variant; refused by default).
             overrides: bundle config ids, e.g. ``--aggregation last``.
 
         Returns:
@@ -328,6 +331,7 @@ class Commands:
             preview=preview,
             truth=truth,
             overwrite=overwrite,
+            allow_extrapolation=allow_extrapolation,
             **overrides,
         )
         return "\n".join(str(r.output) for r in results)

@@ -222,6 +222,24 @@ def test_csv_several_subjects(tmp_path, capsys, weights, scans):
     assert nib.load(str(out / "B_forecast.nii.gz")).shape == nib.load(scans[4]).shape
 
 
+def test_continuous_extrapolation_rule(tmp_path, capsys, weights, scans):
+    # the synthetic bundle was trained on times 0..1 (margin 0.25): a target of 1e6 or a scan at 5 is refused with
+    # the range named; --allow-extrapolation forecasts anyway; 1.2 lies within the margin
+    times = ["0", f"{STEP:.6f}"]
+    cont = ["--method", "cronos_continuous"]
+    for target, scan_times, needle in (("1e6", times, "target time 1e+06"), ("0.5", ["0", "5"], "at time 5")):
+        out = tmp_path / f"pred_{target}.nii.gz"
+        args = _forecast_args(BUNDLE, scans[:2], scan_times, target, out, weights["continuous"], *cont)
+        rc, _, err = run_cli(args, capsys)
+        assert_one_line_error(rc, err, needle, "0..1", "-0.25..1.25", "--allow-extrapolation")
+        assert not out.exists()
+        rc, _, err = run_cli([*args, "--allow-extrapolation"], capsys)
+        assert rc == 0 and out.is_file(), err
+    out = tmp_path / "pred_margin.nii.gz"
+    rc, _, err = run_cli(_forecast_args(BUNDLE, scans[:2], times, 1.2, out, weights["continuous"], *cont), capsys)
+    assert rc == 0 and out.is_file(), err
+
+
 def test_csv_every_subject_checked_before_the_first_output(tmp_path, capsys, weights, scans):
     # subject B's second scan is truncated: the error names subject and file, and subject A's forecast is not written
     cut = tmp_path / "cut.nii.gz"

@@ -61,7 +61,7 @@ from monai_tfm.transforms.intensity import IntensityScaling
 from monai_tfm.transforms.series import SeriesReadError, grid_mismatch, read_volume
 from monai_tfm.utils.display import middle_slice
 from monai_tfm.utils.io import atomic_path, atomic_save_nifti
-from monai_tfm.utils.options import positive_int
+from monai_tfm.utils.options import as_bool, positive_int
 
 __all__ = [
     "BundleForecaster",
@@ -272,6 +272,27 @@ class ForecastResult:
     metrics: dict[str, float]
 
 
+def _time_range(value: Any, margin: Any) -> tuple[tuple[float, float], tuple[float, float]] | None:
+    """A bundle's ``time_range`` ``[lo, hi]`` and that range widened by ``margin * (hi - lo)`` on both sides.
+
+    Raises:
+        ForecastError: a malformed ``time_range`` or margin in the bundle.
+    """
+    if value is None:
+        return None
+    try:
+        lo, hi = (float(v) for v in value)
+        margin = float(margin)
+    except (TypeError, ValueError):
+        raise ForecastError(
+            f"the bundle's time_range must be [lo, hi] and extrapolation_margin a number, got {value!r}, {margin!r}."
+        ) from None
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo <= hi and margin >= 0):
+        raise ForecastError(f"the bundle's time_range {value!r} must be finite with lo <= hi, the margin >= 0.")
+    pad = margin * (hi - lo)
+    return (lo, hi), (lo - pad, hi + pad)
+
+
 class BundleForecaster:
     """A bundle's network, inferer and transforms, parsed once from ``configs/inference.yaml``, for many forecasts.
 
@@ -287,6 +308,10 @@ class BundleForecaster:
         sigma: SDE noise scale for ``samples > 1`` (default: the bundle's training ``sigma``).
         seed: seed of the stochastic sampler.
         overrides: further config ids to set, e.g. ``{"aggregation": "last"}``.
+        allow_extrapolation: continuous variant: accept target and scan times outside the bundle's ``time_range``
+            (the times of its training data, in the bundle's unit) widened by ``extrapolation_margin`` (a fraction
+            of the range's length) on both sides; by default they are refused. Bundles without ``time_range`` check
+            nothing.
 
     Raises:
         ForecastError: not a bundle, unknown method, option or solver, missing or mismatched weights, an unusable
@@ -305,6 +330,7 @@ class BundleForecaster:
         sigma: float | None = None,
         seed: int | None = 0,
         overrides: Mapping[str, Any] | None = None,
+        allow_extrapolation: bool = False,
     ) -> None:
         self.root = Path(bundle)
         files = bundle_config_files(self.root, method, ForecastError)
@@ -344,6 +370,8 @@ class BundleForecaster:
         self.variant = str(parsed("variant", "discrete"))
         self.num_slots = int(parsed("num_slots"))
         self.variant_transforms = list(parsed("variant_transforms", []))
+        self.allow_extrapolation = as_bool(allow_extrapolation, "allow-extrapolation", ForecastError)
+        self.time_range = _time_range(parsed("time_range", None), parsed("extrapolation_margin", 0.0))
         self.grid_transform: GridEmbedd | None = next(
             (t for t in self.variant_transforms if isinstance(t, GridEmbedd)), None
         )
@@ -399,6 +427,7 @@ class BundleForecaster:
         """
         idx = list(range(len(times)))
         if self.grid is None:
+            self._check_time_range(times, target_time, names)
             if len(idx) > self.num_slots:
                 logger.warning(
                     "%d scans but the model takes at most %d: using the latest %d",
@@ -478,6 +507,21 @@ class BundleForecaster:
                     slots[a],
                 )
         return idx
+
+    def _check_time_range(self, times: Sequence[float], target_time: float, names: Sequence[str]) -> None:
+        """Continuous variant: refuse times outside the trained range plus margin (unless extrapolation is allowed)."""
+        if self.time_range is None or self.allow_extrapolation:
+            return
+        (lo, hi), (lo_m, hi_m) = self.time_range
+        text = (
+            f"this model was trained on times {lo:g}..{hi:g} and forecasts within {lo_m:g}..{hi_m:g} (its bundle's "
+            "time_range and extrapolation_margin); pass --allow-extrapolation to forecast anyway"
+        )
+        if not lo_m <= target_time <= hi_m:
+            raise ForecastError(f"target time {target_time:g} lies outside the trained times: {text}.")
+        for name, t in zip(names, times):
+            if not lo_m <= t <= hi_m:
+                raise ForecastError(f"scan '{name}' at time {t:g} lies outside the trained times: {text}.")
 
     @torch.no_grad()
     def predict(
@@ -712,6 +756,7 @@ def forecast(
     preview: str | os.PathLike | None = None,
     truth: str | os.PathLike | None = None,
     overwrite: bool = False,
+    allow_extrapolation: bool = False,
     **overrides: Any,
 ) -> list[ForecastResult]:
     """Forecast the scan at ``target_time`` from a patient's scans (``scans`` + ``times``) or from a CSV table.
@@ -740,6 +785,8 @@ def forecast(
         preview: a PNG panel (``scans``) or a folder for ``<subject>_preview.png`` panels (``csv``).
         truth: the real scan at the target time, shown in the preview with the residual (``scans`` only).
         overwrite: replace existing outputs (default: refuse).
+        allow_extrapolation: continuous variant: also forecast at times outside the bundle's trained range (see
+            :class:`BundleForecaster`).
         overrides: bundle config ids to set, e.g. ``aggregation="last"``.
 
     Returns:
@@ -803,7 +850,9 @@ def forecast(
     if preview is not None:
         _require_matplotlib()  # before any output is written
 
-    model = BundleForecaster(bundle, method, weights, device, solver, steps, samples, sigma, seed, overrides)
+    model = BundleForecaster(
+        bundle, method, weights, device, solver, steps, samples, sigma, seed, overrides, allow_extrapolation
+    )
     ref = None if reference is None else os.fspath(reference)
     tru = None if truth is None else os.fspath(truth)
     if len(jobs) == 1:
