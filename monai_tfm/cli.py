@@ -184,6 +184,8 @@ class Commands:
     ) -> None:
         """Train on the synthetic phantoms, then evaluate on the test split: the README's main job.
 
+        The evaluation logs its table; the command prints the path of the report (``eval_test/summary.md``).
+
         Args:
             output_dir: run folder (checkpoints, TensorBoard logs, evaluation report).
             method: method overlay (default: continuous CRONOS, which gets the target time).
@@ -193,9 +195,10 @@ class Commands:
         overrides["output_dir"] = str(Path(output_dir).resolve())
         _run("training", bundle_configs(root, method), root, dict(overrides))
         _run("evaluating", bundle_configs(root, method, evaluate=True), root, dict(overrides))
+        # the evaluation has logged its table; stdout gets where the report is (printing it again showed it twice)
         summary = Path(output_dir) / "eval_test" / "summary.md"
         if summary.is_file():
-            sys.stdout.write(summary.read_text() + "\n")
+            sys.stdout.write(f"{summary}\n")
 
     def synthetic(self, out: str, kind: str = "heart", overwrite: bool = False, **kwargs: Any) -> str:
         """Generate a synthetic phantom dataset (NIfTI frames + datalist.json).

@@ -39,3 +39,32 @@ def test_help_only_helps(argv, tmp_path, monkeypatch, capsys):
         assert f"prepare_{argv[1]}" in out  # the dataset's own options
     assert list(tmp_path.iterdir()) == []
     assert _repo_state() == before
+
+
+def test_quickstart_shows_its_table_once_with_progress(tmp_path, capsys, monkeypatch):
+    # the README's main job at tiny settings: train, evaluate (with a progress bar), the table once, the report path
+    import logging
+
+    from monai_tfm.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "qs"
+    args = ["quickstart", "--output_dir", out, "--dataset_dir", tmp_path / "data", "--max_epochs", 1]
+    args += ["--num_train", 3, "--num_val", 2, "--num_test", 2, "--spatial_size", "[16,16,8]"]
+    args += ["--network_def#channels", 8, "--val_draws", 1, "--eval_draws", 2, "--batch_size", 2]
+    stream = logging.StreamHandler()  # the package logs through its own handlers: collect them here as well
+    records: list[str] = []
+    stream.emit = lambda record: records.append(record.getMessage())  # type: ignore[method-assign]
+    logging.getLogger("monai_tfm").addHandler(stream)
+    try:
+        rc = main([str(a) for a in args])
+    finally:
+        logging.getLogger("monai_tfm").removeHandler(stream)
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    summary = out / "eval_test" / "summary.md"
+    assert captured.out.strip().splitlines()[-1] == str(summary)  # MONAI's StatsHandler also logs to stdout
+    table_line = next(line for line in summary.read_text().splitlines() if line.startswith("| model"))
+    shown = captured.out + captured.err + "\n".join(records)
+    assert shown.count(table_line) == 1
+    assert "forecasting: [2/2] 100%" in captured.err  # the evaluation's bar over its 2 batches of 2 forecasts

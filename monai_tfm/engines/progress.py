@@ -11,7 +11,7 @@ __all__ = ["ProgressBarHandler"]
 
 
 class ProgressBarHandler:
-    """ignite's tqdm ``ProgressBar`` with the running loss, attachable from a bundle handler list.
+    """ignite's tqdm ``ProgressBar`` (with the running loss of a trainer), attachable from a bundle handler list.
 
     MONAI attaches handlers with ``handler.attach(engine)`` only, so the loss display of ignite's bar (an argument
     of its ``attach``) cannot be configured there; this wrapper passes it.
@@ -19,17 +19,19 @@ class ProgressBarHandler:
     Args:
         persist: keep the finished bar of each epoch on screen.
         disable: switch the bar off (e.g. in CI logs).
+        desc: the bar's label (default: ignite's, ``Epoch [e/E]`` or ``Iteration``).
     """
 
-    def __init__(self, persist: bool = False, disable: bool = False) -> None:
+    def __init__(self, persist: bool = False, disable: bool = False, desc: str | None = None) -> None:
         self.persist = persist
         self.disable = disable
+        self.desc = desc
 
     def attach(self, engine: Engine) -> None:
-        """Attach to a trainer whose output holds ``loss``.
+        """Attach to a trainer (its output's ``loss`` is shown) or an evaluator (iterations and ETA only).
 
         Args:
-            engine: the trainer.
+            engine: the trainer or evaluator.
         """
         if self.disable:
             return
@@ -40,4 +42,5 @@ class ProgressBarHandler:
                 return {"loss": float(output["loss"].detach())}
             return {}
 
-        ProgressBar(persist=self.persist).attach(engine, output_transform=_loss)
+        kwargs = {} if self.desc is None else {"desc": self.desc}
+        ProgressBar(persist=self.persist, **kwargs).attach(engine, output_transform=_loss)
