@@ -13,6 +13,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from monai_tfm.utils.errors import USER_ERRORS as PACKAGE_USER_ERRORS
+from monai_tfm.utils.errors import user_error_in_chain
+
 __all__ = ["Commands", "main", "bundle_configs", "help_text", "PREPARERS"]
 
 logger = logging.getLogger("monai_tfm.cli")
@@ -75,18 +78,12 @@ def _run(run_id: str, files: list[str], bundle_root: Path, overrides: dict[str, 
         raise user_error from None
 
 
-USER_ERRORS = (CLIError, FileNotFoundError, FileExistsError, ValueError)
+USER_ERRORS = (CLIError, *PACKAGE_USER_ERRORS)
 
 
 def _user_error_in_chain(error: BaseException) -> BaseException | None:
-    """The first expected user error in an exception's cause/context chain, or ``None``."""
-    seen: set[int] = set()
-    while error is not None and id(error) not in seen:
-        if isinstance(error, USER_ERRORS):
-            return error
-        seen.add(id(error))
-        error = error.__cause__ or error.__context__
-    return None
+    """The first expected user error (the CLI's or the package's) in an exception's cause/context chain."""
+    return user_error_in_chain(error, USER_ERRORS)
 
 
 # options that take several values; fire gives a flag one value, so ``--scans a b c`` is joined into one list first

@@ -155,6 +155,15 @@ def test_monai_bundle_command_line(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (tmp_path / "run" / "models" / "model.pt").is_file()
     assert list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents*"))
+    # the same command again: refused; the one-line reason is logged at ERROR level before MONAI's traceback
+    before = (tmp_path / "run" / "models" / "model.pt").read_bytes()
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    lines = proc.stderr.splitlines()
+    error_at = next(i for i, line in enumerate(lines) if "ERROR" in line and "already holds a training run" in line)
+    assert str(tmp_path / "run") in lines[error_at] and "--resume true" in lines[error_at]
+    assert error_at < next(i for i, line in enumerate(lines) if line.startswith("Traceback"))
+    assert (tmp_path / "run" / "models" / "model.pt").read_bytes() == before
 
 
 def test_ema_weights_are_validated_and_exported(tmp_path):

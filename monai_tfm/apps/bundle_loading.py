@@ -17,6 +17,7 @@ import torch
 from monai.bundle import ConfigParser
 
 from monai_tfm.engines.checkpoint import load_weights
+from monai_tfm.utils.errors import one_line
 
 __all__ = [
     "apply_overrides",
@@ -27,20 +28,6 @@ __all__ = [
     "read_bundle_config",
     "resolve_device",
 ]
-
-
-def one_line(text: Any, limit: int = 300) -> str:
-    """Collapse a (reader's multi-line) message into one line of at most ``limit`` characters.
-
-    Args:
-        text: the message (or an exception).
-        limit: maximum length; longer lines end in ``...``.
-
-    Returns:
-        the line.
-    """
-    line = " ".join(str(text).split())
-    return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
 def bundle_config_files(root: Path, method: str | None, error: type[Exception]) -> list[Path]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from .bundle import find_bundle_root, log_forecasts, log_run_summary, setup_logging
 from .display import middle_slice
+from .errors import one_line, user_error_in_chain
 from .io import atomic_path, atomic_save_nifti, atomic_save_torch, atomic_write, atomic_write_text, check_outputs_free
 from .options import as_bool, positive_int
 
@@ -21,5 +22,7 @@ __all__ = [
     "log_forecasts",
     "log_run_summary",
     "middle_slice",
+    "one_line",
+    "user_error_in_chain",
     "setup_logging",
 ]

@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from monai_tfm.utils.errors import install_user_error_hook
+
 __all__ = ["find_bundle_root", "setup_logging", "log_run_summary", "log_forecasts"]
 
 logger = logging.getLogger("monai_tfm")
@@ -44,7 +46,8 @@ def find_bundle_root(name: str) -> str:
 
 
 def setup_logging(level: int | str = logging.INFO) -> None:
-    """Show the package's log records on stderr (MONAI's bundle runner configures only its own logger).
+    """Show the package's log records on stderr (MONAI's bundle runner configures only its own logger), and log the
+    user error of an uncaught exception as one ERROR line (:func:`monai_tfm.utils.errors.install_user_error_hook`).
 
     A handler is added to the ``monai_tfm`` logger once, and only when the root logger has none (an application that
     configured logging keeps its own). Records still propagate, so log capture (e.g. pytest's) keeps working.
@@ -52,6 +55,7 @@ def setup_logging(level: int | str = logging.INFO) -> None:
     Args:
         level: log level of the ``monai_tfm`` logger.
     """
+    install_user_error_hook()  # `python -m monai.bundle run`: a user error is logged as one line before its traceback
     pkg = logging.getLogger("monai_tfm")
     pkg.setLevel(level)
     if logging.getLogger().handlers or any(getattr(h, "_monai_tfm", False) for h in pkg.handlers):
