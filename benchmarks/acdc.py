@@ -78,6 +78,8 @@ RUNS = {
     "recipe_all_gaps": ("cronos_discrete", [], {"train_protocol": {**TRAIN_PROTOCOL, "min_gap": 0}}),
     # the network predicts the end point X1 - X_tau, loss on the end point (velocity derived from it)
     "recipe_endpoint": ("cronos_discrete", [], {"prediction": "endpoint"}),
+    # learning curve of the discrete default (validation every 5 epochs; benchmarks/acdc_curves.py plots it)
+    "curve_cronos_discrete": ("cronos_discrete", [], {"val_interval": 5}),
     # in-plane flips of the whole series (the same flip for every frame)
     "recipe_flips": ("cronos_discrete", [], {"train_augmentation": FLIPS}),
 }
