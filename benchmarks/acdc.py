@@ -92,6 +92,10 @@ NFE = {
     "euler_1": {"solver": "euler", "solver_steps": 1},
     "euler_2": {"solver": "euler", "solver_steps": 2},
     "euler_5": {"solver": "euler", "solver_steps": 5},
+    "midpoint_1": {"solver": "midpoint", "solver_steps": 1},
+    "heun2_1": {"solver": "heun2", "solver_steps": 1},
+    "midpoint_2": {"solver": "midpoint", "solver_steps": 2},
+    "heun2_2": {"solver": "heun2", "solver_steps": 2},
     "dopri5": {"solver": "dopri5", "solver_steps": 10},
     "last_aggregation": {"aggregation": "last"},
 }

@@ -176,3 +176,11 @@ class TestForecastInferer:
         assert inf.last_nfe == 24
         again = ForecastInferer("euler_maruyama", 4, "mean", num_samples=6, diffusion=0.2, seed=1)(x0, _Zero())
         torch.testing.assert_close(out, again)
+
+
+def test_heun2_step_by_hand_and_nfe():
+    # dx/dt = -x from x = 1 over [0, 1]: one Heun step gives 1 + (k1 + k2) / 2 with k1 = -1, k2 = -(1 + k1) = 0
+    result = integrate(lambda t, x: -x, torch.ones(1), method="heun2", steps=1)
+    assert result.nfe == 2 and float(result.x) == pytest.approx(0.5)
+    two = integrate(lambda t, x: -x, torch.ones(1), method="heun2", steps=2)
+    assert two.nfe == 4 and float(two.x) == pytest.approx((1 - 0.5 + 0.125) ** 2)

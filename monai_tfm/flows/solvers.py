@@ -17,7 +17,7 @@ from torchdiffeq import odeint
 __all__ = ["FIXED_STEP_SOLVERS", "ADAPTIVE_SOLVERS", "SolverResult", "CountingField", "integrate", "euler_maruyama"]
 
 #: fixed-grid solvers and their network evaluations per step
-FIXED_STEP_SOLVERS = {"euler": 1, "midpoint": 2, "rk4": 4}
+FIXED_STEP_SOLVERS = {"euler": 1, "midpoint": 2, "heun2": 2, "rk4": 4}
 ADAPTIVE_SOLVERS = ("dopri5", "dopri8", "bosh3", "adaptive_heun")
 
 VelocityFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
