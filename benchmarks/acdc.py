@@ -69,6 +69,7 @@ RUNS = {
     # training-recipe screen (one change at a time against the discrete default, on the ablation folds)
     "recipe_lr_3e-3": ("cronos_discrete", [], {"learning_rate": 0.003}),
     "recipe_lr_3e-4": ("cronos_discrete", [], {"learning_rate": 0.0003}),
+    "recipe_lr_2e-3": ("cronos_discrete", [], {"learning_rate": 0.002}),
     "recipe_ema": ("cronos_discrete", [], {"use_ema": True}),
     "recipe_keep_slices": ("cronos_discrete", [], {"network_def#slice_axis": 2}),
     "recipe_real_frames": ("cronos_discrete", [], {"loss_frames": "real"}),
