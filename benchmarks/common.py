@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -100,3 +101,25 @@ def run_bundle(run_id: str, config_files: list[str], log_path: Path, **overrides
     if proc.returncode != 0:
         raise RuntimeError(f"{run_id} failed; see {log_path}")
     return time.perf_counter() - t0
+
+
+def parse_overrides(parser: argparse.ArgumentParser, items: list[str]) -> dict[str, Any]:
+    """``--set KEY=VALUE`` options as bundle overrides (JSON values, else the text); a malformed item is a usage error.
+
+    Args:
+        parser: the command line parser (for its error).
+        items: the ``--set`` values.
+
+    Returns:
+        ``{key: value}``.
+    """
+    overrides: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            parser.error(f"--set expects KEY=VALUE, got {item!r}")
+        try:
+            overrides[key] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key] = value
+    return overrides

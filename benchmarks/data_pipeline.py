@@ -16,7 +16,6 @@ the median of the later passes. Compare the batches per second with the training
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -27,7 +26,7 @@ from monai.bundle import ConfigParser
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import page_header, provenance, write_results  # noqa: E402
+from common import page_header, parse_overrides, provenance, write_results  # noqa: E402
 
 # name -> (dataset class, num_workers, pin_memory, persistent_workers)
 SETTINGS = {
@@ -36,13 +35,6 @@ SETTINGS = {
     "Dataset, N workers, pinned, persistent": ("Dataset", -1, True, True),
     "CacheDataset, N workers, pinned, persistent": ("CacheDataset", -1, True, True),
 }
-
-
-def _parse_value(text: str):
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
 
 
 def measure(config: Path, overrides: dict, dataset: str, workers: int, pin: bool, persistent: bool, passes: int):
@@ -104,12 +96,7 @@ def main() -> None:
     p.add_argument("--label", default="")
     p.add_argument("--out", default="docs/results/data_pipeline")
     args = p.parse_args()
-    overrides = {}
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep:
-            p.error(f"--set expects KEY=VALUE, got {item!r}")
-        overrides[key] = _parse_value(value)
+    overrides = parse_overrides(p, args.set)
     config = Path(args.bundle) / "configs" / "train.yaml"
     if not config.is_file():
         p.error(f"no configs/train.yaml in bundle {args.bundle!r}")

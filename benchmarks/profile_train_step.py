@@ -17,7 +17,6 @@ Builds the bundle's ``train#trainer`` with MONAI's config parser (the ACDC bundl
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -30,16 +29,9 @@ from monai.bundle import ConfigParser
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import REPO, page_header, provenance, write_results  # noqa: E402
+from common import REPO, page_header, parse_overrides, provenance, write_results  # noqa: E402
 
 CONFIGS = REPO / "bundles" / "acdc_cine_forecasting" / "configs"
-
-
-def _value(text: str):
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
 
 
 def build_trainer(method: str, overrides: dict, output_dir: str):
@@ -65,7 +57,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     os.environ["OMP_NUM_THREADS"] = str(args.threads)
-    overrides = {k: _value(v) for k, v in (item.split("=", 1) for item in args.set)}
+    overrides = parse_overrides(parser, args.set)
     overrides["max_steps"] = args.steps
     info = provenance()
     info["command"] = "python " + " ".join(sys.argv)
