@@ -37,7 +37,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -632,15 +632,14 @@ def _check_free(paths: Sequence[Path | None], overwrite: bool) -> None:
             raise ForecastError(f"output '{p}' exists; pass --overwrite to replace it.")
 
 
-@dataclass
-class _Inputs:
+class _Inputs(NamedTuple):
     """One job's context, read, on the reference grid and normalised (everything a forecast needs to start)."""
 
-    times: list[float]
     ref: MetaTensor
     ref_name: str
     scaling: IntensityScaling
     normalised: torch.Tensor
+    times: list[float]
 
 
 def _read_inputs(model: BundleForecaster, job: _Job, target_time: float, reference: str | None) -> _Inputs:
@@ -662,7 +661,7 @@ def _read_inputs(model: BundleForecaster, job: _Job, target_time: float, referen
         scaling = IntensityScaling.from_series(frames, model.normalise)
     except ValueError as e:
         raise ForecastError(one_line(e)) from e
-    return _Inputs([times[i] for i in context], ref, ref_name, scaling, scaling.forward(frames).float())
+    return _Inputs(ref, ref_name, scaling, scaling.forward(frames).float(), [times[i] for i in context])
 
 
 def _forecast_one(
@@ -673,14 +672,7 @@ def _forecast_one(
     truth: str | None,
     overwrite: bool,
 ) -> ForecastResult:
-    inputs = _read_inputs(model, job, target_time, reference)
-    ref, ref_name, scaling, normalised, ctx_times = (
-        inputs.ref,
-        inputs.ref_name,
-        inputs.scaling,
-        inputs.normalised,
-        inputs.times,
-    )
+    ref, ref_name, scaling, normalised, ctx_times = _read_inputs(model, job, target_time, reference)
     logger.info(
         "%s: forecasting t=%g from %d scan(s) at t=%s (intensity %.4g..%.4g -> %g..%g)",
         job.subject,
