@@ -413,3 +413,34 @@ def test_truncated_nifti_is_an_error_naming_the_file(tmp_path, suffix, keep):
     assert read_volume(full).shape == (1, 16, 16, 8)
     with pytest.raises(SeriesReadError, match=str(cut).replace(".", r"\.")):
         read_volume(cut)
+
+
+@pytest.mark.parametrize("n", [1, 2, 5, 1000, 294_912, 1_200_000])
+@pytest.mark.parametrize("bounds", [(0.5, 99.5), (0.0, 100.0), (2.5, 97.5)])
+def test_series_percentiles_equal_monai_percentile(n, bounds):
+    """The selection-based percentiles are the values MONAI's percentile (torch.quantile / NumPy) gives, ties too."""
+    from monai.transforms.utils_pytorch_numpy_unification import percentile
+
+    from monai_tfm.transforms.intensity import series_percentiles
+
+    g = torch.Generator().manual_seed(n)
+    for x in (torch.randn(n, generator=g) * 37.0, (torch.rand(n, generator=g) * 9).round()):
+        expected = tuple(float(percentile(x, q)) for q in bounds)
+        assert series_percentiles(x.reshape(-1, 1), *bounds) == expected
+
+
+def test_gzip_nifti_with_two_members_is_read_in_full(tmp_path):
+    """A valid .nii.gz whose trailer does not give its size (two gzip members) is checked by decompressing it."""
+    import gzip
+
+    vol = np.random.default_rng(1).random((16, 16, 8)).astype(np.float32)
+    plain = tmp_path / "v.nii"
+    nib.save(nib.Nifti1Image(vol, np.eye(4)), plain)
+    raw = plain.read_bytes()
+    two = tmp_path / "two.nii.gz"
+    two.write_bytes(gzip.compress(raw[:1000]) + gzip.compress(raw[1000:]))
+    np.testing.assert_array_equal(read_volume(two)[0].numpy(), vol)
+    cut = tmp_path / "cut.nii.gz"
+    cut.write_bytes(two.read_bytes()[:-40])
+    with pytest.raises(SeriesReadError, match="cut"):
+        read_volume(cut)

@@ -19,7 +19,41 @@ import torch
 from monai.transforms import ScaleIntensityRange, ScaleIntensityRangePercentiles, ScaleIntensityRangePercentilesd
 from monai.transforms.utils_pytorch_numpy_unification import percentile
 
-__all__ = ["IntensityScaling", "ScaleSeriesIntensityd"]
+__all__ = ["IntensityScaling", "ScaleSeriesIntensityd", "series_percentiles"]
+
+_QUANTILE_MAX = 1_000_000  # above this size MONAI's percentile uses NumPy (pytorch#64947), which selects in O(n)
+
+
+def series_percentiles(x: torch.Tensor, lower: float, upper: float) -> tuple[float, float]:
+    """Two percentiles of all voxels of ``x``, equal to MONAI's ``percentile`` (what its transforms compute).
+
+    Below a million voxels MONAI calls ``torch.quantile``, which sorts the whole series (about 70 ms for nine
+    64 x 64 x 8 ACDC scans on one CPU thread: as long as a network evaluation, twice). Linear-interpolated
+    quantiles only need the two order statistics next to each rank, so here ``torch.kthvalue`` selects them and
+    they are interpolated with the rank arithmetic of ``torch.quantile`` (ranks ``q (n - 1)`` in the input's dtype,
+    ``lerp`` between the neighbours): the same values without the sort. Larger inputs go to MONAI's function.
+
+    Args:
+        x: the series (any shape; all elements count, none may be NaN).
+        lower: lower percentile in [0, 100].
+        upper: upper percentile in [0, 100].
+
+    Returns:
+        the two percentiles.
+    """
+    if not torch.is_tensor(x) or x.numel() > _QUANTILE_MAX or not x.is_floating_point():
+        return float(percentile(x, lower)), float(percentile(x, upper))
+    flat = torch.as_tensor(x).reshape(-1)
+    # q / 100 in float64 and then the input's dtype, as monai.transforms.utils_pytorch_numpy_unification.percentile
+    q = torch.tensor([lower / 100.0, upper / 100.0], dtype=torch.float64).to(flat.dtype)
+    ranks = q * (flat.numel() - 1)
+    below, above = ranks.long(), ranks.ceil().long()
+    values = []
+    for r, b, a in zip(ranks, below.tolist(), above.tolist()):
+        v_below = torch.kthvalue(flat, b + 1).values
+        v_above = v_below if a == b else torch.kthvalue(flat, a + 1).values
+        values.append(float(torch.lerp(v_below, v_above, r - b)))
+    return values[0], values[1]
 
 
 @dataclass(frozen=True)
@@ -66,7 +100,7 @@ class IntensityScaling:
             raise ValueError("the bundle's intensity normalisation has no output range (b_min/b_max); cannot invert.")
         if relative:  # as in monai.transforms.ScaleIntensityRangePercentiles
             b_min, b_max = (b_max - b_min) * lower / 100.0 + b_min, (b_max - b_min) * upper / 100.0 + b_min
-        a_min, a_max = float(percentile(series, lower)), float(percentile(series, upper))
+        a_min, a_max = series_percentiles(series, lower, upper)
         if not a_max > a_min:
             raise ValueError(
                 f"the scans have no intensity range between the {lower:g} and {upper:g} percentiles (both {a_min:g}): "
