@@ -205,7 +205,7 @@ def _paired_rows(rows: list[dict], base_rows: list[dict]) -> list[dict]:
     return joined
 
 
-def nfe_quality(run_dirs: list[Path]) -> list[dict]:
+def nfe_quality(run_dirs: list[Path], base_dirs: list[Path] | None = None) -> list[dict]:
     """Quality and cost of every evaluation-only solver setting of trained discrete CRONOS runs (:data:`NFE`).
 
     The reference is the main evaluation (``eval_validation``: 10-step Euler); each setting is paired with it per
@@ -213,6 +213,8 @@ def nfe_quality(run_dirs: list[Path]) -> list[dict]:
 
     Args:
         run_dirs: run folders of ``cronos_discrete`` (one per fold) with their ``eval_<setting>`` folders.
+        base_dirs: the runs whose 10-step Euler evaluation the gains are paired with (default: ``run_dirs``; another
+            recipe's runs compare that recipe's solver settings with the default model).
 
     Returns:
         one row per setting found (``euler_10`` first): ``setting``, ``folds``, ``nfe``, ``eval_ms`` (ms per forecast
@@ -220,7 +222,7 @@ def nfe_quality(run_dirs: list[Path]) -> list[dict]:
         10-step Euler: mean, ci_low, ci_high, better, subjects).
     """
     out = []
-    base_rows = _per_sample_rows(run_dirs)
+    base_rows = _per_sample_rows(base_dirs or run_dirs)
     for name in ("euler_10", *NFE):
         eval_name = "eval_validation" if name == "euler_10" else f"eval_{name}"
         per = [s for s in (_summary(d, eval_name) for d in run_dirs) if s]
@@ -234,7 +236,7 @@ def nfe_quality(run_dirs: list[Path]) -> list[dict]:
             "eval_ms": 1000 * sum(r["info"]["seconds_per_forecast"] for r in per) / len(per),
             **{k: sum(x[k] for x in m) / len(m) for k in METRICS},
         }
-        if name != "euler_10":
+        if name != "euler_10" or base_dirs:
             rows = _paired_rows(_per_sample_rows(run_dirs, eval_name), base_rows)
             row.update({f"gain_{k}": paired_gain(rows, k) for k in METRICS})
         out.append(row)

@@ -177,6 +177,12 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--cli-repeats", type=int, default=3)
     parser.add_argument("--cli-settings", default="euler_2,euler_10", help="settings timed through the command line")
+    parser.add_argument(
+        "--straight-run",
+        default="recipe_endpoint_steps1600",
+        help="a run trained for straighter paths (end-point prediction) whose solver evaluations are compared with "
+        "the main run's 10-step Euler (folds where it exists)",
+    )
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="bundle override")
     parser.add_argument("--out", default="docs/results/forecast_speed")
     # worker mode (one thread count in a fresh process)
@@ -279,11 +285,34 @@ def main() -> None:
         "`monai-tfm forecast`: a new Python process end to end (interpreter, imports, build, forecast, write).",
         "",
     ]
+    straight_folds = [f for f in folds if (work / f"{args.straight_run}_fold{f}").is_dir()]
+    straight = nfe_quality(
+        [work / f"{args.straight_run}_fold{f}" for f in straight_folds],
+        [work / f"{args.run}_fold{f}" for f in straight_folds],
+    )
+    if straight:
+        lines += [
+            f"## Training for straighter paths: `{args.straight_run}` (folds {straight_folds})",
+            "",
+            "The network predicts the end point X1 - X_tau and the velocity is derived from it "
+            "(`prediction: endpoint`, loss on the end point), so each Euler step jumps to the current end-point "
+            "estimate. Paired with the main run's 10-step Euler on the same draws:",
+            "",
+            "| setting | NFE | PSNR | SSIM | PSNR vs main euler_10 (dB) | SSIM vs main euler_10 (points) |",
+            "|---|---|---|---|---|---|",
+            *[
+                f"| {r['setting']} | {r['nfe']:.1f} | {r['psnr']:.2f} | {r['ssim']:.2f} | "
+                f"{_gain_text(r.get('gain_psnr'))} | {_gain_text(r.get('gain_ssim'))} |"
+                for r in straight
+            ],
+            "",
+        ]
     fig = Path(args.out).with_suffix(".png")
     _plot(quality, latency, t_hi, fig)
     lines += [f"![quality vs solve time]({fig.name})", ""]
     rows = {
         "quality": quality,
+        "straight": straight,
         "latency": list(latency.values()),
         "cli": [{"setting": n, "threads": t, "seconds": s} for (n, t), s in cli.items()],
     }
