@@ -55,7 +55,7 @@ from monai_tfm.apps.bundle_loading import (
     read_bundle_config,
     resolve_device,
 )
-from monai_tfm.flows.solvers import ADAPTIVE_SOLVERS, FIXED_STEP_SOLVERS
+from monai_tfm.flows.solvers import check_solver
 from monai_tfm.transforms.grid import GridEmbed, GridEmbedd, grid_slots
 from monai_tfm.transforms.intensity import IntensityScaling
 from monai_tfm.transforms.series import SeriesReadError, grid_mismatch, read_volume
@@ -75,7 +75,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-SOLVERS = (*FIXED_STEP_SOLVERS, *ADAPTIVE_SOLVERS, "euler_maruyama")
 _NIFTI_SUFFIXES = (".nii", ".nii.gz")
 _TIME_ATOL = 1e-6
 
@@ -336,8 +335,8 @@ class BundleForecaster:
         files = bundle_config_files(self.root, method, ForecastError)
         self.device = resolve_device(device, ForecastError)
         samples = positive_int(samples, "samples", ForecastError)
-        if solver is not None and solver not in SOLVERS:
-            raise ForecastError(f"unknown solver {solver!r}; expected one of {list(SOLVERS)}.")
+        if solver is not None:
+            check_solver(solver, ForecastError, extra=("euler_maruyama",))
         if steps is not None:
             steps = positive_int(steps, "steps", ForecastError)
 

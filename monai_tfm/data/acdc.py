@@ -32,7 +32,6 @@ of one cross-validation fold.
 from __future__ import annotations
 
 import logging
-import os
 import re
 import time
 from collections.abc import Mapping, Sequence
@@ -42,6 +41,7 @@ from typing import Any
 
 import nibabel as nib
 import numpy as np
+from monai.config import PathLike
 from tqdm.auto import tqdm
 
 from monai_tfm.data.datalist import write_series_datalist
@@ -72,7 +72,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-PathLike = str | os.PathLike
 
 #: bump when the prepared data change, so that stored datasets can be told apart
 ACDC_PREPARE_VERSION = "1"

@@ -25,13 +25,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from monai.config import PathLike
+
 from monai_tfm.utils.io import atomic_write_text
 
 __all__ = ["DatalistError", "load_series_datalist", "validate_series_item", "write_series_datalist"]
 
 logger = logging.getLogger(__name__)
 
-PathLike = str | os.PathLike
 
 #: keys of a frame that hold file paths
 FRAME_PATH_KEYS = ("image", "label")

@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import time
 from collections.abc import Sequence
@@ -53,6 +52,7 @@ from typing import Any
 
 import nibabel as nib
 import numpy as np
+from monai.config import PathLike
 from tqdm.auto import tqdm
 
 from monai_tfm.data.datalist import write_series_datalist
@@ -88,7 +88,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-PathLike = str | os.PathLike
 
 #: bump when the prepared data change, so that stored datasets can be told apart
 LUMIERE_PREPARE_VERSION = "1"

@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from monai.config import PathLike
 
 from monai_tfm.data.datalist import load_series_datalist
 
@@ -46,7 +46,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-PathLike = str | os.PathLike
 
 #: file name of the datalist written by every preparer
 DATALIST_NAME = "datalist.json"

@@ -14,6 +14,7 @@ import torch
 from ignite.engine import Engine, Events
 from monai.engines.utils import IterationEvents
 
+from monai_tfm.flows.solvers import is_adaptive
 from monai_tfm.metrics import FORECAST_METRICS, format_summary_markdown, summarise, write_per_sample_csv
 from monai_tfm.utils.io import atomic_write_text, check_outputs_free
 from monai_tfm.utils.options import as_bool
@@ -111,7 +112,7 @@ class ForecastReportWriter:
         info = {
             "samples": len(rows),
             "solver": solver,
-            "steps": steps if solver not in ("dopri5", "dopri8", "bosh3", "adaptive_heun") else None,
+            "steps": None if is_adaptive(solver) else steps,
             "nfe_per_forecast": self._nfe / max(1, self._batches),
             "seconds_per_forecast": self._seconds / max(1, self._samples),
             "device": describe_device(engine.state.device or "cpu"),

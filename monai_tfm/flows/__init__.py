@@ -19,7 +19,16 @@ from .path import (
     tie_padding,
     velocity_from_endpoint,
 )
-from .solvers import ADAPTIVE_SOLVERS, FIXED_STEP_SOLVERS, CountingField, SolverResult, euler_maruyama, integrate
+from .solvers import (
+    ADAPTIVE_SOLVERS,
+    FIXED_STEP_SOLVERS,
+    CountingField,
+    SolverResult,
+    check_solver,
+    euler_maruyama,
+    integrate,
+    is_adaptive,
+)
 
 __all__ = [
     "PREDICTIONS",
@@ -38,6 +47,8 @@ __all__ = [
     "velocity_from_endpoint",
     "ADAPTIVE_SOLVERS",
     "FIXED_STEP_SOLVERS",
+    "check_solver",
+    "is_adaptive",
     "CountingField",
     "SolverResult",
     "euler_maruyama",

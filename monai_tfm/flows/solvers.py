@@ -8,17 +8,54 @@ stochastic option; both are small and live here.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 from torchdiffeq import odeint
 
-__all__ = ["FIXED_STEP_SOLVERS", "ADAPTIVE_SOLVERS", "SolverResult", "CountingField", "integrate", "euler_maruyama"]
+__all__ = [
+    "FIXED_STEP_SOLVERS",
+    "ADAPTIVE_SOLVERS",
+    "check_solver",
+    "is_adaptive",
+    "SolverResult",
+    "CountingField",
+    "integrate",
+    "euler_maruyama",
+]
 
 #: fixed-grid solvers and their network evaluations per step
 FIXED_STEP_SOLVERS = {"euler": 1, "midpoint": 2, "heun2": 2, "rk4": 4}
 ADAPTIVE_SOLVERS = ("dopri5", "dopri8", "bosh3", "adaptive_heun")
+
+
+def is_adaptive(method: str) -> bool:
+    """Whether ``method`` chooses its own steps (tolerances) rather than a fixed number of steps."""
+    return method in ADAPTIVE_SOLVERS
+
+
+def check_solver(method: str, error: type[Exception] = ValueError, extra: Sequence[str] = (), what: str = "") -> str:
+    """The one check of a solver name: a fixed-step or adaptive torchdiffeq solver of :func:`integrate`, or one of
+    ``extra`` (e.g. ``euler_maruyama`` where samples are drawn).
+
+    Args:
+        method: the solver name.
+        error: the exception type raised (the caller's user error).
+        extra: further names the caller accepts.
+        what: text after the name in the message (e.g. `` for a flow model``).
+
+    Returns:
+        ``method``.
+
+    Raises:
+        error: an unknown name, with the known ones.
+    """
+    known = [*FIXED_STEP_SOLVERS, *ADAPTIVE_SOLVERS, *extra]
+    if method not in known:
+        raise error(f"unknown solver {method!r}{what}; expected one of {known}.")
+    return method
+
 
 VelocityFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -90,13 +127,9 @@ def integrate(
             raise ValueError(f"solver steps must be >= 1, got {steps}.")
         out = odeint(field, x0, span, method=method, options={"step_size": 1.0 / int(steps)})
         return SolverResult(out[-1], field.nfe, method, int(steps))
-    if method in ADAPTIVE_SOLVERS:
-        out = odeint(field, x0, span, method=method, rtol=rtol, atol=atol)
-        return SolverResult(out[-1], field.nfe, method, None)
-    raise ValueError(
-        f"unknown solver {method!r}; expected one of {sorted(FIXED_STEP_SOLVERS)} (fixed steps) "
-        f"or {list(ADAPTIVE_SOLVERS)} (adaptive)."
-    )
+    check_solver(method)
+    out = odeint(field, x0, span, method=method, rtol=rtol, atol=atol)
+    return SolverResult(out[-1], field.nfe, method, None)
 
 
 def euler_maruyama(

@@ -41,7 +41,7 @@ from monai_tfm.apps.bundle_loading import (
     resolve_device,
 )
 from monai_tfm.engines.checkpoint import load_weights
-from monai_tfm.flows.solvers import ADAPTIVE_SOLVERS, FIXED_STEP_SOLVERS
+from monai_tfm.flows.solvers import check_solver
 from monai_tfm.generation.evaluation import save_sample_grid
 from monai_tfm.generation.samplers import DIFFUSION_SCHEDULERS, generate_images
 from monai_tfm.utils.io import atomic_save_nifti
@@ -159,11 +159,13 @@ class BundleGenerator:
             raise GenerationError(f"'{self.root}' is not a generation bundle: its inference config has no sampler.")
         apply_overrides(parser, overrides, files, GenerationError, "generate")
         self.objective = str(parser.get_parsed_content("objective")) if "objective" in parser else "flow"
-        known = [*FIXED_STEP_SOLVERS, *ADAPTIVE_SOLVERS] if self.objective == "flow" else list(DIFFUSION_SCHEDULERS)
         if solver is not None:
-            if solver not in known:
+            if self.objective == "flow":
+                check_solver(solver, GenerationError, what=" for a flow model")
+            elif solver not in DIFFUSION_SCHEDULERS:
                 raise GenerationError(
-                    f"unknown solver {solver!r} for a {self.objective} model; expected one of {known}."
+                    f"unknown solver {solver!r} for a {self.objective} model; expected one of "
+                    f"{list(DIFFUSION_SCHEDULERS)}."
                 )
             parser["solver"] = solver
         if steps is not None:

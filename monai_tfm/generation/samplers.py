@@ -27,7 +27,7 @@ import torch
 from monai.inferers import Inferer
 from monai.networks.schedulers import DDIMScheduler, DDPMScheduler, Scheduler
 
-from monai_tfm.flows.solvers import ADAPTIVE_SOLVERS, FIXED_STEP_SOLVERS, integrate
+from monai_tfm.flows.solvers import check_solver, integrate
 from monai_tfm.generation.networks import class_context, encode_mask
 
 __all__ = [
@@ -123,10 +123,7 @@ class FlowSampler(Inferer):
         atol: float = 1e-5,
     ) -> None:
         super().__init__()
-        if solver not in FIXED_STEP_SOLVERS and solver not in ADAPTIVE_SOLVERS:
-            raise ValueError(
-                f"unknown solver {solver!r}; expected one of {sorted(FIXED_STEP_SOLVERS)} or {list(ADAPTIVE_SOLVERS)}."
-            )
+        check_solver(solver)
         if int(steps) < 1:
             raise ValueError(f"solver steps must be >= 1, got {steps}.")
         self.solver = solver

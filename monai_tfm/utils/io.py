@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import torch
+from monai.config import PathLike
 
 from monai_tfm.utils.options import as_bool
 
@@ -41,8 +42,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-PathLike = str | os.PathLike
 
 
 def _temp_sibling(path: Path) -> Path:

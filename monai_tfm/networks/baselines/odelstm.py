@@ -20,7 +20,9 @@ from monai_tfm.networks.baselines.convlstm import ConvLSTMCell
 
 __all__ = ["ODEFunc", "ODELSTM3D"]
 
-FIXED_STEP_SOLVERS = ("euler", "midpoint", "rk4", "explicit_adams", "implicit_adams")
+# torchdiffeq's fixed-grid solvers (they take options={"step_size": ...}); the flow solvers' registry is
+# monai_tfm.flows.solvers, which this latent ODE does not share (it also allows the Adams methods)
+_GRID_SOLVERS = ("euler", "midpoint", "rk4", "explicit_adams", "implicit_adams")
 
 
 class ODEFunc(nn.Module):
@@ -134,7 +136,7 @@ class ODELSTM3D(DirectForecaster):
             return scale * self.field(y)
 
         grid = torch.tensor([0.0, 1.0], dtype=h.dtype, device=h.device)
-        if self.solver in FIXED_STEP_SOLVERS:
+        if self.solver in _GRID_SOLVERS:
             out = odeint(velocity, h, grid, method=self.solver, options={"step_size": 1.0 / self.solver_steps})
         else:
             out = odeint(velocity, h, grid, method=self.solver, rtol=self.rtol, atol=self.atol)
