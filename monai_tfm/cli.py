@@ -14,14 +14,14 @@ from pathlib import Path
 from typing import Any
 
 from monai_tfm.utils.errors import USER_ERRORS as PACKAGE_USER_ERRORS
-from monai_tfm.utils.errors import user_error_in_chain
+from monai_tfm.utils.errors import MonaiTFMError, user_error_in_chain
 
 __all__ = ["Commands", "main", "bundle_configs", "help_text", "PREPARERS"]
 
 logger = logging.getLogger("monai_tfm.cli")
 
 
-class CLIError(Exception):
+class CLIError(MonaiTFMError):
     """An expected user error: printed as one line, exit code 2, no traceback."""
 
 

@@ -68,3 +68,30 @@ def test_quickstart_shows_its_table_once_with_progress(tmp_path, capsys, monkeyp
     shown = captured.out + captured.err + "\n".join(records)
     assert shown.count(table_line) == 1
     assert "forecasting: [2/2] 100%" in captured.err  # the evaluation's bar over its 2 batches of 2 forecasts
+
+
+@pytest.mark.parametrize("kind", ["package error", "file error", "bug: ValueError", "bug: TypeError"])
+def test_only_user_errors_become_one_line(kind, tmp_path, monkeypatch, capsys):
+    """The package's errors (MonaiTFMError and its subclasses) and file errors print one line and exit 2; any other
+    exception, a ValueError from a library too, is a bug and keeps its traceback."""
+    import monai_tfm.cli as cli
+    from monai_tfm.apps.forecast import ForecastError
+
+    raised = {
+        "package error": ForecastError("scan 'a.nii.gz' does not exist."),
+        "file error": FileExistsError("output 'x' exists"),
+        "bug: ValueError": ValueError("not enough values to unpack"),
+        "bug: TypeError": TypeError("unsupported operand"),
+    }[kind]
+
+    def version(self):  # stands in for a command that fails
+        raise raised
+
+    monkeypatch.setattr(cli.Commands, "version", version)
+    monkeypatch.chdir(tmp_path)
+    if kind.startswith("bug"):
+        with pytest.raises(type(raised)):
+            cli.main(["version"])
+    else:
+        rc, _, err = run_cli(["version"], capsys)
+        assert rc == 2 and err.strip().splitlines()[-1] == f"monai-tfm: error: {raised}"

@@ -60,6 +60,7 @@ from monai_tfm.transforms.grid import GridEmbed, GridEmbedd, grid_slots
 from monai_tfm.transforms.intensity import IntensityScaling
 from monai_tfm.transforms.series import SeriesReadError, grid_mismatch, read_volume
 from monai_tfm.utils.display import middle_slice
+from monai_tfm.utils.errors import MonaiTFMError
 from monai_tfm.utils.io import atomic_path, atomic_save_nifti
 from monai_tfm.utils.options import as_bool, positive_int
 
@@ -79,7 +80,7 @@ _NIFTI_SUFFIXES = (".nii", ".nii.gz")
 _TIME_ATOL = 1e-6
 
 
-class ForecastError(ValueError):
+class ForecastError(MonaiTFMError):
     """An expected problem with the inputs of a forecast; the message is one line naming the file or value."""
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from monai_tfm.utils.errors import MonaiTFMError
 from monai_tfm.utils.io import atomic_path
 
 __all__ = ["PackError", "pack_bundle", "bundle_files"]
@@ -32,7 +33,7 @@ ZIP_DATE = (1980, 1, 1, 0, 0, 0)
 WEIGHTS_ENTRY = "models/model.pt"
 
 
-class PackError(ValueError):
+class PackError(MonaiTFMError):
     """An expected problem with a bundle or its weights; the message is one line naming the file."""
 
 

@@ -55,6 +55,7 @@ from monai_tfm.data.preparation import (
     resample_series,
     resampled_affine,
 )
+from monai_tfm.utils.errors import MonaiTFMError
 from monai_tfm.utils.io import atomic_save_nifti
 
 __all__ = [
@@ -131,21 +132,21 @@ def read_info_cfg(path: PathLike) -> dict[str, Any]:
             key, sep, value = line.partition(":")
             key = key.strip()
             if not sep or not key:
-                raise ValueError(f"'{path}', line {n}: expected 'Key: value', got {line!r}.")
+                raise MonaiTFMError(f"'{path}', line {n}: expected 'Key: value', got {line!r}.")
             if key in out:
-                raise ValueError(f"'{path}', line {n}: key {key!r} occurs twice.")
+                raise MonaiTFMError(f"'{path}', line {n}: key {key!r} occurs twice.")
             out[key] = _parse_value(value.strip())
     return out
 
 
 def _frame_number(info: Mapping[str, Any], key: str, cfg: Path) -> int:
     if key not in info:
-        raise ValueError(f"'{cfg}' has no '{key}' entry (the {key} frame number, 1-based); keys: {sorted(info)}.")
+        raise MonaiTFMError(f"'{cfg}' has no '{key}' entry (the {key} frame number, 1-based); keys: {sorted(info)}.")
     value = info[key]
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"'{cfg}': '{key}' must be a frame number >= 1, got {value!r}.")
+        raise MonaiTFMError(f"'{cfg}': '{key}' must be a frame number >= 1, got {value!r}.")
     return value
 
 
@@ -229,7 +230,7 @@ def find_acdc_patients(src: PathLike) -> list[ACDCPatient]:
     seen: dict[str, Path] = {}
     for name, _, folder, _ in found:
         if name in seen:
-            raise ValueError(f"ACDC patient '{name}' occurs twice under '{root}': '{seen[name]}' and '{folder}'.")
+            raise MonaiTFMError(f"ACDC patient '{name}' occurs twice under '{root}': '{seen[name]}' and '{folder}'.")
         seen[name] = folder
     found.sort(key=lambda x: (x[1], x[0]))
     return [ACDCPatient(name, number, folder, split, root) for name, number, folder, split in found]
@@ -250,10 +251,12 @@ def _image_header(path: Path) -> tuple[Any, tuple[int, ...]]:
     try:
         img = nib.load(str(path))
     except Exception as e:  # nibabel raises several types for broken files
-        raise ValueError(f"cannot read '{path}' as NIfTI: {e}") from e
+        raise MonaiTFMError(f"cannot read '{path}' as NIfTI: {e}") from e
     shape = tuple(int(s) for s in img.shape)
     if len(shape) != 4:
-        raise ValueError(f"'{path}' has shape {shape} ({len(shape)}D); expected a 4D cine series (x, y, slice, time).")
+        raise MonaiTFMError(
+            f"'{path}' has shape {shape} ({len(shape)}D); expected a 4D cine series (x, y, slice, time)."
+        )
     return img, shape
 
 
@@ -283,7 +286,7 @@ def _find_label(patient: ACDCPatient, frame: int, shape: tuple[int, ...]) -> Pat
             return p
     if present:
         got = {str(p): tuple(nib.load(str(p)).shape) for p in present}
-        raise ValueError(f"{patient.subject}: mask(s) {got} are not on the grid of '{patient.image}' ({shape}).")
+        raise MonaiTFMError(f"{patient.subject}: mask(s) {got} are not on the grid of '{patient.image}' ({shape}).")
     return None
 
 
@@ -308,11 +311,11 @@ def _check_patient(patient: ACDCPatient) -> tuple[Any, tuple[int, ...]]:
     img, shape = _image_header(patient.image)
     n_t = shape[3]
     if es < ed:
-        raise ValueError(f"'{cfg}': ES ({es}) comes before ED ({ed}); expected ED <= ES (1-based frame numbers).")
+        raise MonaiTFMError(f"'{cfg}': ES ({es}) comes before ED ({ed}); expected ED <= ES (1-based frame numbers).")
     if es == ed:
-        raise ValueError(f"'{cfg}': ED and ES are the same frame ({ed}); ED..ES needs at least 2 frames.")
+        raise MonaiTFMError(f"'{cfg}': ED and ES are the same frame ({ed}); ED..ES needs at least 2 frames.")
     if es > n_t:
-        raise ValueError(
+        raise MonaiTFMError(
             f"'{cfg}': ED={ed}, ES={es} outside the series '{patient.image}', which has {n_t} frames (1-based)."
         )
     if "NbFrame" in info and info["NbFrame"] != n_t:
@@ -357,7 +360,7 @@ def _prepare_patient(
                 continue
             lab = np.asanyarray(nib.load(str(path)).dataobj)
             if not np.all(np.isfinite(lab)) or not np.array_equal(lab, np.round(lab)):
-                raise ValueError(f"'{path}' is not a label map (non-integer values).")
+                raise MonaiTFMError(f"'{path}' is not a label map (non-integer values).")
             lab = np.round(lab).astype(np.int64)
             dtype = np.uint8 if lab.min() >= 0 and lab.max() < 256 else np.int16
             rel = f"{patient.subject}/label_{name}.nii.gz"
@@ -433,14 +436,14 @@ def prepare_acdc(
     start = time.perf_counter()
     num_frames, num_folds = int(num_frames), int(num_folds)
     if num_frames < 2:
-        raise ValueError(f"num_frames must be >= 2 (ED and ES), got {num_frames}.")
+        raise MonaiTFMError(f"num_frames must be >= 2 (ED and ES), got {num_frames}.")
     if num_folds < 2:
-        raise ValueError(f"num_folds must be >= 2, got {num_folds}.")
+        raise MonaiTFMError(f"num_folds must be >= 2, got {num_folds}.")
     size = None if spatial_size is None else check_spatial_size(spatial_size)
     src_dir = Path(src).expanduser()
     dst_dir = Path(dst).expanduser().absolute()
     if src_dir.is_dir() and is_within(dst_dir.resolve(), src_dir.resolve()):
-        raise ValueError(f"the output folder '{dst_dir}' is inside the source folder '{src_dir}'; it is read-only.")
+        raise MonaiTFMError(f"the output folder '{dst_dir}' is inside the source folder '{src_dir}'; it is read-only.")
     datalist = dst_dir / ACDC_DATALIST_NAME
     if datalist.exists() and not overwrite:
         raise FileExistsError(

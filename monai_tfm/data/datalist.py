@@ -27,6 +27,7 @@ from typing import Any
 
 from monai.config import PathLike
 
+from monai_tfm.utils.errors import MonaiTFMError
 from monai_tfm.utils.io import atomic_write_text
 
 __all__ = ["DatalistError", "load_series_datalist", "validate_series_item", "write_series_datalist"]
@@ -38,7 +39,7 @@ logger = logging.getLogger(__name__)
 FRAME_PATH_KEYS = ("image", "label")
 
 
-class DatalistError(ValueError):
+class DatalistError(MonaiTFMError):
     """A series datalist is malformed; the message names the file, section, subject and key."""
 
 

@@ -68,6 +68,7 @@ from monai_tfm.data.preparation import (
     resample_spatial,
     resampled_affine,
 )
+from monai_tfm.utils.errors import MonaiTFMError
 from monai_tfm.utils.io import atomic_save_nifti
 
 __all__ = [
@@ -145,7 +146,7 @@ def find_isles_patients(src: PathLike, pattern: str = ISLES_DEFAULT_PATTERN) -> 
     if not root.is_dir():
         raise FileNotFoundError(f"ISLES source folder '{root}' does not exist or is not a folder.")
     if not pattern or Path(pattern).is_absolute():
-        raise ValueError(f"pattern must be a glob relative to the source folder, got {pattern!r}.")
+        raise MonaiTFMError(f"pattern must be a glob relative to the source folder, got {pattern!r}.")
     files = sorted(p for p in root.glob(pattern) if p.is_file())
     if not files:
         raise FileNotFoundError(
@@ -156,12 +157,12 @@ def find_isles_patients(src: PathLike, pattern: str = ISLES_DEFAULT_PATTERN) -> 
     for f in files:
         subject = _subject_of(f.relative_to(root))
         if subject is None:
-            raise ValueError(f"'{f}' matches {pattern!r} but lies in no 'sub-...' folder naming its subject.")
+            raise MonaiTFMError(f"'{f}' matches {pattern!r} but lies in no 'sub-...' folder naming its subject.")
         by_subject.setdefault(subject, []).append(f)
     for subject, paths in by_subject.items():
         if len(paths) > 1:
             names = ", ".join(f"'{p}'" for p in paths)
-            raise ValueError(
+            raise MonaiTFMError(
                 f"subject '{subject}' has {len(paths)} files matching {pattern!r}: {names}; "
                 "give a pattern that matches one series per subject."
             )
@@ -210,13 +211,13 @@ def brain_mask(
     """
     vol = np.asarray(mean_volume)
     if vol.ndim != 3:
-        raise ValueError(f"expected a 3D temporal mean, got shape {vol.shape}.")
+        raise MonaiTFMError(f"expected a 3D temporal mean, got shape {vol.shape}.")
     if window is None:
         mask = vol > _otsu_threshold(vol[np.isfinite(vol)])
     else:
         lo, hi = (float(v) for v in window)
         if lo > hi:
-            raise ValueError(f"brain window must be (low, high) with low <= high, got {tuple(window)}.")
+            raise MonaiTFMError(f"brain window must be (low, high) with low <= high, got {tuple(window)}.")
         mask = (vol >= lo) & (vol <= hi)
     if opening > 0 and mask.any():
         cross = ndimage.generate_binary_structure(2, 1)[:, :, None]  # in-plane only: slices may be thick
@@ -273,15 +274,17 @@ def _read_header(patient: ISLESPatient) -> tuple[Any, tuple[int, ...]]:
     try:
         img = nib.load(str(path), keep_file_open=True)
     except Exception as e:  # nibabel raises several types for broken files
-        raise ValueError(f"{patient.subject}: cannot read '{path}' as NIfTI: {e}") from e
+        raise MonaiTFMError(f"{patient.subject}: cannot read '{path}' as NIfTI: {e}") from e
     shape = tuple(int(s) for s in img.shape)
     if len(shape) != 4:
-        raise ValueError(
+        raise MonaiTFMError(
             f"{patient.subject}: '{path}' has shape {shape} ({len(shape)}D); expected a 4D perfusion series "
             "(x, y, z, time)."
         )
     if shape[3] < 2:
-        raise ValueError(f"{patient.subject}: '{path}' has {shape[3]} frame(s); a perfusion series needs at least 2.")
+        raise MonaiTFMError(
+            f"{patient.subject}: '{path}' has {shape[3]} frame(s); a perfusion series needs at least 2."
+        )
     return img, shape
 
 
@@ -289,9 +292,9 @@ def _read_frame(img: Any, t: int, path: Path) -> np.ndarray:
     try:
         frame = np.asarray(img.dataobj[..., t], dtype=np.float32)
     except Exception as e:  # truncated or corrupt data
-        raise ValueError(f"cannot read frame {t} of '{path}': {e}") from e
+        raise MonaiTFMError(f"cannot read frame {t} of '{path}': {e}") from e
     if not np.all(np.isfinite(frame)):
-        raise ValueError(f"frame {t} of '{path}' holds non-finite voxels.")
+        raise MonaiTFMError(f"frame {t} of '{path}' holds non-finite voxels.")
     return frame
 
 
@@ -431,17 +434,17 @@ def prepare_isles(
     size = check_spatial_size(spatial_size)
     frame_step, num_folds, min_frames = int(frame_step), int(num_folds), int(min_frames)
     if frame_step < 1:
-        raise ValueError(f"frame_step must be >= 1, got {frame_step}.")
+        raise MonaiTFMError(f"frame_step must be >= 1, got {frame_step}.")
     if num_folds < 2:
-        raise ValueError(f"num_folds must be >= 2, got {num_folds}.")
+        raise MonaiTFMError(f"num_folds must be >= 2, got {num_folds}.")
     if min_frames < 2:
-        raise ValueError(f"min_frames must be >= 2, got {min_frames}.")
+        raise MonaiTFMError(f"min_frames must be >= 2, got {min_frames}.")
     if len(percentiles) != 2 or not 0 <= float(percentiles[0]) < float(percentiles[1]) <= 100:
-        raise ValueError(f"percentiles must be (lower, upper) with 0 <= lower < upper <= 100, got {percentiles!r}.")
+        raise MonaiTFMError(f"percentiles must be (lower, upper) with 0 <= lower < upper <= 100, got {percentiles!r}.")
     if clip_region not in ("box", "brain"):
-        raise ValueError(f"clip_region must be 'box' or 'brain', got {clip_region!r}.")
+        raise MonaiTFMError(f"clip_region must be 'box' or 'brain', got {clip_region!r}.")
     if brain_window is not None and len(brain_window) != 2:
-        raise ValueError(f"brain_window must be (low, high) or None, got {brain_window!r}.")
+        raise MonaiTFMError(f"brain_window must be (low, high) or None, got {brain_window!r}.")
     src_dir = Path(src).expanduser()
     dst_dir = Path(dst).expanduser().absolute()
     datalist = check_output_folder(src_dir, dst_dir, overwrite, "ISLES")
@@ -466,7 +469,7 @@ def prepare_isles(
         else:
             usable.append((patient, img, shape))
     if not usable:
-        raise ValueError(
+        raise MonaiTFMError(
             f"no ISLES patient under '{src_dir}' has {min_frames} frames after keeping every {frame_step}-th "
             f"(skipped: {skipped})."
         )

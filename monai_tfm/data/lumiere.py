@@ -68,6 +68,7 @@ from monai_tfm.data.preparation import (
     resample_spatial,
     resampled_affine,
 )
+from monai_tfm.utils.errors import MonaiTFMError
 from monai_tfm.utils.io import atomic_save_nifti
 
 __all__ = [
@@ -126,7 +127,7 @@ def parse_week_folder(name: str) -> tuple[int, int]:
     """
     m = _WEEK_RE.match(name)
     if m is None:
-        raise ValueError(f"bad LUMIERE visit folder name {name!r}: expected 'week-NNN' or 'week-NNN-k' (digits).")
+        raise MonaiTFMError(f"bad LUMIERE visit folder name {name!r}: expected 'week-NNN' or 'week-NNN-k' (digits).")
     return int(m.group(1)), int(m.group(2) or 0)
 
 
@@ -183,18 +184,18 @@ def visit_times(visits: Sequence[LumiereVisit], same_week_offset: float = SAME_W
             (``week-012`` and ``week-012-0``), or more scans in a week than the offset fits into it.
     """
     if not same_week_offset > 0:
-        raise ValueError(f"same_week_offset must be > 0 (weeks), got {same_week_offset!r}.")
+        raise MonaiTFMError(f"same_week_offset must be > 0 (weeks), got {same_week_offset!r}.")
     keys = [(v.week, v.order) for v in visits]
     for a, b, va, vb in zip(keys, keys[1:], visits, visits[1:]):
         if b == a:
-            raise ValueError(f"visit folders '{va.folder}' and '{vb.folder}' have the same week and order {a}.")
+            raise MonaiTFMError(f"visit folders '{va.folder}' and '{vb.folder}' have the same week and order {a}.")
         if b < a:
-            raise ValueError(f"visits must be sorted by (week, order); '{vb.folder}' comes after '{va.folder}'.")
+            raise MonaiTFMError(f"visits must be sorted by (week, order); '{vb.folder}' comes after '{va.folder}'.")
     times, rank = [], 0
     for i, v in enumerate(visits):
         rank = rank + 1 if i > 0 and visits[i - 1].week == v.week else 0
         if rank * same_week_offset >= 1.0:
-            raise ValueError(
+            raise MonaiTFMError(
                 f"'{v.folder}': {rank + 1} scans in week {v.week} do not fit into one week with "
                 f"same_week_offset={same_week_offset}; pass a smaller offset."
             )
@@ -246,7 +247,7 @@ def find_lumiere_patients(src: PathLike, same_week_offset: float = SAME_WEEK_OFF
             try:
                 week, order = parse_week_folder(v.name)
             except ValueError as e:
-                raise ValueError(f"'{v}': {e}") from None
+                raise MonaiTFMError(f"'{v}': {e}") from None
             visits.append(LumiereVisit(v.name, week, order, v))
         visits.sort(key=lambda x: (x.week, x.order))
         for visit, t in zip(visits, visit_times(visits, same_week_offset)):
@@ -259,7 +260,7 @@ def find_lumiere_patients(src: PathLike, same_week_offset: float = SAME_WEEK_OFF
 def _modality(modality: str) -> str:
     canonical = {m.lower(): m for m in LUMIERE_MODALITIES}
     if not isinstance(modality, str) or modality.lower() not in canonical:
-        raise ValueError(f"unknown LUMIERE modality {modality!r}; expected one of {list(LUMIERE_MODALITIES)}.")
+        raise MonaiTFMError(f"unknown LUMIERE modality {modality!r}; expected one of {list(LUMIERE_MODALITIES)}.")
     return canonical[modality.lower()]
 
 
@@ -282,11 +283,11 @@ def lumiere_image_path(visit_folder: PathLike, modality: str = "CT1", pattern: s
     try:
         rel = pattern.format(modality=mod, modality_lower=mod.lower())
     except (KeyError, IndexError, ValueError) as e:
-        raise ValueError(
+        raise MonaiTFMError(
             f"bad LUMIERE file pattern {pattern!r} ({e!r}); allowed placeholders: {{modality}}, {{modality_lower}}."
         ) from None
     if not rel or Path(rel).is_absolute():
-        raise ValueError(f"LUMIERE file pattern {pattern!r} must be a path relative to the visit folder.")
+        raise MonaiTFMError(f"LUMIERE file pattern {pattern!r} must be a path relative to the visit folder.")
     return Path(visit_folder) / rel
 
 
@@ -300,11 +301,13 @@ def _header(path: Path) -> tuple[Any, tuple[int, int, int]]:
         img = nib.load(str(path))
         shape = tuple(int(s) for s in img.shape)
     except Exception as e:  # nibabel raises several types for broken files
-        raise ValueError(f"cannot read '{path}' as NIfTI: {e}") from e
+        raise MonaiTFMError(f"cannot read '{path}' as NIfTI: {e}") from e
     if len(shape) == 4 and shape[3] == 1:
         shape = shape[:3]
     if len(shape) != 3:
-        raise ValueError(f"'{path}' has shape {tuple(img.shape)} ({len(img.shape)}D); expected a 3D volume (x, y, z).")
+        raise MonaiTFMError(
+            f"'{path}' has shape {tuple(img.shape)} ({len(img.shape)}D); expected a 3D volume (x, y, z)."
+        )
     return img, shape
 
 
@@ -314,9 +317,9 @@ def _read_volume(path: Path) -> tuple[np.ndarray, np.ndarray]:
     try:
         data = np.asarray(img.dataobj, dtype=np.float32).reshape(shape)
     except Exception as e:
-        raise ValueError(f"cannot read the voxels of '{path}': {e}") from e
+        raise MonaiTFMError(f"cannot read the voxels of '{path}': {e}") from e
     if not np.all(np.isfinite(data)):
-        raise ValueError(f"'{path}' holds non-finite voxels.")
+        raise MonaiTFMError(f"'{path}' holds non-finite voxels.")
     return data, np.asarray(img.affine, dtype=np.float64)
 
 
@@ -349,7 +352,7 @@ def _check_headers(subject: str, usable: list[tuple[LumiereVisit, Path]]) -> tup
         if ref_shape is None:
             ref_path, ref_shape, ref_affine = path, shape, affine
         elif shape != ref_shape or not np.allclose(affine, ref_affine, atol=1e-3):
-            raise ValueError(
+            raise MonaiTFMError(
                 f"{subject}: visits are on different voxel grids: '{path}' has shape {shape}, '{ref_path}' has "
                 f"{ref_shape} (or their affines differ). Use the registered images the dataset provides (default "
                 f"pattern {LUMIERE_DEFAULT_PATTERN!r}); the preparer does not register images."
@@ -452,12 +455,12 @@ def prepare_lumiere(
     modality = _modality(modality)
     lumiere_image_path(".", modality, pattern)  # validates the pattern
     if missing_visits not in ("error", "skip"):
-        raise ValueError(f"missing_visits must be 'error' or 'skip', got {missing_visits!r}.")
+        raise MonaiTFMError(f"missing_visits must be 'error' or 'skip', got {missing_visits!r}.")
     num_folds = int(num_folds)
     if num_folds < 2:
-        raise ValueError(f"num_folds must be >= 2, got {num_folds}.")
+        raise MonaiTFMError(f"num_folds must be >= 2, got {num_folds}.")
     if not 0.0 <= float(test_fraction) < 1.0:
-        raise ValueError(f"test_fraction must be in [0, 1), got {test_fraction!r}.")
+        raise MonaiTFMError(f"test_fraction must be in [0, 1), got {test_fraction!r}.")
     src_dir = Path(src).expanduser()
     if not src_dir.is_dir():
         raise FileNotFoundError(f"LUMIERE source folder '{src_dir}' does not exist or is not a folder.")
@@ -481,7 +484,7 @@ def prepare_lumiere(
             continue
         todo.append((patient, usable, _check_headers(patient.subject, usable)))
     if not todo:
-        raise ValueError(f"no LUMIERE patient under '{src_dir}' has two usable {modality} visits ({pattern!r}).")
+        raise MonaiTFMError(f"no LUMIERE patient under '{src_dir}' has two usable {modality} visits ({pattern!r}).")
     logger.info(
         "LUMIERE: preparing %d patients (%d skipped) from %s into %s (%s, grid %s).",
         len(todo),
@@ -580,7 +583,7 @@ def ensure_lumiere_prepared(dataset_dir: PathLike, prepared_dir: PathLike, **kwa
             wanted["spatial_size"] = list(check_spatial_size(wanted["spatial_size"]))
         for key, value in wanted.items():
             if key in stored and stored[key] != value:
-                raise ValueError(
+                raise MonaiTFMError(
                     f"{prepared_dir} holds LUMIERE data prepared with {key}={stored[key]!r}, not {value!r}; point "
                     "prepared_dir to a new folder (or prepare again with overwrite=True)."
                 )

@@ -25,6 +25,7 @@ import numpy as np
 from monai.config import PathLike
 
 from monai_tfm.data.datalist import load_series_datalist
+from monai_tfm.utils.errors import MonaiTFMError
 
 __all__ = [
     "DATALIST_NAME",
@@ -72,9 +73,9 @@ def check_spatial_size(spatial_size: Sequence[int] | int) -> tuple[int, int, int
     values = [spatial_size] * 3 if isinstance(spatial_size, (int, np.integer)) else spatial_size
     msg = f"spatial_size must be three positive integers, got {spatial_size!r}."
     if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or len(values) != 3:
-        raise ValueError(msg)
+        raise MonaiTFMError(msg)
     if any(isinstance(v, bool) or not isinstance(v, (int, np.integer, float)) or v != int(v) or v < 1 for v in values):
-        raise ValueError(msg)
+        raise MonaiTFMError(msg)
     return int(values[0]), int(values[1]), int(values[2])
 
 
@@ -123,7 +124,7 @@ def resample_spatial(array: np.ndarray, spatial_size: Sequence[int]) -> np.ndarr
     """
     size = check_spatial_size(spatial_size)
     if array.ndim < 3:
-        raise ValueError(f"expected an array with at least 3 (spatial) axes, got shape {array.shape}.")
+        raise MonaiTFMError(f"expected an array with at least 3 (spatial) axes, got shape {array.shape}.")
     out = np.asarray(array, dtype=np.float32)
     for axis, n_out in enumerate(size):
         n_in = out.shape[axis]
@@ -151,10 +152,10 @@ def resample_series(series: np.ndarray, spatial_size: Sequence[int], num_frames:
     """
     check_spatial_size(spatial_size)
     if series.ndim != 4:
-        raise ValueError(f"expected a 4D series (x, y, z, t), got shape {series.shape}.")
+        raise MonaiTFMError(f"expected a 4D series (x, y, z, t), got shape {series.shape}.")
     n_t = series.shape[3]
     if n_t < 2 or int(num_frames) < 2:
-        raise ValueError(f"need at least 2 input and 2 output frames, got {n_t} and {num_frames}.")
+        raise MonaiTFMError(f"need at least 2 input and 2 output frames, got {n_t} and {num_frames}.")
     out = resample_spatial(series, spatial_size)
     t_coords = np.linspace(0.0, n_t - 1.0, int(num_frames))
     out = _apply_along(out, _linear_matrix(t_coords, n_t), 3)
@@ -176,7 +177,7 @@ def resample_labels(labels: np.ndarray, spatial_size: Sequence[int]) -> np.ndarr
     """
     size = check_spatial_size(spatial_size)
     if labels.ndim != 3:
-        raise ValueError(f"expected a 3D label map, got shape {labels.shape}.")
+        raise MonaiTFMError(f"expected a 3D label map, got shape {labels.shape}.")
     idx = [
         np.clip(np.floor(_centre_coords(n_in, n_out) + 0.5).astype(np.int64), 0, n_in - 1)
         for n_in, n_out in zip(labels.shape, size)
@@ -230,14 +231,14 @@ def normalise_shared(
         ValueError: if the series holds non-finite voxels, or ``mask`` does not fit or selects no voxel.
     """
     if not np.all(np.isfinite(series)):
-        raise ValueError(f"{name}: the series holds non-finite voxels.")
+        raise MonaiTFMError(f"{name}: the series holds non-finite voxels.")
     values = series
     if mask is not None:
         mask = np.asarray(mask, dtype=bool)
         if mask.shape != series.shape[: mask.ndim]:
-            raise ValueError(f"{name}: mask of shape {mask.shape} does not fit a series of shape {series.shape}.")
+            raise MonaiTFMError(f"{name}: mask of shape {mask.shape} does not fit a series of shape {series.shape}.")
         if not mask.any():
-            raise ValueError(f"{name}: the percentile mask selects no voxel.")
+            raise MonaiTFMError(f"{name}: the percentile mask selects no voxel.")
         values = series[mask]
     lo, hi = (float(v) for v in np.percentile(values, list(percentiles)))
     if hi <= lo:
@@ -271,9 +272,9 @@ def assign_folds(subjects: Sequence[str], groups: Sequence[Any] | None, num_fold
         ValueError: if ``num_folds < 2``, or ``groups`` has another length than ``subjects``.
     """
     if int(num_folds) < 2:
-        raise ValueError(f"num_folds must be >= 2, got {num_folds}.")
+        raise MonaiTFMError(f"num_folds must be >= 2, got {num_folds}.")
     if groups is not None and len(groups) != len(subjects):
-        raise ValueError(f"got {len(subjects)} subjects but {len(groups)} groups.")
+        raise MonaiTFMError(f"got {len(subjects)} subjects but {len(groups)} groups.")
     group_of = dict(zip(subjects, groups if groups is not None else [None] * len(subjects)))
     ordered = sorted(group_of)
     perm = np.random.default_rng(int(seed)).permutation(len(ordered))
@@ -301,7 +302,7 @@ def hold_out_subjects(subjects: Sequence[str], fraction: float, seed: int = 0) -
     """
     fraction = float(fraction)
     if not 0.0 <= fraction < 1.0:
-        raise ValueError(f"the held-out fraction must be in [0, 1), got {fraction}.")
+        raise MonaiTFMError(f"the held-out fraction must be in [0, 1), got {fraction}.")
     ordered = sorted(set(subjects))
     n_out = min(int(np.floor(fraction * len(ordered) + 0.5)), max(len(ordered) - 1, 0))
     perm = np.random.default_rng(int(seed)).permutation(len(ordered))
@@ -325,10 +326,10 @@ def split_folds(items: Sequence[Mapping], fold: int) -> tuple[list[Mapping], lis
     for i, item in enumerate(items):
         f = item.get("fold")
         if isinstance(f, bool) or not isinstance(f, int):
-            raise ValueError(f"item #{i} ({item.get('subject')!r}) has no integer 'fold' key (got {f!r}).")
+            raise MonaiTFMError(f"item #{i} ({item.get('subject')!r}) has no integer 'fold' key (got {f!r}).")
         folds.add(f)
     if int(fold) not in folds:
-        raise ValueError(f"fold {fold} has no subjects; folds present: {sorted(folds)}.")
+        raise MonaiTFMError(f"fold {fold} has no subjects; folds present: {sorted(folds)}.")
     train = [item for item in items if item["fold"] != int(fold)]
     val = [item for item in items if item["fold"] == int(fold)]
     return train, val
@@ -394,7 +395,7 @@ def check_output_folder(src: PathLike, dst: PathLike, overwrite: bool, dataset: 
     src_dir = Path(src).expanduser()
     dst_dir = Path(dst).expanduser().absolute()
     if src_dir.is_dir() and is_within(dst_dir.resolve(), src_dir.resolve()):
-        raise ValueError(
+        raise MonaiTFMError(
             f"the output folder '{dst_dir}' is inside the {dataset} source folder '{src_dir}'; the source is read-only."
         )
     datalist = dst_dir / DATALIST_NAME
@@ -452,7 +453,7 @@ def ensure_prepared(
     if done.is_file():
         source = json.loads(done.read_text()).get("metadata", {}).get("source")
         if source is not None and Path(source).resolve() != Path(dataset_dir).resolve():
-            raise ValueError(
+            raise MonaiTFMError(
                 f"{prepared_dir} holds {dataset} data prepared from {source}, not from {dataset_dir}; "
                 "point prepared_dir to a new folder (or dataset_dir to the prepared folder)."
             )

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from monai_tfm.data.datalist import write_series_datalist
+from monai_tfm.utils.errors import MonaiTFMError
 from monai_tfm.utils.io import atomic_save_nifti
 
 __all__ = [
@@ -68,7 +69,7 @@ def _rngs(seed: SeedLike, n: int) -> list[np.random.Generator]:
 def _grid(spatial_size: Sequence[int]) -> list[np.ndarray]:
     """Normalised voxel-centre coordinates in ``[-1, 1]`` per axis, broadcastable to ``spatial_size``."""
     if len(spatial_size) != 3 or any(int(s) < 2 for s in spatial_size):
-        raise ValueError(f"spatial_size must be three sizes >= 2, got {tuple(spatial_size)}.")
+        raise MonaiTFMError(f"spatial_size must be three sizes >= 2, got {tuple(spatial_size)}.")
     axes = []
     for i, n in enumerate(spatial_size):
         u = (2.0 * np.arange(int(n), dtype=np.float64) + 1.0) / float(n) - 1.0
@@ -129,7 +130,7 @@ def cardiac_curve(phase: float | np.ndarray, es_phase: float) -> float | np.ndar
         the contraction at ``phase``.
     """
     if not 0.0 < es_phase < 1.0:
-        raise ValueError(f"es_phase must be in (0, 1), got {es_phase}.")
+        raise MonaiTFMError(f"es_phase must be in (0, 1), got {es_phase}.")
     p = np.clip(np.asarray(phase, dtype=np.float64), 0.0, 1.0)
     up = 0.5 * (1.0 - np.cos(np.pi * p / es_phase))
     down = 0.5 * (1.0 + np.cos(np.pi * (p - es_phase) / (1.0 - es_phase)))
@@ -150,9 +151,9 @@ def _heart(
     es_phase_range: tuple[float, float],
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
     if num_frames < 2:
-        raise ValueError(f"num_frames must be >= 2, got {num_frames}.")
+        raise MonaiTFMError(f"num_frames must be >= 2, got {num_frames}.")
     if noise_std < 0:
-        raise ValueError(f"noise_std must be >= 0, got {noise_std}.")
+        raise MonaiTFMError(f"noise_std must be >= 0, got {noise_std}.")
     anat_rng, bg_rng, noise_rng = _rngs(seed, 3)
     grid = _grid(spatial_size)
     width = _edge_width(spatial_size)
@@ -265,7 +266,7 @@ def _tumour(
     noise_std: float,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
     if noise_std < 0:
-        raise ValueError(f"noise_std must be >= 0, got {noise_std}.")
+        raise MonaiTFMError(f"noise_std must be >= 0, got {noise_std}.")
     anat_rng, bg_rng, time_rng, noise_rng = _rngs(seed, 4)
     grid = _grid(spatial_size)
     width = _edge_width(spatial_size)
@@ -273,9 +274,9 @@ def _tumour(
     if num_visits is None:
         num_visits = int(time_rng.integers(3, 7))
     if num_visits < 2:
-        raise ValueError(f"num_visits must be >= 2, got {num_visits}.")
+        raise MonaiTFMError(f"num_visits must be >= 2, got {num_visits}.")
     if int(max_weeks) < num_visits - 1:
-        raise ValueError(f"max_weeks={max_weeks} cannot hold {num_visits} visits on distinct weeks.")
+        raise MonaiTFMError(f"max_weeks={max_weeks} cannot hold {num_visits} visits on distinct weeks.")
     # baseline at week 0, follow-ups on distinct whole weeks in [1, max_weeks]
     follow = np.sort(time_rng.choice(np.arange(1, int(max_weeks) + 1), size=num_visits - 1, replace=False))
     times = np.concatenate([[0.0], follow.astype(np.float64)])
@@ -489,18 +490,18 @@ def generate_synthetic_dataset(
         ValueError: for an unknown ``kind``, negative split sizes, bad sizes or unknown generator arguments.
     """
     if kind not in _KIND_IDS:
-        raise ValueError(f"unknown phantom kind {kind!r}; expected one of {sorted(_KIND_IDS)}.")
+        raise MonaiTFMError(f"unknown phantom kind {kind!r}; expected one of {sorted(_KIND_IDS)}.")
     allowed = {"heart": {"noise_std", "amplitude_range", "es_phase_range"}, "tumour": {"noise_std", "max_weeks"}}
     unknown = set(generator_kwargs) - allowed[kind]
     if unknown:
-        raise ValueError(f"unknown arguments for the {kind} generator: {sorted(unknown)}.")
+        raise MonaiTFMError(f"unknown arguments for the {kind} generator: {sorted(unknown)}.")
     splits = {"training": int(num_train), "validation": int(num_val), "test": int(num_test)}
     if any(v < 0 for v in splits.values()):
-        raise ValueError(f"split sizes must be >= 0, got {splits}.")
+        raise MonaiTFMError(f"split sizes must be >= 0, got {splits}.")
     spatial_size = tuple(int(s) for s in spatial_size)
     spacing = tuple(float(s) for s in spacing)
     if len(spacing) != 3 or any(s <= 0 for s in spacing):
-        raise ValueError(f"spacing must be three positive numbers, got {spacing}.")
+        raise MonaiTFMError(f"spacing must be three positive numbers, got {spacing}.")
     _grid(spatial_size)  # validates spatial_size
 
     out_dir = Path(out_dir).expanduser().absolute()
@@ -588,7 +589,7 @@ def ensure_synthetic_dataset(dataset_dir: str | os.PathLike, **kwargs: Any) -> s
         ValueError: if ``overwrite`` is passed, or for invalid generator arguments.
     """
     if "overwrite" in kwargs:
-        raise ValueError("ensure_synthetic_dataset never overwrites; call generate_synthetic_dataset instead.")
+        raise MonaiTFMError("ensure_synthetic_dataset never overwrites; call generate_synthetic_dataset instead.")
     datalist = Path(dataset_dir).expanduser() / DATALIST_NAME
     if datalist.is_file():
         return str(datalist.absolute())

@@ -24,6 +24,7 @@ import torch
 from ignite.engine import Engine, Events
 
 from monai_tfm.engines.distributed import barrier, is_main_process, unwrap_module
+from monai_tfm.utils.errors import MonaiTFMError
 from monai_tfm.utils.io import atomic_save_torch
 from monai_tfm.utils.options import as_bool
 
@@ -90,7 +91,7 @@ def load_weights(network: torch.nn.Module, path: str | Path, strict: bool = True
     try:
         network.load_state_dict(state, strict=strict)
     except RuntimeError as e:
-        raise ValueError(f"weights in {path} do not match the network: {e}") from e
+        raise MonaiTFMError(f"weights in {path} do not match the network: {e}") from e
     return network
 
 
@@ -164,7 +165,7 @@ class TrainingCheckpointer:
         validate_at_end: bool = True,
     ) -> None:
         if mode not in ("min", "max"):
-            raise ValueError(f"mode must be 'min' or 'max', got {mode!r}.")
+            raise MonaiTFMError(f"mode must be 'min' or 'max', got {mode!r}.")
         self.output_dir = Path(output_dir)
         self.last_path = self.output_dir / LAST_CHECKPOINT
         self.model_path = self.output_dir / BEST_MODEL

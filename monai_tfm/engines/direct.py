@@ -16,6 +16,8 @@ from typing import Any
 import torch
 from monai.engines import PrepareBatch
 
+from monai_tfm.utils.errors import MonaiTFMError
+
 __all__ = ["DirectPrepareBatch", "require_trainable"]
 
 _KEYS = ("context", "context_time", "context_mask", "target_time")
@@ -65,13 +67,13 @@ class DirectPrepareBatch(PrepareBatch):
         context = torch.as_tensor(batchdata["context"]).as_subclass(torch.Tensor)
         context = context.to(device=device, non_blocking=non_blocking).float()
         if context.ndim != 6:
-            raise ValueError(f"expected context (B, T, C, D, H, W), got {tuple(context.shape)}.")
+            raise MonaiTFMError(f"expected context (B, T, C, D, H, W), got {tuple(context.shape)}.")
         target = None
         if "target" in batchdata:
             target = torch.as_tensor(batchdata["target"]).as_subclass(torch.Tensor)
             target = target.to(device=device, non_blocking=non_blocking).float()
             if target.ndim != 5:
-                raise ValueError(f"expected target (B, C, D, H, W), got {tuple(target.shape)}.")
+                raise MonaiTFMError(f"expected target (B, C, D, H, W), got {tuple(target.shape)}.")
         times = torch.as_tensor(batchdata["context_time"], dtype=torch.float32).to(device) * self.time_scale
         target_time = torch.as_tensor(batchdata["target_time"], dtype=torch.float32).to(device) * self.time_scale
         mask = torch.as_tensor(batchdata["context_mask"]).to(device).bool()
@@ -89,7 +91,7 @@ def require_trainable(network: torch.nn.Module, method: str = "this method") -> 
         ValueError: the network has no trainable parameter; the message says to run ``evaluating`` instead.
     """
     if not any(p.requires_grad for p in network.parameters()):
-        raise ValueError(
+        raise MonaiTFMError(
             f"{method!r} has no trainable parameters: nothing to train: run evaluating, e.g. python -m monai.bundle "
             "run evaluating --config_file \"['configs/train.yaml','configs/methods/<method>.yaml',"
             "'configs/evaluate.yaml']\" (no weights file needed)."

@@ -12,6 +12,7 @@ import torch
 from ignite.engine import Engine, Events
 from monai.engines.utils import IterationEvents
 
+from monai_tfm.utils.errors import MonaiTFMError
 from monai_tfm.utils.io import atomic_write_text
 
 __all__ = ["GradientClipHandler", "StepBudget", "epochs_for_steps"]
@@ -36,7 +37,7 @@ def epochs_for_steps(max_steps: int | None, steps_per_epoch: int, max_epochs: in
     if not max_steps:
         return int(max_epochs)
     if int(max_steps) < 0 or steps_per_epoch < 1:
-        raise ValueError(f"need max_steps >= 0 and a non-empty epoch, got {max_steps} and {steps_per_epoch}.")
+        raise MonaiTFMError(f"need max_steps >= 0 and a non-empty epoch, got {max_steps} and {steps_per_epoch}.")
     return math.ceil(int(max_steps) / steps_per_epoch)
 
 

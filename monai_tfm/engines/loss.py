@@ -8,6 +8,8 @@ from collections.abc import Mapping
 import torch
 from torch.nn.modules.loss import _Loss
 
+from monai_tfm.utils.errors import MonaiTFMError
+
 __all__ = ["FlowMatchingLoss"]
 
 
@@ -39,7 +41,7 @@ class FlowMatchingLoss(_Loss):
         else:
             u, w = target, None
         if input.shape != u.shape:
-            raise ValueError(f"velocity shape {tuple(input.shape)} differs from target {tuple(u.shape)}.")
+            raise MonaiTFMError(f"velocity shape {tuple(input.shape)} differs from target {tuple(u.shape)}.")
         per_frame = (input.float() - u.float()).pow(2).flatten(2).mean(dim=2)  # (B, K)
         if scale is not None:
             per_frame = per_frame * scale.to(per_frame.dtype).reshape(-1, 1)
@@ -48,5 +50,5 @@ class FlowMatchingLoss(_Loss):
         w = w.to(per_frame.dtype)
         total = w.sum()
         if float(total) <= 0:
-            raise ValueError("no frame counts for the loss in this batch (all weights are zero).")
+            raise MonaiTFMError("no frame counts for the loss in this batch (all weights are zero).")
         return (per_frame * w).sum() / total

@@ -38,6 +38,7 @@ from monai_tfm.flows.path import (
     target_velocity,
     tie_padding,
 )
+from monai_tfm.utils.errors import MonaiTFMError
 
 __all__ = ["VARIANTS", "FlowMatchingPrepareBatch", "ForecastPrepareBatch", "counted_frames"]
 
@@ -47,7 +48,7 @@ REQUIRED_KEYS = ("context", "context_time", "context_mask", "target", "target_ti
 
 def _check_variant(variant: str) -> str:
     if variant not in VARIANTS:
-        raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}.")
+        raise MonaiTFMError(f"variant must be one of {VARIANTS}, got {variant!r}.")
     return variant
 
 
@@ -73,7 +74,7 @@ def counted_frames(context_mask: torch.Tensor, variant: str, loss_frames: str = 
         ValueError: unknown option.
     """
     if loss_frames not in ("all", "real"):
-        raise ValueError(f"loss_frames must be 'all' or 'real', got {loss_frames!r}.")
+        raise MonaiTFMError(f"loss_frames must be 'all' or 'real', got {loss_frames!r}.")
     mask = context_mask.bool()
     if _check_variant(variant) == "continuous" or loss_frames == "real":
         return mask
@@ -96,7 +97,7 @@ class _FlowBatchBase(PrepareBatch):
         tgt_t = torch.as_tensor(_get(batchdata, "target_time"), dtype=torch.float32).to(device) * self.time_scale
         mask = torch.as_tensor(_get(batchdata, "context_mask")).to(device).bool()
         if x0.ndim != 6 or target.ndim != 5:
-            raise ValueError(
+            raise MonaiTFMError(
                 f"expected context (B, T, C, D, H, W) and target (B, C, D, H, W), got {tuple(x0.shape)} and "
                 f"{tuple(target.shape)}."
             )
@@ -142,7 +143,7 @@ class FlowMatchingPrepareBatch(_FlowBatchBase):
         super().__init__(variant, time_scale, loss_frames)
         self.prediction = check_prediction(prediction)
         if generator is not None and seed is not None:
-            raise ValueError("give either a generator or a per-sample seed, not both.")
+            raise MonaiTFMError("give either a generator or a per-sample seed, not both.")
         self.sigma = float(sigma)
         self.sigma_schedule = sigma_schedule
         self.generator = generator

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from monai_tfm.utils.errors import MonaiTFMError
 from monai_tfm.utils.options import as_bool
 
 __all__ = ["configure_network"]
@@ -47,6 +48,6 @@ def configure_network(
                 param.data = param.data.contiguous(memory_format=torch.channels_last_3d)
     if activation_checkpointing:
         if not hasattr(network, "activation_checkpointing"):
-            raise ValueError(f"{type(network).__name__} does not support activation checkpointing.")
+            raise MonaiTFMError(f"{type(network).__name__} does not support activation checkpointing.")
         network.activation_checkpointing = True
     return network

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import torch
 
+from monai_tfm.utils.errors import MonaiTFMError
+
 __all__ = [
     "broadcast_target",
     "noise_source",
@@ -101,12 +103,12 @@ def sigma_at(tau: torch.Tensor, sigma: float, schedule: str = "constant") -> tor
         ValueError: unknown schedule or negative sigma.
     """
     if sigma < 0:
-        raise ValueError(f"sigma must be >= 0, got {sigma}.")
+        raise MonaiTFMError(f"sigma must be >= 0, got {sigma}.")
     if schedule == "constant":
         return torch.full_like(tau, float(sigma))
     if schedule == "bridge":
         return sigma * torch.sqrt(torch.clamp(tau * (1.0 - tau), min=0.0))
-    raise ValueError(f"unknown sigma schedule {schedule!r}; expected one of {SIGMA_SCHEDULES}.")
+    raise MonaiTFMError(f"unknown sigma schedule {schedule!r}; expected one of {SIGMA_SCHEDULES}.")
 
 
 def interpolate(
@@ -164,7 +166,7 @@ def check_prediction(prediction: str) -> str:
         ValueError: an unknown name.
     """
     if prediction not in PREDICTIONS:
-        raise ValueError(f"unknown prediction {prediction!r}; expected one of {PREDICTIONS}.")
+        raise MonaiTFMError(f"unknown prediction {prediction!r}; expected one of {PREDICTIONS}.")
     return prediction
 
 
@@ -232,7 +234,7 @@ def last_real_index(mask: torch.Tensor) -> torch.Tensor:
     """
     mask = mask.bool()
     if not bool(mask.any(dim=1).all()):
-        raise ValueError("every sample needs at least one real context frame; got a row with none.")
+        raise MonaiTFMError("every sample needs at least one real context frame; got a row with none.")
     k = mask.shape[1]
     positions = torch.arange(k, device=mask.device).expand_as(mask)
     return torch.where(mask, positions, torch.full_like(positions, -1)).max(dim=1).values
@@ -257,13 +259,13 @@ def reduce_frames(x: torch.Tensor, mask: torch.Tensor | None = None, mode: str =
     mask = mask.to(x.device).bool()
     if mode == "mean":
         if not bool(mask.any(dim=1).all()):
-            raise ValueError("cannot average: a sample has no counted frame.")
+            raise MonaiTFMError("cannot average: a sample has no counted frame.")
         w = mask.to(x.dtype).reshape(*mask.shape, *([1] * (x.ndim - 2)))
         return (x * w).sum(dim=1) / w.sum(dim=1)
     if mode == "last":
         idx = last_real_index(mask)
         return x[torch.arange(x.shape[0], device=x.device), idx]
-    raise ValueError(f"unknown aggregation {mode!r}; expected 'mean' or 'last'.")
+    raise MonaiTFMError(f"unknown aggregation {mode!r}; expected 'mean' or 'last'.")
 
 
 def tie_padding(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -287,7 +289,7 @@ def tie_padding(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     if bool(mask.all()):
         return x
     if not bool(mask.any(dim=1).all()):
-        raise ValueError("every sample needs at least one real context frame; got a row with none.")
+        raise MonaiTFMError("every sample needs at least one real context frame; got a row with none.")
     k = mask.shape[1]
     positions = torch.arange(k, device=x.device).expand_as(mask)
     marked = torch.where(mask, positions, torch.full_like(positions, -1))

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import torch
 from torchdiffeq import odeint
 
+from monai_tfm.utils.errors import MonaiTFMError
+
 __all__ = [
     "FIXED_STEP_SOLVERS",
     "ADAPTIVE_SOLVERS",
@@ -35,7 +37,7 @@ def is_adaptive(method: str) -> bool:
     return method in ADAPTIVE_SOLVERS
 
 
-def check_solver(method: str, error: type[Exception] = ValueError, extra: Sequence[str] = (), what: str = "") -> str:
+def check_solver(method: str, error: type[Exception] = MonaiTFMError, extra: Sequence[str] = (), what: str = "") -> str:
     """The one check of a solver name: a fixed-step or adaptive torchdiffeq solver of :func:`integrate`, or one of
     ``extra`` (e.g. ``euler_maruyama`` where samples are drawn).
 
@@ -124,7 +126,7 @@ def integrate(
     span = torch.tensor([0.0, 1.0], device=x0.device, dtype=span_dtype)
     if method in FIXED_STEP_SOLVERS:
         if int(steps) < 1:
-            raise ValueError(f"solver steps must be >= 1, got {steps}.")
+            raise MonaiTFMError(f"solver steps must be >= 1, got {steps}.")
         out = odeint(field, x0, span, method=method, options={"step_size": 1.0 / int(steps)})
         return SolverResult(out[-1], field.nfe, method, int(steps))
     check_solver(method)
@@ -158,9 +160,9 @@ def euler_maruyama(
         ValueError: non-positive steps or negative diffusion.
     """
     if int(steps) < 1:
-        raise ValueError(f"solver steps must be >= 1, got {steps}.")
+        raise MonaiTFMError(f"solver steps must be >= 1, got {steps}.")
     if diffusion < 0:
-        raise ValueError(f"diffusion must be >= 0, got {diffusion}.")
+        raise MonaiTFMError(f"diffusion must be >= 0, got {diffusion}.")
     field = CountingField(fn)
     h = 1.0 / int(steps)
     x = x0

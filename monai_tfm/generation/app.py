@@ -44,6 +44,7 @@ from monai_tfm.engines.checkpoint import load_weights
 from monai_tfm.flows.solvers import check_solver
 from monai_tfm.generation.evaluation import save_sample_grid
 from monai_tfm.generation.samplers import DIFFUSION_SCHEDULERS, generate_images
+from monai_tfm.utils.errors import MonaiTFMError
 from monai_tfm.utils.io import atomic_save_nifti
 from monai_tfm.utils.options import as_bool, positive_int
 
@@ -52,7 +53,7 @@ __all__ = ["BundleGenerator", "GenerationError", "generate", "read_mask", "write
 logger = logging.getLogger(__name__)
 
 
-class GenerationError(ValueError):
+class GenerationError(MonaiTFMError):
     """An expected problem with the inputs of a generation; the message is one line naming the file or value."""
 
 

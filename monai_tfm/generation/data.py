@@ -23,6 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from monai_tfm.utils.errors import MonaiTFMError
+
 __all__ = [
     "ACDC_GROUPS",
     "ACDC_LABELS",
@@ -83,11 +85,11 @@ def make_shape_items(
     """
     size = tuple(int(s) for s in spatial_size)
     if len(size) not in (2, 3) or min(size) < 8:
-        raise ValueError(f"spatial_size must be 2 or 3 sizes of at least 8, got {list(spatial_size)}.")
+        raise MonaiTFMError(f"spatial_size must be 2 or 3 sizes of at least 8, got {list(spatial_size)}.")
     if int(num) < 1:
-        raise ValueError(f"num must be >= 1, got {num}.")
+        raise MonaiTFMError(f"num must be >= 1, got {num}.")
     if not 1 <= int(num_classes) <= len(SHAPE_CLASSES):
-        raise ValueError(f"num_classes must lie in 1 .. {len(SHAPE_CLASSES)}, got {num_classes}.")
+        raise MonaiTFMError(f"num_classes must lie in 1 .. {len(SHAPE_CLASSES)}, got {num_classes}.")
     rng = np.random.default_rng(seed)
     grid = np.meshgrid(*[np.arange(s, dtype=np.float64) + 0.5 for s in size], indexing="ij")
     sz = np.asarray(size, dtype=np.float64)
@@ -155,9 +157,9 @@ def acdc_generation_items(
     from monai_tfm.transforms.series import read_volume
 
     if spatial_dims not in (2, 3):
-        raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}.")
+        raise MonaiTFMError(f"spatial_dims must be 2 or 3, got {spatial_dims}.")
     if int(mask_repeat) < 1:
-        raise ValueError(f"mask_repeat must be >= 1, got {mask_repeat}.")
+        raise MonaiTFMError(f"mask_repeat must be >= 1, got {mask_repeat}.")
     names = [str(c) for c in class_names]
     items: list[dict[str, Any]] = []
     for series in load_series_datalist(datalist, section):
@@ -168,7 +170,7 @@ def acdc_generation_items(
             continue
         group = (series.get("metadata") or {}).get("group")
         if group not in names:
-            raise ValueError(
+            raise MonaiTFMError(
                 f"datalist '{datalist}', subject {series['subject']!r}: group {group!r} is not one of the classes "
                 f"{names}."
             )
@@ -199,7 +201,7 @@ def acdc_generation_items(
                 }
                 items.extend([item] * (int(mask_repeat) if has_mask else 1))
     if not items:
-        raise ValueError(
+        raise MonaiTFMError(
             f"no images selected from '{datalist}' (section {section!r}, folds {folds}, excluded "
             f"{exclude_folds}, masked_only={masked_only})."
         )

@@ -39,6 +39,7 @@ from monai_tfm.engines.checkpoint import load_weights
 from monai_tfm.generation.data import subsample
 from monai_tfm.generation.samplers import generate_images, make_sampler
 from monai_tfm.utils.display import middle_slice
+from monai_tfm.utils.errors import MonaiTFMError
 from monai_tfm.utils.io import atomic_path, atomic_save_torch, atomic_write_text
 
 __all__ = [
@@ -181,7 +182,7 @@ class RealDataJudges:
         device: str | torch.device = "cpu",
     ) -> None:
         if int(num_classes) < 2:
-            raise ValueError(
+            raise MonaiTFMError(
                 f"the feature extractor is a classifier of the real classes and needs >= 2 classes, got {num_classes}."
             )
         self.items = subsample(train_items, None)
@@ -591,7 +592,7 @@ class GenerationEvaluator:
         )
         for spec in self.samplers:
             if "name" not in spec:
-                raise ValueError(f"every sampler spec needs a 'name', got {spec}.")
+                raise MonaiTFMError(f"every sampler spec needs a 'name', got {spec}.")
 
     def _class_set(self) -> tuple[list[int] | None, torch.Tensor | None, list[Mapping[str, Any]]]:
         """Conditions of the class set: classes, masks (zeros or the references') and the reference items."""

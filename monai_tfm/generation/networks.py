@@ -21,6 +21,8 @@ from monai.networks.nets import ControlNet, DiffusionModelUNet
 from monai.networks.utils import copy_model_state, one_hot
 from torch import nn
 
+from monai_tfm.utils.errors import MonaiTFMError
+
 __all__ = ["ConditionalDiffusionUNet", "class_context", "encode_mask"]
 
 
@@ -39,7 +41,7 @@ def class_context(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     """
     labels = torch.as_tensor(labels).reshape(-1).long()
     if labels.numel() and (int(labels.min()) < -1 or int(labels.max()) >= num_classes):
-        raise ValueError(
+        raise MonaiTFMError(
             f"class labels must lie in -1 .. {num_classes - 1} (-1: no class), got {sorted(set(labels.tolist()))}."
         )
     known = labels >= 0
@@ -62,11 +64,11 @@ def encode_mask(labels: torch.Tensor, num_labels: int) -> torch.Tensor:
     """
     labels = torch.as_tensor(labels)
     if labels.ndim < 3 or labels.shape[1] != 1:
-        raise ValueError(f"a mask must be a label map (B, 1, *spatial), got shape {tuple(labels.shape)}.")
+        raise MonaiTFMError(f"a mask must be a label map (B, 1, *spatial), got shape {tuple(labels.shape)}.")
     values = torch.unique(labels)
     bad = [v for v in values.tolist() if v != round(v) or v < 0 or v > num_labels]
     if bad:
-        raise ValueError(f"mask labels must be integers in 0 .. {num_labels}, got {sorted(bad)}.")
+        raise MonaiTFMError(f"mask labels must be integers in 0 .. {num_labels}, got {sorted(bad)}.")
     return one_hot(labels.long(), num_labels + 1, dtype=torch.float32, dim=1)[:, 1:]
 
 
@@ -121,16 +123,16 @@ class ConditionalDiffusionUNet(nn.Module):
     ) -> None:
         super().__init__()
         if spatial_dims not in (2, 3):
-            raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}.")
+            raise MonaiTFMError(f"spatial_dims must be 2 or 3, got {spatial_dims}.")
         if num_classes < 0 or mask_channels < 0:
-            raise ValueError(f"num_classes and mask_channels must be >= 0, got {num_classes} and {mask_channels}.")
+            raise MonaiTFMError(f"num_classes and mask_channels must be >= 0, got {num_classes} and {mask_channels}.")
         if num_classes > 0 and not any(attention_levels):
-            raise ValueError(
+            raise MonaiTFMError(
                 f"class conditioning uses cross-attention, but attention_levels={list(attention_levels)} has none; "
                 "enable attention on at least one level."
             )
         if mask_channels > 0 and len(conditioning_embedding_num_channels) != 1:
-            raise ValueError(
+            raise MonaiTFMError(
                 "the mask is on the image grid, so conditioning_embedding_num_channels needs exactly one entry, got "
                 f"{list(conditioning_embedding_num_channels)}."
             )
@@ -210,28 +212,30 @@ class ConditionalDiffusionUNet(nn.Module):
         if t.numel() == 1:
             t = t.expand(b)
         if t.numel() != b:
-            raise ValueError(f"expected one time step per sample ({b}), got {t.numel()}.")
+            raise MonaiTFMError(f"expected one time step per sample ({b}), got {t.numel()}.")
         if self.num_classes:
             if context is None:
                 context = x.new_zeros(b, 1, self.num_classes)
             elif context.ndim == 2:
                 context = context[:, None, :]
             if tuple(context.shape) != (b, 1, self.num_classes):
-                raise ValueError(f"expected a class context ({b}, 1, {self.num_classes}), got {tuple(context.shape)}.")
+                raise MonaiTFMError(
+                    f"expected a class context ({b}, 1, {self.num_classes}), got {tuple(context.shape)}."
+                )
             context = context.to(x.dtype)
         elif context is not None:
-            raise ValueError("this network is not class-conditional (num_classes=0) but got a class context.")
+            raise MonaiTFMError("this network is not class-conditional (num_classes=0) but got a class context.")
         down = mid = None
         if self.controlnet is not None:
             if mask is None:
                 mask = x.new_zeros(b, self.mask_channels, *x.shape[2:])
             if tuple(mask.shape) != (b, self.mask_channels, *x.shape[2:]):
-                raise ValueError(
+                raise MonaiTFMError(
                     f"expected an encoded mask {(b, self.mask_channels, *x.shape[2:])}, got {tuple(mask.shape)}."
                 )
             down, mid = self.controlnet(
                 x, t, controlnet_cond=mask.to(x.dtype), conditioning_scale=self.conditioning_scale, context=context
             )
         elif mask is not None:
-            raise ValueError("this network has no mask conditioning (mask_channels=0) but got a mask.")
+            raise MonaiTFMError("this network has no mask conditioning (mask_channels=0) but got a mask.")
         return self.unet(x, t, context=context, down_block_additional_residuals=down, mid_block_additional_residual=mid)

@@ -21,6 +21,7 @@ from monai.networks.schedulers import Scheduler
 
 from monai_tfm.flows.path import interpolate, noise_source, sample_tau, target_velocity
 from monai_tfm.generation.networks import class_context, encode_mask
+from monai_tfm.utils.errors import MonaiTFMError
 
 __all__ = ["OBJECTIVES", "GenerationPrepareBatch"]
 
@@ -63,12 +64,12 @@ class GenerationPrepareBatch(PrepareBatch):
         generator: torch.Generator | None = None,
     ) -> None:
         if objective not in OBJECTIVES:
-            raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}.")
+            raise MonaiTFMError(f"objective must be one of {OBJECTIVES}, got {objective!r}.")
         if objective == "ddpm" and scheduler is None:
-            raise ValueError("the ddpm objective needs a MONAI scheduler (e.g. DDPMScheduler).")
+            raise MonaiTFMError("the ddpm objective needs a MONAI scheduler (e.g. DDPMScheduler).")
         for name, p in (("class_dropout", class_dropout), ("mask_dropout", mask_dropout)):
             if not 0.0 <= float(p) <= 1.0:
-                raise ValueError(f"{name} must lie in [0, 1], got {p}.")
+                raise MonaiTFMError(f"{name} must lie in [0, 1], got {p}.")
         self.objective = objective
         self.num_classes = int(num_classes)
         self.num_labels = int(num_labels)

@@ -29,6 +29,7 @@ from monai.networks.schedulers import DDIMScheduler, DDPMScheduler, Scheduler
 
 from monai_tfm.flows.solvers import check_solver, integrate
 from monai_tfm.generation.networks import class_context, encode_mask
+from monai_tfm.utils.errors import MonaiTFMError
 
 __all__ = [
     "DIFFUSION_SCHEDULERS",
@@ -59,7 +60,7 @@ def make_scheduler(kind: str = "ddpm", **schedule_args: Any) -> Scheduler:
         ValueError: unknown kind.
     """
     if kind not in DIFFUSION_SCHEDULERS:
-        raise ValueError(f"unknown diffusion scheduler {kind!r}; expected one of {sorted(DIFFUSION_SCHEDULERS)}.")
+        raise MonaiTFMError(f"unknown diffusion scheduler {kind!r}; expected one of {sorted(DIFFUSION_SCHEDULERS)}.")
     return DIFFUSION_SCHEDULERS[kind](**schedule_args)
 
 
@@ -125,7 +126,7 @@ class FlowSampler(Inferer):
         super().__init__()
         check_solver(solver)
         if int(steps) < 1:
-            raise ValueError(f"solver steps must be >= 1, got {steps}.")
+            raise MonaiTFMError(f"solver steps must be >= 1, got {steps}.")
         self.solver = solver
         self.steps = int(steps)
         self.time_scale = float(time_scale)
@@ -200,7 +201,9 @@ class DiffusionSampler(Inferer):
         self.schedule_args = dict(schedule_args or {})
         self.scheduler = make_scheduler(scheduler, **self.schedule_args)
         if int(steps) < 1 or int(steps) > int(self.scheduler.num_train_timesteps):
-            raise ValueError(f"{scheduler} steps must lie in 1 .. {self.scheduler.num_train_timesteps}, got {steps}.")
+            raise MonaiTFMError(
+                f"{scheduler} steps must lie in 1 .. {self.scheduler.num_train_timesteps}, got {steps}."
+            )
         self.steps = int(steps)
         self.guidance_scale = float(guidance_scale)
         self.eta = float(eta)
@@ -269,7 +272,7 @@ def make_sampler(
         return FlowSampler(spec.get("solver", "euler"), int(spec["steps"]), time_scale, guidance_scale)
     if kind in DIFFUSION_SCHEDULERS:
         return DiffusionSampler(kind, int(spec["steps"]), schedule_args, guidance_scale, float(spec.get("eta", 0.0)))
-    raise ValueError(f"unknown sampler kind {kind!r}; expected 'flow', 'ddpm' or 'ddim'.")
+    raise MonaiTFMError(f"unknown sampler kind {kind!r}; expected 'flow', 'ddpm' or 'ddim'.")
 
 
 def default_eval_samplers(objective: str) -> list[dict[str, Any]]:
@@ -291,7 +294,7 @@ def default_eval_samplers(objective: str) -> list[dict[str, Any]]:
     if objective == "ddpm":
         specs = [("ddpm", 10), ("ddpm", 50), ("ddpm", 1000), ("ddim", 10), ("ddim", 50)]
         return [{"name": f"{k}_{n}", "kind": k, "steps": n} for k, n in specs]
-    raise ValueError(f"unknown objective {objective!r}; expected 'flow' or 'ddpm'.")
+    raise MonaiTFMError(f"unknown objective {objective!r}; expected 'flow' or 'ddpm'.")
 
 
 @torch.no_grad()
@@ -335,11 +338,11 @@ def generate_images(
     if num is None:
         num = len(classes) if classes is not None else (len(masks) if masks is not None else None)
     if num is None or int(num) < 1:
-        raise ValueError(f"the number of images must be >= 1, got {num}.")
+        raise MonaiTFMError(f"the number of images must be >= 1, got {num}.")
     if classes is not None and not num_classes:
-        raise ValueError("classes given, but the network is not class-conditional.")
+        raise MonaiTFMError("classes given, but the network is not class-conditional.")
     if masks is not None and not num_labels:
-        raise ValueError("masks given, but the network has no mask conditioning.")
+        raise MonaiTFMError("masks given, but the network has no mask conditioning.")
     network.eval()
     generator = torch.Generator().manual_seed(int(seed))
     out, nfe = [], 0

@@ -14,6 +14,7 @@ from monai.inferers import Inferer
 
 from monai_tfm.flows.path import flowed_times, reduce_frames, tie_padding
 from monai_tfm.flows.solvers import euler_maruyama, integrate
+from monai_tfm.utils.errors import MonaiTFMError
 
 __all__ = ["ForecastInferer"]
 
@@ -51,9 +52,9 @@ class ForecastInferer(Inferer):
     ) -> None:
         super().__init__()
         if aggregation not in ("mean", "last"):
-            raise ValueError(f"aggregation must be 'mean' or 'last', got {aggregation!r}.")
+            raise MonaiTFMError(f"aggregation must be 'mean' or 'last', got {aggregation!r}.")
         if num_samples < 1:
-            raise ValueError(f"num_samples must be >= 1, got {num_samples}.")
+            raise MonaiTFMError(f"num_samples must be >= 1, got {num_samples}.")
         self.method = method
         self.steps = int(steps)
         self.aggregation = aggregation
@@ -96,7 +97,7 @@ class ForecastInferer(Inferer):
             ValueError: continuous inputs without a target time, or an unknown solver.
         """
         if frame_times is not None and target_time is None:
-            raise ValueError("continuous forecasting needs target_time together with frame_times.")
+            raise MonaiTFMError("continuous forecasting needs target_time together with frame_times.")
         b = inputs.shape[0]
 
         def velocity(tau: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

@@ -46,6 +46,8 @@ import torch
 from monai.metrics import MSEMetric, PSNRMetric
 from monai.metrics.regression import compute_ssim_and_cs
 
+from monai_tfm.utils.errors import MonaiTFMError
+
 __all__ = [
     "CHANGE_THRESHOLD",
     "FORECAST_METRICS",
@@ -97,11 +99,11 @@ def ssim_window_sizes(spatial_shape: Sequence[int], win_size: int = SSIM_WIN_SIZ
         ValueError: when ``win_size`` is not a positive odd integer or an axis is empty.
     """
     if win_size < 1 or win_size % 2 == 0:
-        raise ValueError(f"win_size must be a positive odd integer, got {win_size}.")
+        raise MonaiTFMError(f"win_size must be a positive odd integer, got {win_size}.")
     sizes = []
     for n in spatial_shape:
         if n < 1:
-            raise ValueError(f"every spatial axis must be non-empty, got shape {tuple(spatial_shape)}.")
+            raise MonaiTFMError(f"every spatial axis must be non-empty, got shape {tuple(spatial_shape)}.")
         size = min(win_size, int(n))
         sizes.append(size if size % 2 == 1 else size - 1)
     return tuple(sizes)
@@ -157,9 +159,9 @@ def compute_forecast_metrics_batch(
     y = _as_tensor(target, "target", p.device)
     lci = _as_tensor(last_context, "last_context", p.device)
     if p.ndim != 5:
-        raise ValueError(f"expected (B, C, D, H, W) inputs, got pred of shape {tuple(p.shape)}.")
+        raise MonaiTFMError(f"expected (B, C, D, H, W) inputs, got pred of shape {tuple(p.shape)}.")
     if y.shape != p.shape or lci.shape != p.shape:
-        raise ValueError(
+        raise MonaiTFMError(
             f"pred, target and last_context must have the same shape, got {tuple(p.shape)}, {tuple(y.shape)} and "
             f"{tuple(lci.shape)}."
         )
@@ -253,5 +255,5 @@ def compute_forecast_metrics(
     """
     shapes = [tuple(x.shape) for x in (pred, target, last_context)]
     if any(len(s) != 4 for s in shapes):
-        raise ValueError(f"expected (C, D, H, W) inputs, got shapes {shapes}.")
+        raise MonaiTFMError(f"expected (C, D, H, W) inputs, got shapes {shapes}.")
     return compute_forecast_metrics_batch(pred[None], target[None], last_context[None], change_threshold)[0]

@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from monai_tfm.metrics.forecast import FORECAST_METRICS, HIGHER_IS_BETTER
+from monai_tfm.utils.errors import MonaiTFMError
 from monai_tfm.utils.io import atomic_write_text
 
 __all__ = [
@@ -130,7 +131,7 @@ def summarise(
         KeyError: when a row lacks a ``<method>_<metric>`` key.
     """
     if len(rows) == 0:
-        raise ValueError("cannot summarise an empty list of rows.")
+        raise MonaiTFMError("cannot summarise an empty list of rows.")
     summary: Summary = {}
     for method in _methods_with_lci(methods):
         summary[method] = {}
@@ -253,7 +254,7 @@ def aggregate_runs(
         KeyError: when a run lacks a requested method or metric.
     """
     if len(run_summaries) == 0:
-        raise ValueError("cannot aggregate an empty list of runs.")
+        raise MonaiTFMError("cannot aggregate an empty list of runs.")
     methods_out, metrics_out = _select(run_summaries[0], metrics, methods)
     out: dict[str, dict[str, dict[str, float]]] = {}
     for method in methods_out:
@@ -410,7 +411,7 @@ def write_summary(
     dest = Path(path)
     suffix = dest.suffix.lower()
     if suffix not in (".md", ".csv", ".json"):
-        raise ValueError(f"unsupported summary format {dest.suffix!r} for {str(dest)!r}; use .md, .csv or .json.")
+        raise MonaiTFMError(f"unsupported summary format {dest.suffix!r} for {str(dest)!r}; use .md, .csv or .json.")
     if dest.exists() and not overwrite:
         raise FileExistsError(f"{str(dest)!r} already exists; pass overwrite=True to replace it.")
     methods_out, metrics_out = _select(summary, metrics, methods)
@@ -465,7 +466,7 @@ def paired_gain(
         ValueError: no rows.
     """
     if not rows:
-        raise ValueError("paired_gain needs at least one row.")
+        raise MonaiTFMError("paired_gain needs at least one row.")
     sign = 1.0 if HIGHER_IS_BETTER.get(metric, True) else -1.0
     per_subject: dict[str, list[float]] = {}
     for row in rows:

@@ -10,6 +10,7 @@ from torch import nn
 
 from monai_tfm.flows.path import velocity_from_endpoint
 from monai_tfm.networks.blocks.time_embedding import broadcast_tau
+from monai_tfm.utils.errors import MonaiTFMError
 
 __all__ = ["check_frames_input", "FrameVelocityNet"]
 
@@ -27,7 +28,7 @@ def check_frames_input(x: torch.Tensor, spatial_dims: int, num_frames: int, in_c
         ValueError: on a mismatch.
     """
     if x.dim() != 3 + spatial_dims or x.shape[1] != num_frames or x.shape[2] != in_channels:
-        raise ValueError(
+        raise MonaiTFMError(
             f"expected x of shape (B, K={num_frames}, C={in_channels}, {spatial_dims} spatial dims), "
             f"got {list(x.shape)}."
         )

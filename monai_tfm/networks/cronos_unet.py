@@ -33,6 +33,7 @@ from monai_tfm.networks.blocks.resample import (
     resize_to,
 )
 from monai_tfm.networks.blocks.time_embedding import TimeConditioning
+from monai_tfm.utils.errors import MonaiTFMError
 
 __all__ = ["CronosUNet"]
 
@@ -108,9 +109,9 @@ class CronosUNet(FrameVelocityNet):
         super().__init__()
         self.activation_checkpointing = bool(activation_checkpointing)
         if spatial_dims not in (2, 3):
-            raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}.")
+            raise MonaiTFMError(f"spatial_dims must be 2 or 3, got {spatial_dims}.")
         if len(channel_mult) < 1:
-            raise ValueError("channel_mult needs at least one scale.")
+            raise MonaiTFMError("channel_mult needs at least one scale.")
         self.spatial_dims = spatial_dims
         self.endpoint_prediction = check_prediction(prediction) == "endpoint"
         self.num_frames = num_frames

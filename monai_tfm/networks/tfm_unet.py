@@ -35,6 +35,7 @@ from monai_tfm.networks.blocks.resample import (
     resize_to,
 )
 from monai_tfm.networks.blocks.time_embedding import TimeConditioning
+from monai_tfm.utils.errors import MonaiTFMError
 
 __all__ = ["TFMUNet", "TimeEmbedResBlock"]
 
@@ -168,9 +169,9 @@ class TFMUNet(FrameVelocityNet):
     ) -> None:
         super().__init__()
         if spatial_dims not in (2, 3):
-            raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}.")
+            raise MonaiTFMError(f"spatial_dims must be 2 or 3, got {spatial_dims}.")
         if len(channel_mult) < 1 or num_res_blocks < 1:
-            raise ValueError("need at least one level and one res block per level.")
+            raise MonaiTFMError("need at least one level and one res block per level.")
         self.spatial_dims = spatial_dims
         self.num_frames = num_frames
         self.in_channels = in_channels

@@ -12,6 +12,7 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from monai_tfm.data.datalist import load_series_datalist
+from monai_tfm.utils.errors import MonaiTFMError
 
 __all__ = ["CycledZipDataset", "few_subjects", "has_labels", "select_subjects"]
 
@@ -64,19 +65,19 @@ def select_subjects(
     if include is not None:
         missing = [s for s in include if s not in by_id]
         if missing:
-            raise ValueError(f"{where}: subjects {missing} not found; it has {sorted(by_id)}.")
+            raise MonaiTFMError(f"{where}: subjects {missing} not found; it has {sorted(by_id)}.")
         both = sorted(set(include) & excluded)
         if both:
-            raise ValueError(f"subjects {both} are both included and excluded.")
+            raise MonaiTFMError(f"subjects {both} are both included and excluded.")
         out = [by_id[s] for s in include]
     else:
         out = [i for i in items if i["subject"] not in excluded]
     if not out:
-        raise ValueError(f"{where}: no subject left (include={include}, exclude={sorted(excluded)}).")
+        raise MonaiTFMError(f"{where}: no subject left (include={include}, exclude={sorted(excluded)}).")
     if require_labels:
         bad = [i["subject"] for i in out if not has_labels(i)]
         if bad:
-            raise ValueError(f"{where}: subjects {bad} have no labelled frame (expected ED/ES masks).")
+            raise MonaiTFMError(f"{where}: subjects {bad} have no labelled frame (expected ED/ES masks).")
     return out
 
 
@@ -102,7 +103,7 @@ def few_subjects(items: Sequence[dict], num: int | None, seed: int = 0, group_ke
         return list(items)
     num = int(num)
     if not 1 <= num <= len(items):
-        raise ValueError(f"cannot pick {num} subjects out of {len(items)}.")
+        raise MonaiTFMError(f"cannot pick {num} subjects out of {len(items)}.")
     rng = np.random.RandomState(seed)
     groups: dict[Any, list[dict]] = {}
     for item in sorted(items, key=lambda i: i["subject"]):
@@ -137,13 +138,13 @@ class CycledZipDataset(Dataset):
 
     def __init__(self, labelled: Dataset, unlabelled: Dataset | None = None, length: int | None = None) -> None:
         if len(labelled) == 0 or (unlabelled is not None and len(unlabelled) == 0):
-            raise ValueError("CycledZipDataset needs non-empty datasets.")
+            raise MonaiTFMError("CycledZipDataset needs non-empty datasets.")
         self.labelled = labelled
         self.unlabelled = unlabelled
         default = max(len(labelled), len(unlabelled) if unlabelled is not None else 0)
         self.length = default if length is None else int(length)
         if self.length < 1:
-            raise ValueError(f"length must be >= 1, got {length}.")
+            raise MonaiTFMError(f"length must be >= 1, got {length}.")
 
     def __len__(self) -> int:
         return self.length
@@ -154,7 +155,7 @@ class CycledZipDataset(Dataset):
             pair = self.unlabelled[index % len(self.unlabelled)]
             clash = sorted(set(item) & set(pair) - {"subject", "frames", "metadata", "fold"})
             if clash:
-                raise ValueError(f"labelled and unlabelled samples share the keys {clash}; rename one side.")
+                raise MonaiTFMError(f"labelled and unlabelled samples share the keys {clash}; rename one side.")
             for key, value in pair.items():
                 if key in item:  # bookkeeping keys of the two sources stay apart
                     key = f"pair_{key}"

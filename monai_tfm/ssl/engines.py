@@ -22,6 +22,8 @@ import torch
 from ignite.engine import Engine, Events
 from monai.engines import PrepareBatch
 
+from monai_tfm.utils.errors import MonaiTFMError
+
 __all__ = ["FinetunePrepareBatch", "LossTermsHandler", "SSLPrepareBatch", "SeriesPrepareBatch"]
 
 logger = logging.getLogger(__name__)
@@ -145,7 +147,7 @@ class SeriesPrepareBatch(PrepareBatch):
         who = type(self).__name__
         s = _get(batchdata, self.series_key, who, device, non_blocking).float()
         if s.dim() < 5:
-            raise ValueError(f"{who}: expected a series batch (B, N, C, *spatial), got {tuple(s.shape)}.")
+            raise MonaiTFMError(f"{who}: expected a series batch (B, N, C, *spatial), got {tuple(s.shape)}.")
         y = None
         if self.label_key in batchdata:
             y = _get(batchdata, self.label_key, who, device, non_blocking)

@@ -33,6 +33,8 @@ import torch.nn.functional as F
 from monai.losses import DiceCELoss, DiceLoss
 from torch import nn
 
+from monai_tfm.utils.errors import MonaiTFMError
+
 __all__ = [
     "ConsistencyLoss",
     "LongitudinalFinetuneLoss",
@@ -93,7 +95,7 @@ def variance_loss(z: torch.Tensor, threshold: float = 1.0, eps: float = 1e-4) ->
         ValueError: for fewer than two rows.
     """
     if z.dim() != 2 or z.shape[0] < 2:
-        raise ValueError(f"variance_loss needs (N >= 2, D) samples, got shape {tuple(z.shape)}.")
+        raise MonaiTFMError(f"variance_loss needs (N >= 2, D) samples, got shape {tuple(z.shape)}.")
     std = torch.sqrt(z.var(dim=0) + eps)
     return F.relu(threshold - std).mean()
 
@@ -113,7 +115,7 @@ def covariance_loss(z: torch.Tensor) -> torch.Tensor:
         ValueError: for fewer than two rows.
     """
     if z.dim() != 2 or z.shape[0] < 2:
-        raise ValueError(f"covariance_loss needs (N >= 2, D) samples, got shape {tuple(z.shape)}.")
+        raise MonaiTFMError(f"covariance_loss needs (N >= 2, D) samples, got shape {tuple(z.shape)}.")
     n, d = z.shape
     zc = z - z.mean(dim=0, keepdim=True)
     cov = zc.T @ zc / (n - 1)
@@ -172,7 +174,7 @@ class LongitudinalSSLLoss(nn.Module):
         }
         bad = {k: v for k, v in self.weights.items() if v < 0}
         if bad:
-            raise ValueError(f"loss weights must be >= 0, got {bad}.")
+            raise MonaiTFMError(f"loss weights must be >= 0, got {bad}.")
         self.var_threshold = float(var_threshold)
         self.eps = float(eps)
         self.last_terms: dict[str, float] = {}
@@ -196,7 +198,7 @@ class LongitudinalSSLLoss(nn.Module):
                 raise KeyError(f"the SSL network output has no {key!r}; use monai_tfm.ssl.LongitudinalSSLNet.")
         pred = output["pred"]
         if pred.shape != target.shape:
-            raise ValueError(f"reconstruction {tuple(pred.shape)} and target {tuple(target.shape)} differ in shape.")
+            raise MonaiTFMError(f"reconstruction {tuple(pred.shape)} and target {tuple(target.shape)} differ in shape.")
         zero = pred.new_zeros(())
         z, p = output["z"], output["p"]
         layers = list(output["encoder_layers"]) + list(output["decoder_layers"])
@@ -259,7 +261,7 @@ class ConsistencyLoss(nn.Module):
             scalar in ``[0, 1]``; zero for identical predictions.
         """
         if pred_a.shape != pred_b.shape:
-            raise ValueError(f"predictions differ in shape: {tuple(pred_a.shape)} vs {tuple(pred_b.shape)}.")
+            raise MonaiTFMError(f"predictions differ in shape: {tuple(pred_a.shape)} vs {tuple(pred_b.shape)}.")
         if self.softmax:
             pred_a, pred_b = torch.softmax(pred_a, dim=1), torch.softmax(pred_b, dim=1)
         return self.dice(pred_a, pred_b)
@@ -286,7 +288,7 @@ class LongitudinalFinetuneLoss(nn.Module):
     ) -> None:
         super().__init__()
         if consistency_weight < 0:
-            raise ValueError(f"consistency_weight must be >= 0, got {consistency_weight}.")
+            raise MonaiTFMError(f"consistency_weight must be >= 0, got {consistency_weight}.")
         self.consistency_weight = float(consistency_weight)
         kwargs = {"to_onehot_y": True, "softmax": True, **(dice_ce_kwargs or {})}
         self.supervised = DiceCELoss(**kwargs)
@@ -308,7 +310,7 @@ class LongitudinalFinetuneLoss(nn.Module):
         """
         b = label.shape[0]
         if pred.shape[0] not in (b, 3 * b):
-            raise ValueError(
+            raise MonaiTFMError(
                 f"expected {b} (labelled only) or {3 * b} (labelled + pairs) predictions for {b} labels, "
                 f"got {pred.shape[0]}."
             )

@@ -29,6 +29,8 @@ from ignite.metrics import Metric
 from monai.metrics import compute_dice, compute_hausdorff_distance, compute_iou
 from monai.networks.utils import one_hot
 
+from monai_tfm.utils.errors import MonaiTFMError
+
 __all__ = [
     "LongitudinalSegmentationMetrics",
     "aspc",
@@ -44,7 +46,7 @@ logger = logging.getLogger(__name__)
 def _check_pair(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     a, b = torch.as_tensor(a), torch.as_tensor(b)
     if a.shape != b.shape or a.dim() < 3:
-        raise ValueError(
+        raise MonaiTFMError(
             f"expected two one-hot masks (B, K, *spatial) of one shape, got {tuple(a.shape)}, {tuple(b.shape)}."
         )
     return a.bool(), b.bool()
@@ -223,7 +225,7 @@ class LongitudinalSegmentationMetrics(Metric):
         self.num_classes = int(num_classes)
         names = list(class_names) if class_names is not None else [f"class{i}" for i in range(1, self.num_classes)]
         if len(names) != self.num_classes - 1:
-            raise ValueError(f"class_names {names} must name the {self.num_classes - 1} foreground classes.")
+            raise MonaiTFMError(f"class_names {names} must name the {self.num_classes - 1} foreground classes.")
         self.class_names = names
         self.key = key
         self.prefix = prefix
@@ -304,7 +306,7 @@ class LongitudinalSegmentationMetrics(Metric):
         series = batch[self.series_key]
         b, n = int(series.shape[0]), int(series.shape[1])
         if pred.shape[0] != b * n:
-            raise ValueError(f"expected {b * n} frame predictions ({b} series of {n}), got {pred.shape[0]}.")
+            raise MonaiTFMError(f"expected {b * n} frame predictions ({b} series of {n}), got {pred.shape[0]}.")
         labels = batch.get(self.label_key)
         masks = batch.get(self.mask_key)
         subjects = _as_list(batch.get("subject"), b)

@@ -32,6 +32,7 @@ from monai.networks.layers import Conv, get_act_layer, get_norm_layer
 from torch import nn
 
 from monai_tfm.networks.blocks.resample import StridedConvDownsample, compute_down_strides, resize_to
+from monai_tfm.utils.errors import MonaiTFMError
 
 __all__ = [
     "LongitudinalResBlock",
@@ -118,12 +119,14 @@ class LongitudinalUNet(nn.Module):
     ) -> None:
         super().__init__()
         if spatial_dims not in (2, 3):
-            raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}.")
+            raise MonaiTFMError(f"spatial_dims must be 2 or 3, got {spatial_dims}.")
         if len(channel_mult) < 1:
-            raise ValueError("channel_mult needs at least one scale.")
+            raise MonaiTFMError("channel_mult needs at least one scale.")
         widths = [int(channels) * int(m) for m in channel_mult]
         if any(w % norm_groups for w in widths):
-            raise ValueError(f"norm_groups={norm_groups} must divide every width {widths} (channels x channel_mult).")
+            raise MonaiTFMError(
+                f"norm_groups={norm_groups} must divide every width {widths} (channels x channel_mult)."
+            )
         self.spatial_dims = spatial_dims
         self.in_channels = in_channels
         self.out_channels = out_channels
@@ -185,7 +188,7 @@ class LongitudinalUNet(nn.Module):
             ValueError: for an input with the wrong number of dimensions or channels.
         """
         if x.dim() != 2 + self.spatial_dims or x.shape[1] != self.in_channels:
-            raise ValueError(
+            raise MonaiTFMError(
                 f"expected x of shape (B, {self.in_channels}, {self.spatial_dims} spatial dims), got {list(x.shape)}."
             )
         strides = self.down_strides(x.shape[2:])
@@ -246,7 +249,7 @@ class ProjectorMLP(nn.Module):
     def __init__(self, in_features: int, hidden: int = 2048, num_layers: int = 3) -> None:
         super().__init__()
         if num_layers < 1:
-            raise ValueError(f"num_layers must be >= 1, got {num_layers}.")
+            raise MonaiTFMError(f"num_layers must be >= 1, got {num_layers}.")
         self.net = _mlp([in_features] + [hidden] * num_layers, last_bn=True)
 
     def forward(self, v: torch.Tensor) -> torch.Tensor:
@@ -304,7 +307,7 @@ def sample_locations(
         ValueError: for ``num < 1``.
     """
     if num < 1:
-        raise ValueError(f"the number of sampled locations must be >= 1, got {num}.")
+        raise MonaiTFMError(f"the number of sampled locations must be >= 1, got {num}.")
     total = 1
     for s in spatial_shape:
         total *= int(s)
@@ -375,22 +378,22 @@ class LongitudinalSSLNet(nn.Module):
         self.decoder_layers = sorted({int(i) for i in (every if decoder_layers is None else decoder_layers)})
         for name, sel in (("encoder_layers", self.encoder_layers), ("decoder_layers", self.decoder_layers)):
             if any(i < 0 or i >= levels for i in sel):
-                raise ValueError(f"{name} {sel} must be scales of the UNet, 0 .. {levels - 1}.")
+                raise MonaiTFMError(f"{name} {sel} must be scales of the UNet, 0 .. {levels - 1}.")
         if not self.encoder_layers and not self.decoder_layers:
-            raise ValueError("select at least one encoder or decoder layer for the similarity loss.")
+            raise MonaiTFMError("select at least one encoder or decoder layer for the similarity loss.")
         both = sorted(set(self.encoder_layers) & set(self.decoder_layers))
         if orthogonal_layers is None:
             orthogonal_layers = both[-1:]
         self.orthogonal_layers = sorted({int(i) for i in orthogonal_layers})
         missing = [i for i in self.orthogonal_layers if i not in both]
         if missing:
-            raise ValueError(
+            raise MonaiTFMError(
                 f"orthogonal_layers {missing} must be in both encoder_layers {self.encoder_layers} and "
                 f"decoder_layers {self.decoder_layers}."
             )
         self.num_samples = int(num_samples)
         if self.num_samples < 1:
-            raise ValueError(f"num_samples must be >= 1, got {num_samples}.")
+            raise MonaiTFMError(f"num_samples must be >= 1, got {num_samples}.")
         self.projectors = nn.ModuleDict()
         self.predictors = nn.ModuleDict()
         for kind, sel in (("enc", self.encoder_layers), ("dec", self.decoder_layers)):
@@ -411,7 +414,7 @@ class LongitudinalSSLNet(nn.Module):
             ValueError: for an odd batch.
         """
         if x.shape[0] % 2:
-            raise ValueError(f"expected the two timepoints stacked along the batch (even batch), got {x.shape[0]}.")
+            raise MonaiTFMError(f"expected the two timepoints stacked along the batch (even batch), got {x.shape[0]}.")
         b = x.shape[0] // 2
         out, encoder, decoder = self.unet.forward_features(x)
         z: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}

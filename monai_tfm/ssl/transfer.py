@@ -45,6 +45,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from monai_tfm.utils.errors import MonaiTFMError
+
 __all__ = ["FORECAST_PARTS", "init_forecaster_from_pretrained", "load_pretrained_unet", "read_unet_state"]
 
 logger = logging.getLogger(__name__)
@@ -79,11 +81,11 @@ def read_unet_state(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if isinstance(state, Mapping) and "network" in state and isinstance(state["network"], Mapping):
         state = state["network"]
     if not isinstance(state, Mapping):
-        raise ValueError(f"'{path}' does not hold a state dict.")
+        raise MonaiTFMError(f"'{path}' does not hold a state dict.")
     if any(k.startswith("unet.") for k in state):
         state = {k[len("unet.") :]: v for k, v in state.items() if k.startswith("unet.")}
     if "stem.weight" not in state or not any(k.startswith("down_blocks.") for k in state):
-        raise ValueError(
+        raise MonaiTFMError(
             f"'{path}' does not hold LongitudinalUNet weights (no 'stem.weight' / 'down_blocks.*' keys); "
             f"first keys: {list(state)[:5]}."
         )
@@ -117,9 +119,9 @@ def load_pretrained_unet(
         if any(key.startswith(s) for s in skip):
             continue
         if key not in state:
-            raise ValueError(f"pretrained weights '{path}' lack {key!r}: the architectures differ (scales, blocks).")
+            raise MonaiTFMError(f"pretrained weights '{path}' lack {key!r}: the architectures differ (scales, blocks).")
         if state[key].shape != value.shape:
-            raise ValueError(
+            raise MonaiTFMError(
                 f"pretrained weights '{path}': {key!r} has shape {tuple(state[key].shape)}, the network expects "
                 f"{tuple(value.shape)} (check channels / channel_mult / in_channels of both configs)."
             )
@@ -172,21 +174,21 @@ def init_forecaster_from_pretrained(
         )
     unknown = [p for p in parts if p not in FORECAST_PARTS]
     if unknown or not parts:
-        raise ValueError(f"parts must be a non-empty subset of {sorted(FORECAST_PARTS)}, got {list(parts)}.")
+        raise MonaiTFMError(f"parts must be a non-empty subset of {sorted(FORECAST_PARTS)}, got {list(parts)}.")
     state = read_unet_state(path)
     stem = state["stem.weight"]
     if stem.dim() != network.spatial_dims + 2:
-        raise ValueError(
+        raise MonaiTFMError(
             f"'{path}' holds a {stem.dim() - 2}D UNet, the forecaster is {network.spatial_dims}D ('stem.weight' "
             f"{tuple(stem.shape)})."
         )
     levels = 1 + max(int(k.split(".")[1]) for k in state if k.startswith("down_blocks."))
     if levels != network.num_levels:
-        raise ValueError(
+        raise MonaiTFMError(
             f"'{path}' holds a UNet with {levels} scales, the forecaster has {network.num_levels} (channel_mult)."
         )
     if stem.shape[1] != network.in_channels:
-        raise ValueError(
+        raise MonaiTFMError(
             f"'{path}' was pretrained on {stem.shape[1]} channel(s) per frame, the forecaster has "
             f"in_channels={network.in_channels}."
         )
@@ -197,18 +199,18 @@ def init_forecaster_from_pretrained(
         if not any(p.match(key) for p in patterns):
             continue
         if key not in state:
-            raise ValueError(f"pretrained weights '{path}' lack {key!r}, which the forecaster has (blocks differ).")
+            raise MonaiTFMError(f"pretrained weights '{path}' lack {key!r}, which the forecaster has (blocks differ).")
         src = state[key]
         if key == "stem.weight":  # (w, C) -> (w, K*C): the mean over the K slots reproduces one frame's response
             k = network.num_frames
             if src.shape[0] != value.shape[0] or src.shape[1] * k != value.shape[1]:
-                raise ValueError(
+                raise MonaiTFMError(
                     f"'stem.weight': pretrained {tuple(src.shape)} cannot map to {tuple(value.shape)} "
                     f"({k} slots x {network.in_channels} channels; check 'channels')."
                 )
             src = src.repeat(1, k, *([1] * (src.dim() - 2))) / k
         if src.shape != value.shape:
-            raise ValueError(
+            raise MonaiTFMError(
                 f"pretrained weights '{path}': {key!r} has shape {tuple(src.shape)}, the forecaster expects "
                 f"{tuple(value.shape)} (check channels / channel_mult of both configs)."
             )

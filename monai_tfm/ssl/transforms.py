@@ -38,6 +38,8 @@ from monai.transforms import (
 )
 from monai.utils import MAX_SEED
 
+from monai_tfm.utils.errors import MonaiTFMError
+
 __all__ = [
     "LongitudinalPaird",
     "SelectLabelledFramed",
@@ -160,9 +162,9 @@ class LongitudinalPaird(Randomizable, MapTransform):
     ) -> None:
         MapTransform.__init__(self, keys, allow_missing_keys)
         if len(image_keys) != 2 or (target_keys is not None and len(target_keys) != 2):
-            raise ValueError(f"need two image keys and two target keys, got {image_keys} and {target_keys}.")
+            raise MonaiTFMError(f"need two image keys and two target keys, got {image_keys} and {target_keys}.")
         if int(max_gap) < 1:
-            raise ValueError(f"max_gap must be >= 1, got {max_gap}.")
+            raise MonaiTFMError(f"max_gap must be >= 1, got {max_gap}.")
         self.image_keys = tuple(image_keys)
         self.target_keys = None if target_keys is None else tuple(target_keys)
         self.index_key = index_key
@@ -198,7 +200,7 @@ class LongitudinalPaird(Randomizable, MapTransform):
             ValueError: for a series of fewer than two frames.
         """
         if num_frames < 2:
-            raise ValueError(f"a timepoint pair needs a series of at least 2 frames, got {num_frames}.")
+            raise MonaiTFMError(f"a timepoint pair needs a series of at least 2 frames, got {num_frames}.")
         gap = int(self.R.randint(1, min(self.max_gap, num_frames - 1) + 1))
         j = int(self.R.randint(0, num_frames - gap))
         self._pair = (j, j + gap)
@@ -219,7 +221,7 @@ class LongitudinalPaird(Randomizable, MapTransform):
         for key in self.key_iterator(d):
             series = d[key]
             if series.ndim < 4:
-                raise ValueError(f"'{key}' must be a series (N, C, *spatial), got shape {tuple(series.shape)}.")
+                raise MonaiTFMError(f"'{key}' must be a series (N, C, *spatial), got shape {tuple(series.shape)}.")
             self.randomize(int(series.shape[0]))
             j, k = self._pair
             c = int(series.shape[1])
@@ -299,13 +301,13 @@ class SelectLabelledFramed(Randomizable, MapTransform):
         for key in self.key_iterator(d):
             who = d.get("subject", "<unknown subject>")
             if self.label_key not in d or self.mask_key not in d:
-                raise ValueError(f"{who}: the series has no labelled frame ('{self.label_key}' missing).")
+                raise MonaiTFMError(f"{who}: the series has no labelled frame ('{self.label_key}' missing).")
             labelled = torch.nonzero(_plain(d[self.mask_key]).bool(), as_tuple=False).flatten().tolist()
             if not labelled:
-                raise ValueError(f"{who}: the series has no labelled frame.")
+                raise MonaiTFMError(f"{who}: the series has no labelled frame.")
             self.randomize(len(labelled))
             if not -len(labelled) <= self._choice < len(labelled):
-                raise ValueError(f"{who}: index {self._choice} outside the {len(labelled)} labelled frames.")
+                raise MonaiTFMError(f"{who}: index {self._choice} outside the {len(labelled)} labelled frames.")
             frame = labelled[self._choice]
             d[self.image_key] = d[key][frame]
             d[self.out_label_key] = d[self.label_key][frame]

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from ignite.engine import Engine, Events
 
+from monai_tfm.utils.errors import MonaiTFMError
 from monai_tfm.utils.io import atomic_save_nifti
 
 __all__ = ["SeriesSegmentationWriter"]
@@ -58,7 +59,7 @@ class SeriesSegmentationWriter:
         b, n = int(series.shape[0]), int(series.shape[1])
         pred = torch.as_tensor(engine.state.output["pred"]).detach().cpu()
         if pred.shape[0] != b * n:
-            raise ValueError(f"expected {b * n} frame predictions ({b} series of {n}), got {pred.shape[0]}.")
+            raise MonaiTFMError(f"expected {b * n} frame predictions ({b} series of {n}), got {pred.shape[0]}.")
         labels = pred.argmax(dim=1).to(torch.uint8)  # (B * N, *S)
         subjects = batch.get("subject", [f"series_{len(self.written) + i:04d}" for i in range(b)])
         affines = getattr(series, "affine", None)

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from monai.transforms import MapTransform, Randomizable
 
+from monai_tfm.utils.errors import MonaiTFMError
 from monai_tfm.utils.io import atomic_write_text
 
 __all__ = [
@@ -79,19 +80,19 @@ class ContextProtocol:
 
     def __post_init__(self) -> None:
         if self.target not in ("random", "last"):
-            raise ValueError(f"ContextProtocol.target must be 'random' or 'last', got {self.target!r}.")
+            raise MonaiTFMError(f"ContextProtocol.target must be 'random' or 'last', got {self.target!r}.")
         if self.gap < 0:
-            raise ValueError(f"ContextProtocol.gap must be >= 0, got {self.gap}.")
+            raise MonaiTFMError(f"ContextProtocol.gap must be >= 0, got {self.gap}.")
         if self.min_gap is not None and not 0 <= self.min_gap <= self.gap:
-            raise ValueError(f"ContextProtocol.min_gap must be in [0, gap={self.gap}] or None, got {self.min_gap}.")
+            raise MonaiTFMError(f"ContextProtocol.min_gap must be in [0, gap={self.gap}] or None, got {self.min_gap}.")
         if not 0.0 <= self.keep_prob <= 1.0:
-            raise ValueError(f"ContextProtocol.keep_prob must be in [0, 1], got {self.keep_prob}.")
+            raise MonaiTFMError(f"ContextProtocol.keep_prob must be in [0, 1], got {self.keep_prob}.")
         if self.min_keep < 1:
-            raise ValueError(f"ContextProtocol.min_keep must be >= 1, got {self.min_keep}.")
+            raise MonaiTFMError(f"ContextProtocol.min_keep must be >= 1, got {self.min_keep}.")
         if self.window is not None and self.window < 1:
-            raise ValueError(f"ContextProtocol.window must be >= 1 or None, got {self.window}.")
+            raise MonaiTFMError(f"ContextProtocol.window must be >= 1 or None, got {self.window}.")
         if self.max_context is not None and self.max_context < 1:
-            raise ValueError(f"ContextProtocol.max_context must be >= 1 or None, got {self.max_context}.")
+            raise MonaiTFMError(f"ContextProtocol.max_context must be >= 1 or None, got {self.max_context}.")
 
     def target_range(self, num_frames: int) -> tuple[int, int]:
         """Inclusive range of admissible target indices for a series of ``num_frames`` frames.
@@ -111,7 +112,7 @@ class ContextProtocol:
             lo = self.gap + 1 if self.min_target is None else self.min_target
             hi = num_frames - 1 if self.max_target is None else min(self.max_target, num_frames - 1)
         if lo - self.gap < 1 or lo > hi:
-            raise ValueError(
+            raise MonaiTFMError(
                 f"a series of {num_frames} frames is too short for this protocol (gap {self.gap}, "
                 f"target indices {lo}..{hi}): the target needs at least one context frame before the hidden gap."
             )
@@ -241,7 +242,7 @@ def make_fixed_draws(
             same_draws = (saved.get("seed"), saved.get("num_draws")) == (record["seed"], record["num_draws"])
             same = same_protocol and same_draws
             if not same or saved.get("draws") != record["draws"]:
-                raise ValueError(
+                raise MonaiTFMError(
                     f"fixed draws file {path} was written for another protocol, seed or subject set; "
                     "delete it or point the run to a new output folder."
                 )
@@ -305,9 +306,9 @@ def select_context(
     """
     idx = [int(i) for i in context_indices]
     if not idx:
-        raise ValueError("a sample needs at least one context frame.")
+        raise MonaiTFMError("a sample needs at least one context frame.")
     if sorted(idx) != idx or idx[-1] >= int(target_index):
-        raise ValueError(f"context indices {idx} must be sorted and before the target index {target_index}.")
+        raise MonaiTFMError(f"context indices {idx} must be sorted and before the target index {target_index}.")
     slot_t, mask = padded_slots(idx, max_context)
     series_t = torch.as_tensor(series).as_subclass(torch.Tensor)  # plain tensors in the batch; affine kept apart
     times_t = torch.as_tensor(times, dtype=torch.float32)
@@ -351,7 +352,7 @@ class SelectContextd(MapTransform):
     def _select(self, d: dict, target_index: int, context_indices: Sequence[int]) -> dict:
         n = len(d[self.time_key])
         if not 0 <= target_index < n:
-            raise ValueError(
+            raise MonaiTFMError(
                 f"subject {d.get('subject', '?')!r}: target index {target_index} outside a series of {n} frames."
             )
         series = d[self.series_key]
@@ -459,9 +460,9 @@ class InferenceContextd(SelectContextd):
     ) -> None:
         super().__init__(series_key, time_key, max_context)
         if isinstance(target_time, str) and target_time != "last":
-            raise ValueError(f"InferenceContextd target_time must be a number, 'last' or None, got {target_time!r}.")
+            raise MonaiTFMError(f"InferenceContextd target_time must be a number, 'last' or None, got {target_time!r}.")
         if not float(min_lead) >= 0:
-            raise ValueError(f"InferenceContextd min_lead must be >= 0, got {min_lead!r}.")
+            raise MonaiTFMError(f"InferenceContextd min_lead must be >= 0, got {min_lead!r}.")
         self.target_time = target_time
         self.forecast_only = forecast_only
         self.atol = atol
@@ -483,13 +484,13 @@ class InferenceContextd(SelectContextd):
         who = d.get("subject", "?")
         t_target = d.get("target_time", self.target_time)
         if t_target is None:
-            raise ValueError(f"subject {who!r}: no target time (give the item a 'target_time' or set a default).")
+            raise MonaiTFMError(f"subject {who!r}: no target time (give the item a 'target_time' or set a default).")
         times = torch.as_tensor(d[self.time_key], dtype=torch.float64)
         if isinstance(t_target, str):
             if t_target != "last":
-                raise ValueError(f"subject {who!r}: target time must be a number or 'last', got {t_target!r}.")
+                raise MonaiTFMError(f"subject {who!r}: target time must be a number or 'last', got {t_target!r}.")
             if len(times) == 0:
-                raise ValueError(f"subject {who!r}: target time 'last' of a series without frames.")
+                raise MonaiTFMError(f"subject {who!r}: target time 'last' of a series without frames.")
             t_target = times.max()
         t_target = float(t_target)
         at_target = torch.isclose(times, torch.tensor(t_target, dtype=torch.float64), atol=self.atol, rtol=0)
@@ -499,7 +500,7 @@ class InferenceContextd(SelectContextd):
         idx = torch.nonzero(usable).flatten().tolist()
         if not idx:
             lead = f" at least {self.min_lead} before" if self.min_lead > 0 else " before"
-            raise ValueError(f"subject {who!r}: no frame{lead} the target time {t_target} to use as context.")
+            raise MonaiTFMError(f"subject {who!r}: no frame{lead} the target time {t_target} to use as context.")
         series = d[self.series_key]
         if hasattr(series, "affine"):
             d["affine"] = torch.as_tensor(series.affine).as_subclass(torch.Tensor).clone()

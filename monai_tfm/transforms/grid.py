@@ -14,6 +14,8 @@ from typing import Any
 import torch
 from monai.transforms import MapTransform, Transform
 
+from monai_tfm.utils.errors import MonaiTFMError
+
 __all__ = ["grid_slots", "GridEmbed", "FillLOCF", "GridEmbedd", "FillLOCFd"]
 
 
@@ -35,9 +37,9 @@ def grid_slots(times: torch.Tensor, origin: float, spacing: float, num_slots: in
         ValueError: non-positive spacing or slot count.
     """
     if spacing <= 0:
-        raise ValueError(f"grid spacing must be > 0, got {spacing}.")
+        raise MonaiTFMError(f"grid spacing must be > 0, got {spacing}.")
     if num_slots < 1:
-        raise ValueError(f"number of grid slots must be >= 1, got {num_slots}.")
+        raise MonaiTFMError(f"number of grid slots must be >= 1, got {num_slots}.")
     t = torch.as_tensor(times, dtype=torch.float64)
     q = torch.floor((t - origin) / spacing + 0.5).long()
     return torch.clamp(q, 0, num_slots - 1)
@@ -99,7 +101,7 @@ class FillLOCF(Transform):
 
     def __init__(self, fill: str = "locf") -> None:
         if fill not in ("locf", "zeros"):
-            raise ValueError(f"fill must be 'locf' or 'zeros', got {fill!r}.")
+            raise MonaiTFMError(f"fill must be 'locf' or 'zeros', got {fill!r}.")
         self.fill = fill
 
     def __call__(self, slots: torch.Tensor, occupancy: torch.Tensor) -> torch.Tensor:
@@ -117,7 +119,7 @@ class FillLOCF(Transform):
         """
         occupancy = torch.as_tensor(occupancy).bool()
         if not bool(occupancy.any()):
-            raise ValueError("cannot fill a grid with no observed frame (all slots are missing).")
+            raise MonaiTFMError("cannot fill a grid with no observed frame (all slots are missing).")
         slots = torch.as_tensor(slots)
         if self.fill == "zeros":
             return torch.where(occupancy.reshape(-1, *([1] * (slots.ndim - 1))), slots, torch.zeros_like(slots))
@@ -170,9 +172,9 @@ class GridEmbedd(MapTransform):
     ) -> None:
         super().__init__(["context", "context_time", "context_mask"], allow_missing_keys)
         if anchor not in ("origin", "target"):
-            raise ValueError(f"GridEmbedd anchor must be 'origin' or 'target', got {anchor!r}.")
+            raise MonaiTFMError(f"GridEmbedd anchor must be 'origin' or 'target', got {anchor!r}.")
         if lead is not None and not float(lead) > 0:
-            raise ValueError(f"GridEmbedd lead must be > 0 (time from the last slot to the target), got {lead!r}.")
+            raise MonaiTFMError(f"GridEmbedd lead must be > 0 (time from the last slot to the target), got {lead!r}.")
         self.anchor = anchor
         self.lead = float(spacing) if lead is None else float(lead)
         self.embed = GridEmbed(num_slots, spacing, origin)
@@ -231,5 +233,5 @@ class FillLOCFd(MapTransform):
         try:
             d["context"] = self.filler(d["context"], d["context_mask"])
         except ValueError as e:
-            raise ValueError(f"subject {d.get('subject', '?')!r}: {e}") from e
+            raise MonaiTFMError(f"subject {d.get('subject', '?')!r}: {e}") from e
         return d

@@ -19,6 +19,8 @@ import torch
 from monai.transforms import ScaleIntensityRange, ScaleIntensityRangePercentiles, ScaleIntensityRangePercentilesd
 from monai.transforms.utils_pytorch_numpy_unification import percentile
 
+from monai_tfm.utils.errors import MonaiTFMError
+
 __all__ = ["IntensityScaling", "ScaleSeriesIntensityd", "series_percentiles"]
 
 _QUANTILE_MAX = 1_000_000  # above this size MONAI's percentile uses NumPy (pytorch#64947), which selects in O(n)
@@ -97,12 +99,14 @@ class IntensityScaling:
             s = transform.scaler if isinstance(transform, ScaleIntensityRangePercentilesd) else transform
             lower, upper, b_min, b_max, clip, relative = s.lower, s.upper, s.b_min, s.b_max, s.clip, s.relative
         if b_min is None or b_max is None:
-            raise ValueError("the bundle's intensity normalisation has no output range (b_min/b_max); cannot invert.")
+            raise MonaiTFMError(
+                "the bundle's intensity normalisation has no output range (b_min/b_max); cannot invert."
+            )
         if relative:  # as in monai.transforms.ScaleIntensityRangePercentiles
             b_min, b_max = (b_max - b_min) * lower / 100.0 + b_min, (b_max - b_min) * upper / 100.0 + b_min
         a_min, a_max = series_percentiles(series, lower, upper)
         if not a_max > a_min:
-            raise ValueError(
+            raise MonaiTFMError(
                 f"the scans have no intensity range between the {lower:g} and {upper:g} percentiles (both {a_min:g}): "
                 "are they constant images?"
             )
@@ -196,7 +200,7 @@ class ScaleSeriesIntensityd(ScaleIntensityRangePercentilesd):
         **kwargs: Any,
     ) -> None:
         if kwargs.get("channel_wise"):
-            raise ValueError("ScaleSeriesIntensityd: channel_wise=True would normalise each frame on its own.")
+            raise MonaiTFMError("ScaleSeriesIntensityd: channel_wise=True would normalise each frame on its own.")
         super().__init__(keys, lower, upper, b_min, b_max, clip, relative, **kwargs)
         self.record_key = record_key
 

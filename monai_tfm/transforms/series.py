@@ -30,6 +30,8 @@ from monai.data.image_reader import ImageReader
 from monai.transforms import LoadImage, MapTransform, Transform
 from monai.utils import ensure_tuple_rep
 
+from monai_tfm.utils.errors import MonaiTFMError
+
 __all__ = [
     "GRID_ATOL",
     "LoadSeries",
@@ -49,7 +51,7 @@ GRID_ATOL = 1e-4  # affines closer than this (mm, element-wise) describe the sam
 _NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
 
-class SeriesReadError(RuntimeError):
+class SeriesReadError(MonaiTFMError, RuntimeError):
     """A frame file of a series could not be read; the message names the subject and the file."""
 
 
@@ -160,7 +162,7 @@ def read_volume(
         except Exception as e:  # ITK missing or failing on the folder
             raise SeriesReadError(f"{pre}cannot scan {what} folder '{name}' for DICOM series: {e}") from e
         if count != 1:
-            raise ValueError(
+            raise MonaiTFMError(
                 f"{pre}{what} folder '{name}' holds no DICOM series."
                 if count == 0
                 else f"{pre}{what} folder '{name}' holds {count} DICOM series; put each series in its own folder."
@@ -180,19 +182,19 @@ def read_volume(
         img = MetaTensor(img)
     spatial = tuple(int(s) for s in img.shape[1:])
     if len(spatial) != 3:
-        raise ValueError(
+        raise MonaiTFMError(
             f"{pre}{what} '{name}' has {len(spatial)} spatial dimensions (shape {tuple(img.shape)} after adding the "
             "channel axis); expected a 3D volume."
         )
     if img.shape[0] != 1 and not allow_multichannel:
-        raise ValueError(
+        raise MonaiTFMError(
             f"{pre}{what} '{name}' holds a 4D image ({img.shape[0]} volumes of shape {spatial}) but must be a single "
             "3D volume; split a 4D series into one file per time point."
         )
     if check_finite:
         bad = int((~torch.isfinite(img.as_tensor())).sum())
         if bad:
-            raise ValueError(f"{pre}{what} '{name}' has {bad} non-finite (NaN/inf) voxels.")
+            raise MonaiTFMError(f"{pre}{what} '{name}' has {bad} non-finite (NaN/inf) voxels.")
     return img
 
 
@@ -238,23 +240,23 @@ def _frame_entries(frames: Any, times: Sequence[float] | None, who: str) -> list
     if isinstance(frames, (str, bytes, os.PathLike)) or not isinstance(frames, Sequence):
         raise TypeError(f"{who}: 'frames' must be a list of frames, got {type(frames).__name__}.")
     if times is not None and len(times) != len(frames):
-        raise ValueError(f"{who}: {len(frames)} frames but {len(times)} times.")
+        raise MonaiTFMError(f"{who}: {len(frames)} frames but {len(times)} times.")
     entries = []
     for k, frame in enumerate(frames):
         if isinstance(frame, Mapping):
             if "image" not in frame:
-                raise ValueError(f"{who}: frame #{k} has no 'image' key.")
+                raise MonaiTFMError(f"{who}: frame #{k} has no 'image' key.")
             if times is not None:
                 t = times[k]
             elif "time" in frame:
                 t = frame["time"]
             else:
-                raise ValueError(f"{who}: frame #{k} ('{frame['image']}') has no 'time' key.")
+                raise MonaiTFMError(f"{who}: frame #{k} ('{frame['image']}') has no 'time' key.")
             label = frame.get("label")
             entries.append((os.fspath(frame["image"]), t, None if label is None else os.fspath(label)))
         elif isinstance(frame, (str, os.PathLike)):
             if times is None:
-                raise ValueError(f"{who}: frames given as paths need the 'times' argument.")
+                raise MonaiTFMError(f"{who}: frames given as paths need the 'times' argument.")
             entries.append((os.fspath(frame), times[k], None))
         else:
             raise TypeError(f"{who}: frame #{k} must be a dict or a path, got {type(frame).__name__}.")
@@ -276,14 +278,14 @@ def _check_times(entries: list[tuple[str, Any, str | None]], who: str) -> list[f
         try:
             tf = float(t.item() if isinstance(t, (torch.Tensor, np.ndarray)) else t)
         except (TypeError, ValueError):
-            raise ValueError(f"{who}: time of frame '{path}' must be a number, got {t!r}.") from None
+            raise MonaiTFMError(f"{who}: time of frame '{path}' must be a number, got {t!r}.") from None
         if not math.isfinite(tf):
-            raise ValueError(f"{who}: time of frame '{path}' is not finite ({t!r}).")
+            raise MonaiTFMError(f"{who}: time of frame '{path}' is not finite ({t!r}).")
         times.append(tf)
     first_at: dict[float, str] = {}
     for (path, _, _), tf in zip(entries, times):
         if tf in first_at:
-            raise ValueError(
+            raise MonaiTFMError(
                 f"{who}: frames '{first_at[tf]}' and '{path}' have the same time {tf}; times must be distinct."
             )
         first_at[tf] = path
@@ -334,7 +336,7 @@ class LoadSeries(Transform):
     def _check_grid(self, img: MetaTensor, ref: MetaTensor, path: str, ref_path: str, who: str) -> None:
         reason = grid_mismatch(img, ref, self.atol)
         if reason is not None:
-            raise ValueError(
+            raise MonaiTFMError(
                 f"{who}: frames are on different grids: '{path}' and '{ref_path}' ({reason}); resample the series to "
                 "one grid first."
             )
@@ -362,7 +364,7 @@ class LoadSeries(Transform):
         who = f"subject {subject!r}" if subject is not None else "series"
         entries = _frame_entries(frames, times, who)
         if len(entries) < self.min_frames:
-            raise ValueError(f"{who}: a series needs at least {self.min_frames} frames, got {len(entries)}.")
+            raise MonaiTFMError(f"{who}: a series needs at least {self.min_frames} frames, got {len(entries)}.")
         tvals = _check_times(entries, who)
         order = sorted(range(len(entries)), key=lambda i: tvals[i])
         if order != list(range(len(entries))):
@@ -389,7 +391,7 @@ class LoadSeries(Transform):
                     continue
                 lm = read_volume(lab, self.label_loader, "label", who, self.allow_multichannel, self.check_finite)
                 if lm.shape[0] != 1:
-                    raise ValueError(f"{who}: label file '{lab}' has {lm.shape[0]} channels; expected 1.")
+                    raise MonaiTFMError(f"{who}: label file '{lab}' has {lm.shape[0]} channels; expected 1.")
                 self._check_grid(lm, ref, lab, path, who)
                 maps.append(lm)
             first = next(m for m in maps if m is not None)

@@ -15,10 +15,21 @@ import sys
 from types import TracebackType
 from typing import Any
 
-__all__ = ["USER_ERRORS", "one_line", "user_error_in_chain", "install_user_error_hook"]
+__all__ = ["MonaiTFMError", "USER_ERRORS", "one_line", "user_error_in_chain", "install_user_error_hook"]
 
-# the exception types whose message is meant for the user (the package's error classes derive from ValueError)
-USER_ERRORS: tuple[type[BaseException], ...] = (FileNotFoundError, FileExistsError, ValueError)
+
+class MonaiTFMError(ValueError):
+    """An error the package raises on purpose, with a message for the user: bad input, a config value, a file.
+
+    Every user error of the package derives from it (``ForecastError``, ``DatalistError``, ``PackError``,
+    ``GenerationError``, ``SeriesReadError``, ``CLIError``) or is raised as it, so ``monai-tfm`` prints it as one line
+    (exit code 2) while anything else, a bug, keeps its traceback (exit code 1). A ``ValueError`` subclass, so callers
+    that catch ``ValueError`` keep working.
+    """
+
+
+# the exception types whose message is meant for the user: the package's errors and the file errors it raises
+USER_ERRORS: tuple[type[BaseException], ...] = (MonaiTFMError, FileNotFoundError, FileExistsError)
 
 
 def one_line(text: Any, limit: int = 300) -> str:

@@ -30,6 +30,7 @@ from typing import IO, Any
 import torch
 from monai.config import PathLike
 
+from monai_tfm.utils.errors import MonaiTFMError
 from monai_tfm.utils.options import as_bool
 
 __all__ = [
@@ -165,12 +166,12 @@ def atomic_write(
         FileExistsError: if ``overwrite`` is False and ``path`` exists.
     """
     if mode not in ("w", "wb", "wt", "x", "xb", "xt"):
-        raise ValueError(f"atomic_write supports modes 'w', 'wb', 'x', 'xb', got {mode!r}.")
+        raise MonaiTFMError(f"atomic_write supports modes 'w', 'wb', 'x', 'xb', got {mode!r}.")
     if mode.startswith("x"):
         overwrite, mode = False, "w" + mode[1:]
     binary = "b" in mode
     if binary and encoding is not None:
-        raise ValueError("encoding is only valid in text mode.")
+        raise MonaiTFMError("encoding is only valid in text mode.")
     with (
         atomic_path(path, overwrite=overwrite, make_parents=make_parents) as tmp,
         open(tmp, mode, encoding=None if binary else (encoding or "utf-8")) as f,

@@ -13,13 +13,15 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from monai_tfm.utils.errors import MonaiTFMError
+
 __all__ = ["TRUE_WORDS", "FALSE_WORDS", "as_bool", "positive_int"]
 
 TRUE_WORDS = ("true", "1", "yes", "on")
 FALSE_WORDS = ("false", "0", "no", "off")
 
 
-def as_bool(value: Any, name: str = "option", error: type[Exception] = ValueError) -> bool:
+def as_bool(value: Any, name: str = "option", error: type[Exception] = MonaiTFMError) -> bool:
     """A switch value as a bool: ``True``/``False``, 0/1, or ``true/false/1/0/yes/no/on/off`` (any case).
 
     Args:
@@ -47,7 +49,7 @@ def as_bool(value: Any, name: str = "option", error: type[Exception] = ValueErro
     raise error(f"--{name}: expected true or false (or 1/0, yes/no), got {value!r}.")
 
 
-def positive_int(value: Any, name: str = "option", error: type[Exception] = ValueError) -> int:
+def positive_int(value: Any, name: str = "option", error: type[Exception] = MonaiTFMError) -> int:
     """A count option as an int >= 1: ``3``, ``3.0`` or ``"3"``; not ``2.5``, ``0``, ``True`` or ``"three"``.
 
     Args:

@@ -24,6 +24,7 @@ from monai.networks.layers import Conv
 from torch import nn
 
 from monai_tfm.networks.blocks.resample import StridedConvDownsample, compute_down_strides, resize_to
+from monai_tfm.utils.errors import MonaiTFMError
 
 __all__ = [
     "DirectForecaster",
@@ -77,29 +78,31 @@ def check_direct_inputs(
         ValueError: mis-shaped inputs, missing times, or a sample without any real frame.
     """
     if context.ndim != 3 + spatial_dims:
-        raise ValueError(f"expected context (B, T, C, {spatial_dims} spatial dims), got {tuple(context.shape)}.")
+        raise MonaiTFMError(f"expected context (B, T, C, {spatial_dims} spatial dims), got {tuple(context.shape)}.")
     b, t, c = context.shape[:3]
     if in_channels is not None and c != in_channels:
-        raise ValueError(f"expected {in_channels} channel(s) per frame, got context of shape {tuple(context.shape)}.")
+        raise MonaiTFMError(
+            f"expected {in_channels} channel(s) per frame, got context of shape {tuple(context.shape)}."
+        )
     if frame_mask is None:
         frame_mask = torch.ones(b, t, dtype=torch.bool, device=context.device)
     frame_mask = torch.as_tensor(frame_mask, device=context.device).bool()
     if frame_mask.shape != (b, t):
-        raise ValueError(f"frame_mask must be (B, T) = {(b, t)}, got {tuple(frame_mask.shape)}.")
+        raise MonaiTFMError(f"frame_mask must be (B, T) = {(b, t)}, got {tuple(frame_mask.shape)}.")
     if not bool(frame_mask.any(dim=1).all()):
-        raise ValueError("every sample needs at least one real context frame; got a row of frame_mask with none.")
+        raise MonaiTFMError("every sample needs at least one real context frame; got a row of frame_mask with none.")
     if needs_time and (frame_times is None or target_time is None):
-        raise ValueError("this model uses acquisition times: pass frame_times (B, T) and target_time (B,).")
+        raise MonaiTFMError("this model uses acquisition times: pass frame_times (B, T) and target_time (B,).")
     if frame_times is not None:
         frame_times = torch.as_tensor(frame_times, device=context.device).to(context.dtype)
         if frame_times.shape != (b, t):
-            raise ValueError(f"frame_times must be (B, T) = {(b, t)}, got {tuple(frame_times.shape)}.")
+            raise MonaiTFMError(f"frame_times must be (B, T) = {(b, t)}, got {tuple(frame_times.shape)}.")
     if target_time is not None:
         target_time = torch.as_tensor(target_time, device=context.device).to(context.dtype).reshape(-1)
         if target_time.numel() == 1 and b > 1:
             target_time = target_time.expand(b)
         if target_time.shape != (b,):
-            raise ValueError(f"target_time must be (B,) = ({b},), got {tuple(target_time.shape)}.")
+            raise MonaiTFMError(f"target_time must be (B,) = ({b},), got {tuple(target_time.shape)}.")
     return context, frame_times, frame_mask, target_time
 
 

@@ -14,6 +14,7 @@ from monai.networks.layers import Conv
 from torch import nn
 
 from monai_tfm.networks.baselines.base import ConvDecoder, ConvEncoder, DirectForecaster, time_to_target
+from monai_tfm.utils.errors import MonaiTFMError
 
 __all__ = ["ConvLSTMCell", "ConvLSTM3D"]
 
@@ -31,7 +32,7 @@ class ConvLSTMCell(nn.Module):
     def __init__(self, spatial_dims: int, in_channels: int, hidden_channels: int, kernel_size: int = 3) -> None:
         super().__init__()
         if kernel_size % 2 != 1:
-            raise ValueError(f"kernel_size must be odd, got {kernel_size}.")
+            raise MonaiTFMError(f"kernel_size must be odd, got {kernel_size}.")
         self.hidden_channels = int(hidden_channels)
         self.gates = Conv[Conv.CONV, spatial_dims](
             in_channels + hidden_channels, 4 * hidden_channels, kernel_size=kernel_size, padding=kernel_size // 2
@@ -90,7 +91,7 @@ class ConvLSTM3D(DirectForecaster):
         super().__init__()
         hidden = [int(h) for h in hidden_channels]
         if not hidden:
-            raise ValueError("hidden_channels needs at least one cell.")
+            raise MonaiTFMError("hidden_channels needs at least one cell.")
         self.spatial_dims = int(spatial_dims)
         self.in_channels = int(in_channels)
         self.use_time = bool(use_time)

@@ -17,6 +17,7 @@ from torchdiffeq import odeint
 
 from monai_tfm.networks.baselines.base import ConvDecoder, ConvEncoder, DirectForecaster, group_norm
 from monai_tfm.networks.baselines.convlstm import ConvLSTMCell
+from monai_tfm.utils.errors import MonaiTFMError
 
 __all__ = ["ODEFunc", "ODELSTM3D"]
 
@@ -102,7 +103,7 @@ class ODELSTM3D(DirectForecaster):
     ) -> None:
         super().__init__()
         if solver_steps < 1:
-            raise ValueError(f"solver_steps must be >= 1, got {solver_steps}.")
+            raise MonaiTFMError(f"solver_steps must be >= 1, got {solver_steps}.")
         self.spatial_dims = int(spatial_dims)
         self.in_channels = int(in_channels)
         self.solver = solver

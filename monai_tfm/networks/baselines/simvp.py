@@ -22,6 +22,7 @@ from monai_tfm.networks.baselines.base import (
     right_align,
     time_to_target,
 )
+from monai_tfm.utils.errors import MonaiTFMError
 
 __all__ = ["InceptionBlock", "GatedConvBlock", "SimVP3D"]
 
@@ -162,9 +163,9 @@ class SimVP3D(DirectForecaster):
     ) -> None:
         super().__init__()
         if translator not in ("inception", "gated"):
-            raise ValueError(f"translator must be 'inception' or 'gated', got {translator!r}.")
+            raise MonaiTFMError(f"translator must be 'inception' or 'gated', got {translator!r}.")
         if num_frames < 1:
-            raise ValueError(f"num_frames must be >= 1, got {num_frames}.")
+            raise MonaiTFMError(f"num_frames must be >= 1, got {num_frames}.")
         conv = Conv[Conv.CONV, spatial_dims]
         self.spatial_dims = int(spatial_dims)
         self.num_frames = int(num_frames)

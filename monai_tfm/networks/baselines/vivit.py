@@ -21,6 +21,7 @@ from torch import nn
 from monai_tfm.flows.path import last_real_index
 from monai_tfm.networks.baselines.base import DirectForecaster, group_norm, time_to_target
 from monai_tfm.networks.blocks.time_embedding import FourierFeatures
+from monai_tfm.utils.errors import MonaiTFMError
 
 __all__ = ["ViViT3D"]
 
@@ -81,9 +82,9 @@ class ViViT3D(DirectForecaster):
     ) -> None:
         super().__init__()
         if hidden_size % num_heads:
-            raise ValueError(f"hidden_size {hidden_size} must be divisible by num_heads {num_heads}.")
+            raise MonaiTFMError(f"hidden_size {hidden_size} must be divisible by num_heads {num_heads}.")
         if hidden_size % (2 * spatial_dims):
-            raise ValueError(
+            raise MonaiTFMError(
                 f"hidden_size {hidden_size} must be divisible by {2 * spatial_dims} for the {spatial_dims}D sin-cos "
                 "position code."
             )
@@ -91,7 +92,7 @@ class ViViT3D(DirectForecaster):
         self.in_channels = int(in_channels)
         self.patch_size = tuple(int(p) for p in ensure_tuple_rep(patch_size, spatial_dims))
         if any(p < 1 for p in self.patch_size):
-            raise ValueError(f"patch_size must be positive, got {self.patch_size}.")
+            raise MonaiTFMError(f"patch_size must be positive, got {self.patch_size}.")
         self.hidden_size = int(hidden_size)
         self._position_codes: dict[tuple[int, ...], torch.Tensor] = {}
         if spatial_size is not None:
@@ -135,7 +136,7 @@ class ViViT3D(DirectForecaster):
         """
         size = tuple(int(s) for s in spatial_size)
         if len(size) != self.spatial_dims or any(s % p for s, p in zip(size, self.patch_size)):
-            raise ValueError(
+            raise MonaiTFMError(
                 f"ViViT3D: the patch size {self.patch_size} does not divide the volume size {size} (remainders "
                 f"{tuple(s % p for s, p in zip(size, self.patch_size))}); choose a patch_size that divides every "
                 "axis, or resample/crop the volumes."

@@ -19,6 +19,8 @@ import torch.nn.functional as F
 from monai.networks.blocks import SABlock
 from torch import nn
 
+from monai_tfm.utils.errors import MonaiTFMError
+
 __all__ = ["WindowAttention", "window_merge", "window_partition"]
 
 
@@ -54,7 +56,7 @@ class WindowAttention(nn.Module):
     ) -> None:
         super().__init__()
         if head_dim is None and channels % num_heads != 0:
-            raise ValueError(f"channels={channels} must be divisible by num_heads={num_heads} (or give head_dim).")
+            raise MonaiTFMError(f"channels={channels} must be divisible by num_heads={num_heads} (or give head_dim).")
         self.spatial_dims = spatial_dims
         if window_size is None:
             self.window_size = None
@@ -63,7 +65,7 @@ class WindowAttention(nn.Module):
         else:
             self.window_size = tuple(int(w) for w in window_size)
             if len(self.window_size) != spatial_dims:
-                raise ValueError(f"window_size needs {spatial_dims} entries, got {window_size}.")
+                raise MonaiTFMError(f"window_size needs {spatial_dims} entries, got {window_size}.")
         # the window as a list for TorchScript (0: the whole axis, i.e. global attention)
         self._window = [0] * spatial_dims if self.window_size is None else list(self.window_size)
         self.norm = nn.GroupNorm(norm_groups, channels)

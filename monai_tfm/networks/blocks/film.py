@@ -16,6 +16,8 @@ import torch
 from monai.networks.layers import Conv
 from torch import nn
 
+from monai_tfm.utils.errors import MonaiTFMError
+
 __all__ = ["FiLMResBlock"]
 
 
@@ -54,10 +56,10 @@ class FiLMResBlock(nn.Module):
     ):
         super().__init__()
         if film_mode not in ("paper", "scale_shift"):
-            raise ValueError(f"film_mode must be 'paper' or 'scale_shift', got {film_mode!r}.")
+            raise MonaiTFMError(f"film_mode must be 'paper' or 'scale_shift', got {film_mode!r}.")
         self.film_mode = film_mode
         if out_channels % norm_groups != 0:
-            raise ValueError(f"norm_groups={norm_groups} must divide out_channels={out_channels}.")
+            raise MonaiTFMError(f"norm_groups={norm_groups} must divide out_channels={out_channels}.")
         conv = Conv[Conv.CONV, spatial_dims]
         self.spatial_dims = spatial_dims
         self.conv1 = conv(in_channels, out_channels, kernel_size=3, padding=1)

@@ -25,6 +25,8 @@ import torch.nn.functional as F
 from monai.networks.layers import Conv
 from torch import nn
 
+from monai_tfm.utils.errors import MonaiTFMError
+
 __all__ = ["StridedConvDownsample", "compute_down_strides", "down_axis_mask", "down_stride_lists", "resize_to"]
 
 
@@ -49,7 +51,7 @@ def compute_down_strides(
         ValueError: for a negative `num_down` or `min_size < 1`.
     """
     if num_down < 0 or min_size < 1:
-        raise ValueError(f"need num_down >= 0 and min_size >= 1, got {num_down} and {min_size}.")
+        raise MonaiTFMError(f"need num_down >= 0 and min_size >= 1, got {num_down} and {min_size}.")
     allowed = set(range(len(spatial_size))) if axes is None else {a % len(spatial_size) for a in axes}
     mask = [a in allowed for a in range(len(spatial_size))]
     return [tuple(step) for step in down_stride_lists([int(s) for s in spatial_size], num_down, min_size, mask)]
@@ -71,7 +73,7 @@ def down_axis_mask(spatial_dims: int, slice_axis: int | None = None) -> list[boo
     if slice_axis is None:
         return [True] * spatial_dims
     if not -spatial_dims <= int(slice_axis) < spatial_dims:
-        raise ValueError(f"slice_axis must be an axis of a {spatial_dims}D volume or None, got {slice_axis!r}.")
+        raise MonaiTFMError(f"slice_axis must be an axis of a {spatial_dims}D volume or None, got {slice_axis!r}.")
     fixed = int(slice_axis) % spatial_dims
     return [a != fixed for a in range(spatial_dims)]
 

@@ -17,6 +17,8 @@ import math
 import torch
 from torch import nn
 
+from monai_tfm.utils.errors import MonaiTFMError
+
 __all__ = ["FourierFeatures", "TimeConditioning", "broadcast_tau"]
 
 _MODES = ("discrete", "continuous")
@@ -49,7 +51,7 @@ def broadcast_tau(
     if tau_t.numel() == 1:
         return tau_t.reshape(1).expand(batch_size)
     if tau_t.numel() != batch_size:
-        raise ValueError(f"tau must have 1 or batch_size={batch_size} elements, got shape {list(tau_t.shape)}.")
+        raise MonaiTFMError(f"tau must have 1 or batch_size={batch_size} elements, got shape {list(tau_t.shape)}.")
     return tau_t.reshape(batch_size)
 
 
@@ -79,9 +81,9 @@ class FourierFeatures(nn.Module):
     def __init__(self, num_features: int = 16, max_freq: float = 32.0, min_freq: float = 1.0) -> None:
         super().__init__()
         if num_features < 1:
-            raise ValueError(f"num_features must be >= 1, got {num_features}.")
+            raise MonaiTFMError(f"num_features must be >= 1, got {num_features}.")
         if not 0 < min_freq <= max_freq:
-            raise ValueError(f"need 0 < min_freq <= max_freq, got min_freq={min_freq}, max_freq={max_freq}.")
+            raise MonaiTFMError(f"need 0 < min_freq <= max_freq, got min_freq={min_freq}, max_freq={max_freq}.")
         freqs = torch.logspace(math.log10(min_freq), math.log10(max_freq), num_features, dtype=torch.float64)
         self.register_buffer("freqs", freqs.to(torch.get_default_dtype()))
         self.num_features = num_features
@@ -145,7 +147,7 @@ class TimeConditioning(nn.Module):
     ) -> None:
         super().__init__()
         if mode not in _MODES:
-            raise ValueError(f"mode must be one of {_MODES}, got {mode!r}.")
+            raise MonaiTFMError(f"mode must be one of {_MODES}, got {mode!r}.")
         self.mode = mode
         self.use_target_time = use_target_time
         self.cond_dim = cond_dim
@@ -194,14 +196,16 @@ class TimeConditioning(nn.Module):
         elif tau_t.dim() > 0:
             b = tau_t.shape[0]
         else:
-            raise ValueError("batch_size is needed when tau is a scalar and there are no frame times.")
+            raise MonaiTFMError("batch_size is needed when tau is a scalar and there are no frame times.")
         tau_b = broadcast_tau(tau_t, b, device=device, dtype=dtype)
         codes = [self.fourier(tau_b)]
         if self.mode == "continuous":
             codes.append(self._frame_code(frame_times, frame_mask, b))
             if self.use_target_time:
                 if target_time is None:
-                    raise ValueError("continuous time conditioning with use_target_time=True needs target_time (B,).")
+                    raise MonaiTFMError(
+                        "continuous time conditioning with use_target_time=True needs target_time (B,)."
+                    )
                 codes.append(self.fourier(broadcast_tau(target_time, b, device=device, dtype=dtype)))
         return self.mlp(torch.cat(codes, dim=-1))
 
@@ -210,12 +214,12 @@ class TimeConditioning(nn.Module):
     ) -> torch.Tensor:
         """Masked mean of the frame-time codes (CRONOS eq. 11); zeros for rows without a real frame."""
         if frame_times is None:
-            raise ValueError("continuous time conditioning needs frame_times (B, K); got None.")
+            raise MonaiTFMError("continuous time conditioning needs frame_times (B, K); got None.")
         if not torch.jit.is_scripting():
             frame_times = torch.as_tensor(frame_times)
         frame_times = frame_times.to(device=self.fourier.freqs.device, dtype=self.fourier.freqs.dtype)
         if frame_times.dim() != 2 or frame_times.shape[0] != batch_size:
-            raise ValueError(f"frame_times must have shape (B={batch_size}, K), got {list(frame_times.shape)}.")
+            raise MonaiTFMError(f"frame_times must have shape (B={batch_size}, K), got {list(frame_times.shape)}.")
         gam = self.fourier(frame_times)  # (B, K, F)
         if frame_mask is None:
             return gam.mean(dim=1)
@@ -223,7 +227,7 @@ class TimeConditioning(nn.Module):
             frame_mask = torch.as_tensor(frame_mask)
         frame_mask = frame_mask.to(device=gam.device)
         if frame_mask.shape != frame_times.shape:
-            raise ValueError(
+            raise MonaiTFMError(
                 f"frame_mask shape {list(frame_mask.shape)} must match frame_times shape {list(frame_times.shape)}."
             )
         weights = frame_mask.to(gam.dtype).unsqueeze(-1)  # (B, K, 1)
