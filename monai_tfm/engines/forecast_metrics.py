@@ -27,27 +27,12 @@ from ignite.engine import Engine
 from ignite.metrics import Metric
 
 from monai_tfm.engines.distributed import gather_rows
-from monai_tfm.flows.path import last_real_index
+from monai_tfm.flows.path import last_context_image
 from monai_tfm.metrics import compute_forecast_metrics_batch
 
-__all__ = ["ForecastMetrics", "last_context_image"]
+__all__ = ["ForecastMetrics", "last_context_image"]  # last_context_image lives in monai_tfm.flows.path
 
 logger = logging.getLogger(__name__)
-
-
-def last_context_image(context: torch.Tensor, context_mask: torch.Tensor) -> torch.Tensor:
-    """The Last Context Image of each sample: the latest real frame of the context.
-
-    Args:
-        context: ``(B, T, C, D, H, W)``.
-        context_mask: ``(B, T)`` bool.
-
-    Returns:
-        ``(B, C, D, H, W)``.
-    """
-    idx = last_real_index(torch.as_tensor(context_mask).bool())
-    context = torch.as_tensor(context)
-    return context[torch.arange(context.shape[0]), idx.to(context.device)]
 
 
 def _as_list(value: Any, n: int) -> list:

@@ -28,6 +28,8 @@ __all__ = [
     "velocity_from_endpoint",
     "endpoint_loss_weight",
     "flowed_times",
+    "select_frames",
+    "last_context_image",
     "reduce_frames",
     "last_real_index",
     "tie_padding",
@@ -238,6 +240,37 @@ def last_real_index(mask: torch.Tensor) -> torch.Tensor:
     k = mask.shape[1]
     positions = torch.arange(k, device=mask.device).expand_as(mask)
     return torch.where(mask, positions, torch.full_like(positions, -1)).max(dim=1).values
+
+
+def select_frames(context: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Pick one frame per sample.
+
+    Args:
+        context: ``(B, T, C, *S)``.
+        index: ``(B,)`` long frame index per sample.
+
+    Returns:
+        ``(B, C, *S)``.
+    """
+    return context[torch.arange(context.shape[0], device=context.device), index.to(context.device)]
+
+
+def last_context_image(context: torch.Tensor, context_mask: torch.Tensor) -> torch.Tensor:
+    """The Last Context Image (LCI) of each sample: its latest real context frame, the baseline every forecast is
+    compared with (TFM and CRONOS papers) and the forecast of the ``LastContextImage`` baseline.
+
+    Args:
+        context: ``(B, T, C, *S)``.
+        context_mask: ``(B, T)`` bool.
+
+    Returns:
+        ``(B, C, *S)``.
+
+    Raises:
+        ValueError: a sample without any real frame.
+    """
+    context = torch.as_tensor(context)
+    return select_frames(context, last_real_index(torch.as_tensor(context_mask).bool()))
 
 
 def reduce_frames(x: torch.Tensor, mask: torch.Tensor | None = None, mode: str = "mean") -> torch.Tensor:

@@ -5,23 +5,10 @@ from __future__ import annotations
 
 import torch
 
-from monai_tfm.flows.path import last_real_index
+from monai_tfm.flows.path import last_context_image
 from monai_tfm.networks.baselines.base import DirectForecaster
 
-__all__ = ["LastContextImage", "select_frames"]
-
-
-def select_frames(context: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """Pick one frame per sample.
-
-    Args:
-        context: ``(B, T, C, *S)``.
-        index: ``(B,)`` long frame index per sample.
-
-    Returns:
-        ``(B, C, *S)``.
-    """
-    return context[torch.arange(context.shape[0], device=context.device), index.to(context.device)]
+__all__ = ["LastContextImage"]
 
 
 class LastContextImage(DirectForecaster):
@@ -41,4 +28,4 @@ class LastContextImage(DirectForecaster):
         self, context: torch.Tensor, times: torch.Tensor, mask: torch.Tensor, target_time: torch.Tensor
     ) -> torch.Tensor:
         """Forecast from checked inputs (see :meth:`DirectForecaster.predict`)."""
-        return select_frames(context, last_real_index(mask))
+        return last_context_image(context, mask)

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import torch
 
-from monai_tfm.flows.path import last_real_index
+from monai_tfm.flows.path import last_real_index, select_frames
 from monai_tfm.networks.baselines.base import DirectForecaster
-from monai_tfm.networks.baselines.lci import select_frames
 
 __all__ = ["LinearExtrapolation"]
 
