@@ -15,11 +15,11 @@ import io
 import logging
 import os
 import zipfile
-from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 
+from monai_tfm.engines.checkpoint import read_network_state
 from monai_tfm.utils.errors import MonaiTFMError
 from monai_tfm.utils.io import atomic_path
 
@@ -72,17 +72,14 @@ def _weights_bytes(weights: Path) -> bytes:
     if not weights.is_file():
         raise PackError(f"no weights at '{weights}': train the bundle or pass --weights FILE.")
     try:
-        state = torch.load(weights, map_location="cpu", weights_only=True)
-    except Exception as e:  # not a torch file, or objects that weights_only refuses
-        msg = " ".join(str(e).split())[:200]
-        raise PackError(f"cannot load weights '{weights}' with weights_only=True: {msg}") from e
-    if isinstance(state, Mapping) and isinstance(state.get("network"), Mapping):
+        state, from_checkpoint = read_network_state(weights)
+    except MonaiTFMError as e:
+        raise PackError(str(e)) from e
+    if from_checkpoint:
         logger.info("'%s' is a resume checkpoint: packing its 'network' weights", weights)
         buffer = io.BytesIO()
-        torch.save(dict(state["network"]), buffer)
+        torch.save(state, buffer)
         return buffer.getvalue()
-    if not isinstance(state, Mapping) or not all(torch.is_tensor(v) for v in state.values()):
-        raise PackError(f"'{weights}' is not a state dict of tensors (a flat models/model.pt file).")
     return weights.read_bytes()
 
 

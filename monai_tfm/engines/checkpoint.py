@@ -28,7 +28,7 @@ from monai_tfm.utils.errors import MonaiTFMError
 from monai_tfm.utils.io import atomic_save_torch
 from monai_tfm.utils.options import as_bool
 
-__all__ = ["TrainingCheckpointer", "WeightsLoader", "check_run_folder", "load_weights"]
+__all__ = ["TrainingCheckpointer", "WeightsLoader", "check_run_folder", "load_weights", "read_network_state"]
 
 LAST_CHECKPOINT = Path("checkpoints") / "last.pt"
 BEST_MODEL = Path("models") / "model.pt"
@@ -67,6 +67,35 @@ def check_run_folder(output_dir: str | Path, resume: bool | str = False, overwri
 logger = logging.getLogger(__name__)
 
 
+def read_network_state(path: str | Path) -> tuple[dict[str, torch.Tensor], bool]:
+    """The network weights in a weights file: the one home of the package's checkpoint format.
+
+    A weights file is either a flat state dict (``models/model.pt``, what training exports and bundles ship) or a
+    resume checkpoint (``checkpoints/last.pt``: ``network``, ``optimizer``, ... entries), whose ``network`` entry is
+    taken. Both are read with ``torch.load(weights_only=True)``, so a file cannot run code.
+
+    Args:
+        path: the weights file (it must exist).
+
+    Returns:
+        the state dict and whether it came from a resume checkpoint.
+
+    Raises:
+        MonaiTFMError: the file cannot be loaded with ``weights_only=True``, or holds no state dict of tensors.
+    """
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # not a torch file, or objects that weights_only refuses
+        msg = " ".join(str(e).split())[:200]
+        raise MonaiTFMError(f"cannot load weights '{path}' with weights_only=True: {msg}") from e
+    from_checkpoint = isinstance(state, Mapping) and isinstance(state.get("network"), Mapping)
+    if from_checkpoint:
+        state = state["network"]
+    if not isinstance(state, Mapping) or not all(torch.is_tensor(v) for v in state.values()):
+        raise MonaiTFMError(f"'{path}' is not a state dict of tensors (a flat models/model.pt file).")
+    return dict(state), from_checkpoint
+
+
 def load_weights(network: torch.nn.Module, path: str | Path, strict: bool = True) -> torch.nn.Module:
     """Load a flat state dict (``models/model.pt``) or a resume checkpoint's ``network`` entry.
 
@@ -85,9 +114,7 @@ def load_weights(network: torch.nn.Module, path: str | Path, strict: bool = True
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no weights at {path}: train the bundle first or pass the path of a model.pt file.")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(state, Mapping) and "network" in state and isinstance(state["network"], Mapping):
-        state = state["network"]
+    state, _ = read_network_state(path)
     try:
         network.load_state_dict(state, strict=strict)
     except RuntimeError as e:

@@ -39,12 +39,13 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from monai_tfm.engines.checkpoint import read_network_state
 from monai_tfm.utils.errors import MonaiTFMError
 
 __all__ = ["FORECAST_PARTS", "init_forecaster_from_pretrained", "load_pretrained_unet", "read_unet_state"]
@@ -77,11 +78,7 @@ def read_unet_state(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         raise FileNotFoundError(
             f"no pretrained weights at '{path}': run the pretraining (configs/pretrain.yaml) first."
         )
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(state, Mapping) and "network" in state and isinstance(state["network"], Mapping):
-        state = state["network"]
-    if not isinstance(state, Mapping):
-        raise MonaiTFMError(f"'{path}' does not hold a state dict.")
+    state, _ = read_network_state(path)
     if any(k.startswith("unet.") for k in state):
         state = {k[len("unet.") :]: v for k, v in state.items() if k.startswith("unet.")}
     if "stem.weight" not in state or not any(k.startswith("down_blocks.") for k in state):
