@@ -1,5 +1,5 @@
 # Copyright (c) monai_tfm contributors. Licensed under the Apache License, Version 2.0.
-"""Learning curves on ACDC (issue 15): validation PSNR/SSIM against optimiser steps and CPU seconds.
+"""Learning curves on ACDC: validation PSNR/SSIM against optimiser steps and CPU seconds.
 
 * **monai_tfm**: a run of ``benchmarks/acdc.py`` with validation every few epochs (the ``curve_cronos_discrete``
   entry of its ``RUNS``: the discrete default, validation every 5 epochs); its TensorBoard scalars

@@ -1,5 +1,5 @@
 # Copyright (c) monai_tfm contributors. Licensed under the Apache License, Version 2.0.
-"""Data-pipeline throughput of a bundle's training loader (issue 6): can it keep a GPU fed?
+"""Data-pipeline throughput of a bundle's training loader: can it keep a GPU fed?
 
 Builds ``train#dataloader`` of a bundle's ``train.yaml`` with MONAI's config parser, once per setting, and times full
 passes over it (no network): plain ``Dataset`` (every transform every epoch) against the bundle's ``CacheDataset``

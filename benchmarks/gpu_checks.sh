@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU correctness checks and the main job on CUDA (issue 6), in one short run on a lent GPU:
+# GPU correctness checks and the main job on CUDA, in one short run on a lent GPU:
 #   1. the speed-switch tests on CUDA (bf16 vs fp32 loss, compiled vs eager outputs, channels-last, fused AdamW);
 #   2. the synthetic bundle's training (defaults, cronos_discrete) with bf16 + torch.compile + fused AdamW, then its
 #      evaluation; the metrics and wall times go to $OUT (docs/results/gpu_checks.md).

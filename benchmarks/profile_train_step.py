@@ -1,5 +1,5 @@
 # Copyright (c) monai_tfm contributors. Licensed under the Apache License, Version 2.0.
-"""Where a CPU training step of the ACDC bundle goes (issue 15, item 5): data, network, optimiser, handlers.
+"""Where a CPU training step of the ACDC bundle goes: data, network, optimiser, handlers.
 
 Builds the bundle's ``train#trainer`` with MONAI's config parser (the ACDC bundle and a method overlay, any
 ``--set id=value`` overrides), runs a few hundred optimiser steps and reports

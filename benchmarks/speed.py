@@ -1,11 +1,11 @@
 # Copyright (c) monai_tfm contributors. Licensed under the Apache License, Version 2.0.
-"""Speed harness (issue 6): training throughput, peak memory, forecast latency/NFE, parameters and FLOPs.
+"""Speed harness: training throughput, peak memory, forecast latency/NFE, parameters and FLOPs.
 
 Every setting (variant x context length T) runs in a fresh subprocess so that the CPU peak RSS
 (``resource.getrusage``) belongs to that setting alone; on CUDA the peak is ``torch.cuda.max_memory_allocated``.
 
 * discrete: the CRONOS UNet sees the K grid slots (``--grid-slots``, fixed: the grid spans the series), whatever T;
-* continuous: it sees the T real frames only, so its cost grows with T (SPEC section 4).
+* continuous: it sees the T real frames only, so its cost grows with T (docs/method.md section 4).
 
 Example (the reduced CPU setting of docs/results/speed.md)::
 

@@ -214,7 +214,8 @@ class Commands:
         return str(generate_synthetic_dataset(out, kind=kind, overwrite=overwrite, **kwargs))
 
     def prepare(self, dataset: str, src: str, dst: str, **kwargs: Any) -> str:
-        """Convert an official dataset download into per-frame NIfTI files + ``datalist.json`` (SPEC section 6).
+        """Convert an official dataset download into per-frame NIfTI files + ``datalist.json`` (docs/method.md section
+        6).
 
         Examples: ``monai-tfm prepare acdc /data/ACDC/database /data/acdc_prep --num_frames 12``,
         ``monai-tfm prepare isles /data/ISLES24/train /data/isles_prep``,

@@ -1,5 +1,6 @@
 # Copyright (c) monai_tfm contributors. Licensed under the Apache License, Version 2.0.
-"""Direct-prediction baselines (SPEC section 8): contract, padding, time use, training, and the bundle overlays."""
+"""Direct-prediction baselines (docs/method.md section 8): contract, padding, time use, training, and the bundle
+overlays."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 # Copyright (c) monai_tfm contributors. Licensed under the Apache License, Version 2.0.
-"""Grid embedding and LOCF (CRONOS appendix A.1) and the context sampling protocol (SPEC sections 3 and 6)."""
+"""Grid embedding and LOCF (CRONOS appendix A.1) and the context sampling protocol (docs/method.md sections 3 and 6)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 # Copyright (c) monai_tfm contributors. Licensed under the Apache License, Version 2.0.
-"""``monai-tfm forecast`` / ``pack`` and TorchScript export of the bundle network (issue 5).
+"""``monai-tfm forecast`` / ``pack`` and TorchScript export of the bundle network.
 
 Weights are those of a freshly built bundle network (zero-initialised head: zero velocity, the LCI model) or the same
 network with a random head (a non-trivial field); nothing is trained here.

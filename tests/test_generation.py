@@ -1,5 +1,5 @@
 # Copyright (c) monai_tfm contributors. Licensed under the Apache License, Version 2.0.
-"""Noise-to-image generation (issue 8): the noise-source flow, conditioning, ControlNet, samplers, a tiny overfit,
+"""Noise-to-image generation: the noise-source flow, conditioning, ControlNet, samplers, a tiny overfit,
 the evaluation metrics, the generation bundles and ``monai-tfm generate``."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 # Copyright (c) monai_tfm contributors. Licensed under the Apache License, Version 2.0.
-"""MONAI Label serving of forecasts (issue 5, item 4).
+"""MONAI Label serving of forecasts.
 
 A real ``monailabel start_server`` on 127.0.0.1 serves a copy of the synthetic bundle whose weights are the freshly
 built network (zero-initialised head: zero velocity) with ``aggregation=last``, i.e. the Last Context Image model: the

@@ -1,5 +1,5 @@
 # Copyright (c) monai_tfm contributors. Licensed under the Apache License, Version 2.0.
-"""Forecast a patient's own scans with a trained bundle: the ``monai-tfm forecast`` command (issue 5).
+"""Forecast a patient's own scans with a trained bundle: the ``monai-tfm forecast`` command.
 
 A few scans with their acquisition times in, one forecast volume out::
 
@@ -539,7 +539,8 @@ class BundleForecaster:
             normalised scale, and the number of network evaluations.
         """
         n = len(times)
-        slots = list(range(n)) + [n - 1] * max(0, self.num_slots - n)  # padding repeats the last scan (SPEC 4.1)
+        # padding repeats the last scan (docs/method.md section 4.1)
+        slots = list(range(n)) + [n - 1] * max(0, self.num_slots - n)
         sample: dict[str, Any] = {
             "context": frames[slots],
             "context_time": torch.tensor([float(times[i]) for i in slots], dtype=torch.float32),

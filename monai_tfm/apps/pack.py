@@ -1,5 +1,5 @@
 # Copyright (c) monai_tfm contributors. Licensed under the Apache License, Version 2.0.
-"""A shareable bundle zip with its weights: ``monai-tfm pack`` (issue 5, sharing).
+"""A shareable bundle zip with its weights: ``monai-tfm pack``.
 
 The zip holds ``<bundle name>/configs/...``, ``docs/``, ``LICENSE`` and the weights as ``models/model.pt``, like a
 MONAI model-zoo bundle, and nothing of a local run: the ``runs/`` and ``data/`` folders, caches and temporary files

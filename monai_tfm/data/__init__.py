@@ -1,5 +1,5 @@
 # Copyright (c) monai_tfm contributors. Licensed under the Apache License, Version 2.0.
-"""Datalists, synthetic phantoms and dataset preparation (SPEC sections 6 and 10)."""
+"""Datalists, synthetic phantoms and dataset preparation (docs/method.md section 6)."""
 
 from __future__ import annotations
 

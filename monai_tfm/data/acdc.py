@@ -1,5 +1,5 @@
 # Copyright (c) monai_tfm contributors. Licensed under the Apache License, Version 2.0.
-"""ACDC cine MRI preparation (SPEC section 6): official download -> per-frame NIfTI files + ``datalist.json``.
+"""ACDC cine MRI preparation (docs/method.md section 6): official download -> per-frame NIfTI files + ``datalist.json``.
 
 The ACDC challenge ships, per patient, a 4D short-axis cine series ``patientXXX_4d.nii.gz`` ``(x, y, slice, time)``
 and an ``Info.cfg`` (``ED``, ``ES``, ``Group``, ``NbFrame``, ... as ``Key: value`` lines; frame numbers are 1-based),
@@ -14,9 +14,9 @@ Per patient, :func:`prepare_acdc` keeps the frames ED..ES and resamples them *jo
 resampling keeps the field of view (voxel centres at ``(i + 0.5) * n_in / n_out - 0.5``), so the output spacing is
 ``spacing * n_in / n_out`` along each axis and the orientation of the source affine is kept. Intensities are then
 clipped to the 0.5 / 99.5 percentiles of the whole resampled series and scaled to ``[0, 1]`` with one clip/scale
-for all frames of a patient (per-frame normalisation would erase the motion to forecast, SPEC section 9.7). The
-ED/ES masks are resampled with nearest neighbour in space only (SPEC section 9.7: never splines on label maps) and
-attached to the first/last frame.
+for all frames of a patient (per-frame normalisation would erase the motion to forecast, docs/method.md section 9.7).
+The ED/ES masks are resampled with nearest neighbour in space only (docs/method.md section 9.7: never splines on
+label maps) and attached to the first/last frame.
 
 Output (``dst``)::
 
@@ -398,7 +398,7 @@ def prepare_acdc(
     include_labels: bool = True,
     progress: bool = True,
 ) -> Path:
-    """Convert an ACDC download into per-frame NIfTI files and a series datalist (SPEC section 6).
+    """Convert an ACDC download into per-frame NIfTI files and a series datalist (docs/method.md section 6).
 
     Per patient: frames ED..ES resampled jointly in space and time to ``num_frames`` phases (times
     ``k / (num_frames - 1)``) of ``spatial_size`` voxels (trilinear + linear in time), clipped to the 0.5 / 99.5

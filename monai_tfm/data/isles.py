@@ -1,5 +1,6 @@
 # Copyright (c) monai_tfm contributors. Licensed under the Apache License, Version 2.0.
-"""ISLES 2024 perfusion CT preparation (SPEC section 6): official download -> per-frame NIfTI files + ``datalist.json``.
+"""ISLES 2024 perfusion CT preparation (docs/method.md section 6): official download -> per-frame NIfTI files +
+``datalist.json``.
 
 The ISLES 2024 training archive is BIDS-like; per patient, the admission session holds a 4D CT perfusion series
 ``(x, y, z, time)``::
@@ -22,9 +23,9 @@ Per patient, :func:`prepare_isles`
 3. resamples each kept frame trilinearly from the box to ``spatial_size`` (default 128 x 128 x 16) over the box's
    field of view (the affine is updated: crop offset, spacing ``* n_in / n_out``, source orientation);
 4. clips the whole prepared series to its 2 / 98 percentiles (one pair of values for all frames of the patient,
-   never per frame, SPEC section 9.7) and scales it to [0, 1]. The box holds skull and air around the brain, so the
-   clip spans about air to bone; ``clip_region="brain"`` takes the percentiles over the brain mask only (same clip
-   for all frames), which spreads the brain's contrast bolus over [0, 1] and saturates bone and air.
+   never per frame, docs/method.md section 9.7) and scales it to [0, 1]. The box holds skull and air around the brain,
+   so the clip spans about air to bone; ``clip_region="brain"`` takes the percentiles over the brain mask only
+   (same clip for all frames), which spreads the brain's contrast bolus over [0, 1] and saturates bone and air.
 
 Frame ``k`` of the prepared series (source frame ``k * frame_step``) gets the time ``k`` (unit: prepared perfusion
 frame, so the frame spacing is 1). Patients with fewer than ``min_frames`` prepared frames are skipped with a logged
@@ -391,7 +392,7 @@ def prepare_isles(
     overwrite: bool = False,
     progress: bool = True,
 ) -> Path:
-    """Convert an ISLES 2024 download into per-frame NIfTI files and a series datalist (SPEC section 6).
+    """Convert an ISLES 2024 download into per-frame NIfTI files and a series datalist (docs/method.md section 6).
 
     Per patient (see the module notes): every ``frame_step``-th frame, cropped to the brain bounding box of their
     temporal mean, resampled trilinearly to ``spatial_size``, clipped to the ``percentiles`` of the whole prepared

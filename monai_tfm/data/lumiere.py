@@ -1,5 +1,6 @@
 # Copyright (c) monai_tfm contributors. Licensed under the Apache License, Version 2.0.
-"""LUMIERE glioblastoma follow-up MRI preparation (SPEC section 6): download -> per-visit NIfTI files + datalist.
+"""LUMIERE glioblastoma follow-up MRI preparation (docs/method.md section 6): download -> per-visit NIfTI files +
+datalist.
 
 The LUMIERE dataset (Suter et al., Scientific Data 9:768, 2022) holds, per patient, one folder per imaging visit,
 named by the week after the first scan, with a suffix ``-k`` when a week has several scans::
@@ -24,8 +25,9 @@ same_week_offset`` (default one day, ``1 / 7`` week), so times stay distinct and
 Per patient, :func:`prepare_lumiere` resamples every visit trilinearly onto ``spatial_size`` voxels (default
 96 x 96 x 64) over the source field of view (output spacing ``spacing * n_in / n_out``, source orientation kept),
 clips the whole series to its 0.5 / 99.5 percentiles and scales it to [0, 1] with one clip/scale for all visits
-(per-visit normalisation would erase the change to forecast, SPEC section 9.7). Patients with a single usable visit
-cannot give a (context, target) pair and are skipped with a logged note (listed in the datalist metadata).
+(per-visit normalisation would erase the change to forecast, docs/method.md section 9.7). Patients with a single
+usable visit cannot give a (context, target) pair and are skipped with a logged note (listed in the datalist
+metadata).
 
 Output (``dst``)::
 
@@ -409,7 +411,7 @@ def prepare_lumiere(
     overwrite: bool = False,
     progress: bool = True,
 ) -> Path:
-    """Convert a LUMIERE download into per-visit NIfTI files and a series datalist (SPEC section 6).
+    """Convert a LUMIERE download into per-visit NIfTI files and a series datalist (docs/method.md section 6).
 
     Per patient: the visits' ``modality`` images (file ``pattern`` inside each visit folder, see the module notes)
     resampled trilinearly to ``spatial_size`` over the source field of view, clipped to the 0.5 / 99.5 percentiles

@@ -1,12 +1,13 @@
 # Copyright (c) monai_tfm contributors. Licensed under the Apache License, Version 2.0.
 """Helpers shared by the dataset preparers (ACDC, ISLES, ...): resampling, normalisation, folds, output checks.
 
-Every preparer converts an official download into per-frame NIfTI files plus a ``datalist.json`` (SPEC section 6).
+Every preparer converts an official download into per-frame NIfTI files plus a ``datalist.json`` (docs/method.md
+section 6).
 What is common to all of them lives here, once:
 
 * resampling on the same field of view (separable linear interpolation written as small matrices; nearest neighbour
   for label maps) and the affine of the resampled grid;
-* one clip/scale per series from shared percentiles (never per frame, SPEC section 9.7);
+* one clip/scale per series from shared percentiles (never per frame, docs/method.md section 9.7);
 * deterministic cross-validation folds and the fold split of a prepared datalist;
 * the checks before writing (the output is not inside the read-only source, an existing prepared dataset is not
   replaced without ``overwrite``) and :func:`ensure_prepared`, which bundle configs call to prepare on first use.

@@ -1,5 +1,5 @@
 # Copyright (c) monai_tfm contributors. Licensed under the Apache License, Version 2.0.
-"""Deterministic synthetic phantoms (SPEC section 6): a beating two-chamber heart and a growing tumour.
+"""Deterministic synthetic phantoms (docs/method.md section 6): a beating two-chamber heart and a growing tumour.
 
 Both generators draw everything from NumPy ``Generator`` objects seeded by the caller, so the same seed gives the
 same series. Voxel values are computed with additions, multiplications, divisions, square roots and clipping only

@@ -1,5 +1,5 @@
 # Copyright (c) monai_tfm contributors. Licensed under the Apache License, Version 2.0.
-"""Engine pieces of the direct-prediction baselines (SPEC sections 8 and 11).
+"""Engine pieces of the direct-prediction baselines (docs/method.md section 8).
 
 The baselines plug into the same MONAI workflow as the flow methods at two points: this prepare-batch (training,
 validation, evaluation and inference alike: the network input is the context, the label the target) and
@@ -24,7 +24,7 @@ _KEYS = ("context", "context_time", "context_mask", "target_time")
 
 
 class DirectPrepareBatch(PrepareBatch):
-    """SPEC batch -> ``(context, target, (), {"frame_times", "frame_mask", "target_time"})``.
+    """Batch (docs/method.md section 1) -> ``(context, target, (), {"frame_times", "frame_mask", "target_time"})``.
 
     Times are multiplied by ``time_scale`` (dataset unit to about [0, 1]), as for the flow methods. ``target`` is
     ``None`` when the batch has none (inference).
@@ -46,7 +46,7 @@ class DirectPrepareBatch(PrepareBatch):
         """Build the network inputs of one batch.
 
         Args:
-            batchdata: SPEC batch dict (``target`` optional).
+            batchdata: batch dict (docs/method.md section 1) (``target`` optional).
             device: target device.
             non_blocking: non-blocking copies.
             kwargs: unused (MONAI passes ``to_kwargs``).

@@ -1,5 +1,5 @@
 # Copyright (c) monai_tfm contributors. Licensed under the Apache License, Version 2.0.
-"""Validation/evaluation metric of forecasts: model and LCI side by side, per sample (SPEC section 7).
+"""Validation/evaluation metric of forecasts: model and LCI side by side, per sample (docs/method.md section 7).
 
 An ignite ``Metric`` (so that MONAI's evaluator can use it as its key metric) that also needs the batch
 metadata (subject, draw, target time) and the context: ignite's ``output_transform`` only sees the engine
@@ -88,7 +88,7 @@ class ForecastMetrics(Metric):
         """Add the rows of one evaluated batch.
 
         Args:
-            engine: the evaluator (``state.output`` holds ``pred`` and ``label``; ``state.batch`` the SPEC batch).
+            engine: the evaluator (``state.output`` holds ``pred`` and ``label``; ``state.batch`` the batch).
         """
         output, batch = engine.state.output, engine.state.batch
         pred = torch.as_tensor(output["pred"]).detach().float().cpu()

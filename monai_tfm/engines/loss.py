@@ -1,5 +1,5 @@
 # Copyright (c) monai_tfm contributors. Licensed under the Apache License, Version 2.0.
-"""Flow-matching loss over the frames that count (SPEC section 2)."""
+"""Flow-matching loss over the frames that count (docs/method.md section 2)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 # Copyright (c) monai_tfm contributors. Licensed under the Apache License, Version 2.0.
-"""Prepare-batch callables that turn a SPEC batch into MONAI engine inputs (SPEC section 11).
+"""Prepare-batch callables that turn a batch (docs/method.md section 1) into MONAI engine inputs (docs/DESIGN.md).
 
 * :class:`FlowMatchingPrepareBatch` (training): draws ``tau``, builds ``X_tau`` and the target velocity, and
   returns the keyword arguments of the velocity network.
@@ -59,7 +59,7 @@ def _get(batch: Mapping, key: str) -> Any:
 
 
 def counted_frames(context_mask: torch.Tensor, variant: str, loss_frames: str = "all") -> torch.Tensor:
-    """The frames that count for the loss and the aggregation (SPEC sections 3.4 and 4.1).
+    """The frames that count for the loss and the aggregation (docs/method.md sections 3.4 and 4.1).
 
     Args:
         context_mask: ``(B, K)`` bool, real frames (discrete: occupied slots).
@@ -105,7 +105,7 @@ class _FlowBatchBase(PrepareBatch):
 
 
 class FlowMatchingPrepareBatch(_FlowBatchBase):
-    """Training batch of the sequence-to-image flow (SPEC section 2).
+    """Training batch of the sequence-to-image flow (docs/method.md section 2).
 
     Returns ``(X_tau, {"velocity": u, "weight": w}, (), net_kwargs)`` where ``w`` ``(B, K)`` marks the frames
     that count (and, for an endpoint-parameterised network, ``"scale"``: the ``(B,)`` factor ``(1 - tau)^2`` that
@@ -165,7 +165,7 @@ class FlowMatchingPrepareBatch(_FlowBatchBase):
         """Per-sample generator seeds from ``(seed, epoch, subject, draw, repeat index)``.
 
         Args:
-            batchdata: SPEC batch dict (``subject`` and ``draw`` used when present).
+            batchdata: batch dict (docs/method.md section 1) (``subject`` and ``draw`` used when present).
             batch_size: number of samples.
 
         Returns:
@@ -218,7 +218,7 @@ class FlowMatchingPrepareBatch(_FlowBatchBase):
         """Build one training batch.
 
         Args:
-            batchdata: SPEC batch dict.
+            batchdata: batch dict (docs/method.md section 1).
             device: target device.
             non_blocking: non-blocking copies.
             kwargs: unused (MONAI passes ``to_kwargs``).
@@ -265,7 +265,7 @@ class ForecastPrepareBatch(_FlowBatchBase):
         """Build one forecasting batch.
 
         Args:
-            batchdata: SPEC batch dict (``target`` optional).
+            batchdata: batch dict (docs/method.md section 1) (``target`` optional).
             device: target device.
             non_blocking: non-blocking copies.
             kwargs: unused.

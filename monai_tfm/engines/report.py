@@ -1,5 +1,6 @@
 # Copyright (c) monai_tfm contributors. Licensed under the Apache License, Version 2.0.
-"""Evaluation report: per-sample CSV and a markdown summary with the model and LCI side by side (SPEC section 7)."""
+"""Evaluation report: per-sample CSV and a markdown summary with the model and LCI side by side (docs/method.md
+section 7)."""
 
 from __future__ import annotations
 

@@ -1,11 +1,11 @@
 # Copyright (c) monai_tfm contributors. Licensed under the Apache License, Version 2.0.
-"""The flows of the package (SPEC section 2): one home for the interpolation path.
+"""The flows of the package (docs/method.md section 2): one home for the interpolation path.
 
 Both the trainers (prepare-batch) and the inferers import these functions; nothing else in the package computes
 ``X_tau``, the target velocity or the flowed frame times.
 
 Notation: the flow step is ``tau`` in [0, 1]. Forecasting (TFM / CRONOS): ``x0`` is the context stack
-``(B, K, C, D, H, W)``, ``x1`` the target broadcast to the same shape. Generation (MOTFM, issue 8): ``x0`` is
+``(B, K, C, D, H, W)``, ``x1`` the target broadcast to the same shape. Generation (MOTFM): ``x0`` is
 Gaussian noise from :func:`noise_source` with the shape of the image batch ``x1`` ``(B, C, *spatial)``; the same
 :func:`interpolate` and :func:`target_velocity` give the straight path and its velocity.
 """
@@ -274,7 +274,7 @@ def last_context_image(context: torch.Tensor, context_mask: torch.Tensor) -> tor
 
 
 def reduce_frames(x: torch.Tensor, mask: torch.Tensor | None = None, mode: str = "mean") -> torch.Tensor:
-    """Reduce the K end states ``(B, K, C, D, H, W)`` to one volume per sample (SPEC section 2).
+    """Reduce the K end states ``(B, K, C, D, H, W)`` to one volume per sample (docs/method.md section 2).
 
     Args:
         x: end states.

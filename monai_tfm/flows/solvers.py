@@ -1,8 +1,8 @@
 # Copyright (c) monai_tfm contributors. Licensed under the Apache License, Version 2.0.
-"""ODE/SDE integration over the flow step with counted network evaluations (SPEC section 2).
+"""ODE/SDE integration over the flow step with counted network evaluations (docs/method.md section 2).
 
 The ODE solvers are torchdiffeq's. What torchdiffeq does not offer is the evaluation count (the reference
-code reported an adaptive dopri5 as "10 steps", SPEC section 9.4) and an Euler-Maruyama sampler for the
+code reported an adaptive dopri5 as "10 steps", docs/method.md section 9.4) and an Euler-Maruyama sampler for the
 stochastic option; both are small and live here.
 """
 

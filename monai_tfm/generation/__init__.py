@@ -1,5 +1,5 @@
 # Copyright (c) monai_tfm contributors. Licensed under the Apache License, Version 2.0.
-"""Noise-to-image generation (MOTFM, issue 8): flow matching from Gaussian noise with the package's one flow
+"""Noise-to-image generation (MOTFM): flow matching from Gaussian noise with the package's one flow
 (:mod:`monai_tfm.flows`), on MONAI's ``DiffusionModelUNet`` with class (cross-attention) and mask (``ControlNet``)
 conditioning, the DDPM/DDIM baseline on the same network, judges for FID/MMD/Dice, and the generate command."""
 

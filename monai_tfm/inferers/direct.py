@@ -1,5 +1,6 @@
 # Copyright (c) monai_tfm contributors. Licensed under the Apache License, Version 2.0.
-"""Inferer of the direct-prediction baselines: one network call from the context to the forecast (SPEC section 11)."""
+"""Inferer of the direct-prediction baselines: one network call from the context to the forecast (docs/method.md
+section 8)."""
 
 from __future__ import annotations
 

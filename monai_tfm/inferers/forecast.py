@@ -2,7 +2,7 @@
 """The forecasting inferer: integrate the learned velocity field from the context and reduce the frames.
 
 One inferer serves validation, evaluation, ``inference.yaml``, the ``monai-tfm forecast`` command and MONAI
-Label (SPEC section 11).
+Label (docs/DESIGN.md).
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@
 # WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
 # See the License for the specific language governing permissions and
 # limitations under the License.
-"""Forecast metrics and evaluation reports (SPEC section 7)."""
+"""Forecast metrics and evaluation reports (docs/method.md section 7)."""
 
 from __future__ import annotations
 

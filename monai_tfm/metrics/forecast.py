@@ -8,7 +8,7 @@
 # WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
 # See the License for the specific language governing permissions and
 # limitations under the License.
-"""Per-sample forecast metrics (SPEC section 7).
+"""Per-sample forecast metrics (docs/method.md section 7).
 
 All metrics are computed on the ``[0, 1]`` intensity scale for one sample of shape ``(C, D, H, W)`` (or a batch of
 shape ``(B, C, D, H, W)``), comparing a prediction with the target frame and with the last-context-image (LCI)

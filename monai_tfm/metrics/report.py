@@ -8,7 +8,7 @@
 # WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
 # See the License for the specific language governing permissions and
 # limitations under the License.
-"""Evaluation reports (SPEC section 7): per-sample CSV, per-method summaries and the over-runs table.
+"""Evaluation reports (docs/method.md section 7): per-sample CSV, per-method summaries and the over-runs table.
 
 A *row* is one evaluated sample: a dict with the keys ``subject``, ``draw``, ``target_time`` and one
 ``<method>_<metric>`` key per method and metric (e.g. ``model_psnr``, ``lci_psnr``); see :py:func:`make_row`.

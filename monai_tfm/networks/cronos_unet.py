@@ -8,7 +8,7 @@
 # WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
 # See the License for the specific language governing permissions and
 # limitations under the License.
-"""CRONOS velocity network: a four-scale UNet with FiLM-conditioned residual blocks (SPEC section 5)."""
+"""CRONOS velocity network: a four-scale UNet with FiLM-conditioned residual blocks (docs/method.md section 5)."""
 
 from __future__ import annotations
 

@@ -8,7 +8,7 @@
 # WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
 # See the License for the specific language governing permissions and
 # limitations under the License.
-"""TFM velocity network: a guided-diffusion style UNet with additive time embedding (SPEC section 5).
+"""TFM velocity network: a guided-diffusion style UNet with additive time embedding (docs/method.md section 5).
 
 MONAI's `DiffusionModelUNet` has the same block structure but downsamples every spatial axis by 2 and needs sizes
 divisible by 2**levels; TFM downsamples in-plane only (depth is never downsampled) and the volumes here can be odd

@@ -1,5 +1,6 @@
 # Copyright (c) monai_tfm contributors. Licensed under the Apache License, Version 2.0.
-"""Sequence transforms: series loading, context sampling, grid embedding, LOCF (SPEC section 10)."""
+"""Sequence transforms: series loading, context sampling, grid embedding, LOCF (docs/method.md sections 3 and 4;
+module map in docs/DESIGN.md)."""
 
 from __future__ import annotations
 

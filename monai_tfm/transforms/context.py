@@ -1,11 +1,11 @@
 # Copyright (c) monai_tfm contributors. Licensed under the Apache License, Version 2.0.
-"""Choosing the target frame and the context of a series (SPEC sections 3, 4 and 6).
+"""Choosing the target frame and the context of a series (docs/method.md sections 3, 4 and 6).
 
 One protocol object (:class:`ContextProtocol`) describes how a sample is drawn from a series; one function
 (:func:`draw_context`) draws it from a NumPy generator; two sources feed it: :class:`RandContextd` (a fresh
 draw for every training sample) and :func:`make_fixed_draws` (validation/test draws keyed by
 ``(seed, subject, draw index)``, written to JSON once and reused by every model at every epoch: TFM paper
-section 3.2). :class:`SelectContextd` turns a draw into the SPEC batch keys.
+section 3.2). :class:`SelectContextd` turns a draw into the batch keys (docs/method.md section 1).
 """
 
 from __future__ import annotations
@@ -286,7 +286,8 @@ def select_context(
     context_indices: Sequence[int],
     max_context: int | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Cut a drawn sample out of a series, in the SPEC layout with padding to ``max_context``.
+    """Cut a drawn sample out of a series, in the batch layout (docs/method.md section 1) with padding to
+    ``max_context``.
 
     Padded slots repeat the last real frame (and its time) and have ``context_mask`` False, so the last slot
     is always the last context image.
@@ -373,14 +374,14 @@ class SelectContextd(MapTransform):
             data: item with the series, its times, ``target_index`` and ``context_indices``.
 
         Returns:
-            the item with the SPEC keys added.
+            the item with the batch keys of docs/method.md section 1 added.
         """
         d = dict(data)
         return self._select(d, int(d["target_index"]), list(d["context_indices"]))
 
 
 class RandContextd(Randomizable, SelectContextd):
-    """Draw a fresh target and context for every training sample (SPEC section 6).
+    """Draw a fresh target and context for every training sample (docs/method.md section 6).
 
     Args:
         protocol: the sampling protocol (its ``max_context`` is used for padding unless ``max_context`` is given).
@@ -410,7 +411,7 @@ class RandContextd(Randomizable, SelectContextd):
             data: item with the series and its times.
 
         Returns:
-            the item with the SPEC keys added and ``draw = -1``.
+            the item with the batch keys of docs/method.md section 1 added and ``draw = -1``.
         """
         d = dict(data)
         # MONAI's Randomizable state is a legacy RandomState (seeded by set_random_state / the dataloader);
@@ -475,7 +476,8 @@ class InferenceContextd(SelectContextd):
             data: item with the series, its times and optionally ``target_time``.
 
         Returns:
-            the item with the SPEC keys; ``target`` only when a frame sits at the target time.
+            the item with the batch keys of docs/method.md section 1; ``target`` only when a frame sits at the target
+            time.
 
         Raises:
             ValueError: no target time, an unknown target time string, or no frame usable as context.

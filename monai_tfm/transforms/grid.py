@@ -1,9 +1,9 @@
 # Copyright (c) monai_tfm contributors. Licensed under the Apache License, Version 2.0.
-"""Grid embedding and last-observation-carried-forward filling (SPEC section 3, CRONOS appendix A.1).
+"""Grid embedding and last-observation-carried-forward filling (docs/method.md section 3, CRONOS appendix A.1).
 
 MONAI has no notion of a time grid over a frame stack, so both operators are written here, as array
 transforms (operating on ``(T, C, D, H, W)`` frames with ``(T,)`` times and mask) and dictionary transforms
-on the SPEC keys.
+on the batch keys of docs/method.md section 1.
 """
 
 from __future__ import annotations
@@ -134,7 +134,8 @@ class FillLOCF(Transform):
 
 
 class GridEmbedd(MapTransform):
-    """Dictionary form of :class:`GridEmbed` on the SPEC keys (``context``, ``context_time``, ``context_mask``).
+    """Dictionary form of :class:`GridEmbed` on the batch keys of docs/method.md section 1 (``context``,
+    ``context_time``, ``context_mask``).
 
     After it, ``context`` holds K slots, ``context_time`` the grid times and ``context_mask`` the occupancy.
 

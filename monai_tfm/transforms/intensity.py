@@ -1,5 +1,5 @@
 # Copyright (c) monai_tfm contributors. Licensed under the Apache License, Version 2.0.
-"""Per-series intensity normalisation that can be undone on a forecast (SPEC section 6: shared statistics).
+"""Per-series intensity normalisation that can be undone on a forecast (docs/method.md section 6: shared statistics).
 
 :class:`IntensityScaling` is the clip/scale that MONAI's ``ScaleIntensityRangePercentiles(d)`` applies to a whole
 series (one pair of percentiles over all frames of a subject) with its inverse. :class:`ScaleSeriesIntensityd` is

@@ -9,7 +9,7 @@ put in increasing time order. Input files are only read, never written.
 
 Intensity normalisation is not done here: use MONAI's
 ``ScaleIntensityRangePercentilesd(keys="series", lower=0.5, upper=99.5, b_min=0, b_max=1, clip=True)`` on the
-stacked series, which computes one pair of percentiles over all frames (shared statistics, SPEC section 6).
+stacked series, which computes one pair of percentiles over all frames (shared statistics, docs/method.md section 6).
 Do not pass ``channel_wise=True`` there: it would iterate over the first axis, i.e. normalise each frame alone.
 """
 

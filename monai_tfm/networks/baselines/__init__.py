@@ -1,5 +1,5 @@
 # Copyright (c) monai_tfm contributors. Licensed under the Apache License, Version 2.0.
-"""Direct-prediction baselines (SPEC section 8): one call maps the context to the target.
+"""Direct-prediction baselines (docs/method.md section 8): one call maps the context to the target.
 
 ``forward(context (B, T, C, *S), frame_times (B, T), frame_mask (B, T), target_time (B,)) -> (B, C, *S)``;
 trained with an MSE loss through :class:`monai_tfm.engines.DirectPrepareBatch` and evaluated with

@@ -1,5 +1,5 @@
 # Copyright (c) monai_tfm contributors. Licensed under the Apache License, Version 2.0.
-"""What the direct-prediction baselines share (SPEC section 8): the forward contract and small helpers.
+"""What the direct-prediction baselines share (docs/method.md section 8): the forward contract and small helpers.
 
 Every baseline maps the context to the target in one call::
 

@@ -1,5 +1,5 @@
 # Copyright (c) monai_tfm contributors. Licensed under the Apache License, Version 2.0.
-"""3D ConvLSTM baseline (Shi et al. 2015, as benchmarked in TFM/CRONOS; SPEC section 8).
+"""3D ConvLSTM baseline (Shi et al. 2015, as benchmarked in TFM/CRONOS; docs/method.md section 8).
 
 MONAI has no convolutional LSTM, so the cell is written here: the gates of an LSTM computed by one convolution over
 the concatenated input and hidden state.

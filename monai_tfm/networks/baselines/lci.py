@@ -1,5 +1,6 @@
 # Copyright (c) monai_tfm contributors. Licensed under the Apache License, Version 2.0.
-"""Last Context Image (LCI): the latest real context frame as the forecast (no parameters; SPEC sections 2 and 8)."""
+"""Last Context Image (LCI): the latest real context frame as the forecast (no parameters; docs/method.md sections 2
+and 8)."""
 
 from __future__ import annotations
 

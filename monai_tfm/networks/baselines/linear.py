@@ -1,5 +1,5 @@
 # Copyright (c) monai_tfm contributors. Licensed under the Apache License, Version 2.0.
-"""Linear extrapolation through the last two real context frames (no parameters; SPEC section 8)."""
+"""Linear extrapolation through the last two real context frames (no parameters; docs/method.md section 8)."""
 
 from __future__ import annotations
 

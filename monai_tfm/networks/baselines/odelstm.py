@@ -1,5 +1,5 @@
 # Copyright (c) monai_tfm contributors. Licensed under the Apache License, Version 2.0.
-"""ODE-LSTM / NODE+LSTM baseline (Lechner & Hasani 2020, as benchmarked in CRONOS; SPEC section 8).
+"""ODE-LSTM / NODE+LSTM baseline (Lechner & Hasani 2020, as benchmarked in CRONOS; docs/method.md section 8).
 
 A convolutional LSTM whose hidden state evolves continuously between the irregular acquisition times: the hidden
 state follows a learned ODE (solved with torchdiffeq's ``odeint``) from one observation to the next, the LSTM cell

@@ -1,5 +1,5 @@
 # Copyright (c) monai_tfm contributors. Licensed under the Apache License, Version 2.0.
-"""3D SimVP baseline (Gao et al. 2022, as benchmarked in TFM/CRONOS; SPEC section 8).
+"""3D SimVP baseline (Gao et al. 2022, as benchmarked in TFM/CRONOS; docs/method.md section 8).
 
 SimVP is encoder - translator - decoder, all convolutional: a spatial encoder shared by the frames, a temporal
 translator that sees the frames flattened into channels, and a decoder. MONAI has no such translator, so its blocks

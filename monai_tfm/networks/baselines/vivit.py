@@ -1,5 +1,5 @@
 # Copyright (c) monai_tfm contributors. Licensed under the Apache License, Version 2.0.
-"""3D ViViT baseline (Arnab et al. 2021, as benchmarked in TFM/CRONOS; SPEC section 8).
+"""3D ViViT baseline (Arnab et al. 2021, as benchmarked in TFM/CRONOS; docs/method.md section 8).
 
 Tubelet tokens, a factorised transformer (spatial attention within every frame, then temporal attention across the
 frames at every token position) and a convolutional head. The transformer layers are MONAI's ``TransformerBlock`` and

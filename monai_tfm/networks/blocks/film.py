@@ -27,11 +27,11 @@ class FiLMResBlock(nn.Module):
     MONAI's `UnetResBlock` has the same conv/norm layout but no hook between the first norm and the activation,
     which is where CRONOS injects the conditioning, hence this block.
 
-    FiLM follows CRONOS (appendix C.3, SPEC section 5): ``film_mode="paper"`` (default) is the formula as written,
-    ``h' = alpha * GN(h) + beta + h`` with ``h`` the first convolution's output; ``film_mode="scale_shift"`` is the
-    common identity-centred reading ``h' = (1 + alpha) * GN(h) + beta``. `(alpha, beta)` come from `SiLU - Linear` of
-    the conditioning vector, which together with
-    the conditioning MLP forms the per-block MLP of the paper.
+    FiLM follows CRONOS (appendix C.3, docs/method.md section 5): ``film_mode="paper"`` (default) is the formula as
+    written, ``h' = alpha * GN(h) + beta + h`` with ``h`` the first convolution's output; ``film_mode="scale_shift"``
+    is the common identity-centred reading ``h' = (1 + alpha) * GN(h) + beta``. `(alpha, beta)` come from
+    `SiLU - Linear` of the conditioning vector, which together with the conditioning MLP forms the per-block MLP of
+    the paper.
 
     Args:
         spatial_dims: number of spatial dimensions (2 or 3).

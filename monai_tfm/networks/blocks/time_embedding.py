@@ -8,7 +8,7 @@
 # WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
 # See the License for the specific language governing permissions and
 # limitations under the License.
-"""Time codes of the velocity networks: Fourier features and the conditioning vector (SPEC section 4.3)."""
+"""Time codes of the velocity networks: Fourier features and the conditioning vector (docs/method.md section 4.3)."""
 
 from __future__ import annotations
 
