@@ -444,3 +444,29 @@ def test_gzip_nifti_with_two_members_is_read_in_full(tmp_path):
     cut.write_bytes(two.read_bytes()[:-40])
     with pytest.raises(SeriesReadError, match="cut"):
         read_volume(cut)
+
+
+def test_prepared_folder_with_other_options_is_refused_naming_them(tmp_path):
+    """One staleness policy for every preparer: a prepared folder made with other options is an error naming them."""
+    from monai_tfm.data.preparation import ensure_prepared
+
+    calls = []
+
+    def prepare(src, dst, **kwargs):
+        calls.append(kwargs)
+        Path(dst).mkdir(parents=True, exist_ok=True)
+        meta = {"source": str(Path(src).resolve()), "spatial_size": [8, 8, 4], "num_frames": 5}
+        (Path(dst) / "datalist.json").write_text(json.dumps({"metadata": meta, "training": []}))
+        return Path(dst) / "datalist.json"
+
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    src.mkdir()
+    first = ensure_prepared(src, dst, prepare, "TOY", spatial_size=(8, 8, 4), num_frames=5)
+    # same options (a tuple vs the stored list, None = the preparer's default, an option the metadata does not record)
+    assert ensure_prepared(src, dst, prepare, "TOY", spatial_size=[8, 8, 4], num_frames=None, overwrite=False) == first
+    assert len(calls) == 1
+    with pytest.raises(
+        ValueError, match=r"other options: spatial_size=\[8, 8, 4\] \(asked: \[16, 16, 4\]\), num_frames=5"
+    ):
+        ensure_prepared(src, dst, prepare, "TOY", spatial_size=(16, 16, 4), num_frames=7)
+    assert len(calls) == 1

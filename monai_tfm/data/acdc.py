@@ -528,6 +528,6 @@ def ensure_acdc_prepared(dataset_dir: PathLike, prepared_dir: PathLike, **kwargs
         path of the datalist.
 
     Raises:
-        ValueError: ``prepared_dir`` holds data prepared from another source.
+        ValueError: ``prepared_dir`` holds data prepared from another source or with other options.
     """
     return ensure_prepared(dataset_dir, prepared_dir, prepare_acdc, "ACDC", **kwargs)

@@ -548,7 +548,8 @@ def ensure_isles_prepared(dataset_dir: PathLike, prepared_dir: PathLike, **kwarg
     """The datalist of an ISLES dataset, preparing it first when ``dataset_dir`` holds the official download.
 
     * ``dataset_dir/datalist.json`` exists: ``dataset_dir`` is already prepared; its datalist is used.
-    * else ``prepared_dir/datalist.json`` exists: a previous run prepared it from ``dataset_dir``; it is used.
+    * else ``prepared_dir/datalist.json`` exists: a previous run prepared it from ``dataset_dir`` with the same options
+      (:func:`~monai_tfm.data.preparation.ensure_prepared`); it is used.
     * else ``dataset_dir`` is read as an ISLES download and prepared into ``prepared_dir``.
 
     Args:
@@ -560,6 +561,6 @@ def ensure_isles_prepared(dataset_dir: PathLike, prepared_dir: PathLike, **kwarg
         path of the datalist.
 
     Raises:
-        ValueError: ``prepared_dir`` holds data prepared from another source folder.
+        ValueError: ``prepared_dir`` holds data prepared from another source folder or with other options.
     """
     return ensure_prepared(dataset_dir, prepared_dir, prepare_isles, "ISLES", **kwargs)

@@ -43,7 +43,6 @@ earlier ones. The source folder is only read.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import time
@@ -59,7 +58,6 @@ from tqdm.auto import tqdm
 
 from monai_tfm.data.datalist import write_series_datalist
 from monai_tfm.data.preparation import (
-    DATALIST_NAME,
     assign_folds,
     check_output_folder,
     check_spatial_size,
@@ -575,18 +573,6 @@ def ensure_lumiere_prepared(dataset_dir: PathLike, prepared_dir: PathLike, **kwa
         ValueError: ``prepared_dir`` holds data prepared from another source or with another modality, pattern or
             grid than requested.
     """
-    done = Path(prepared_dir) / DATALIST_NAME
-    if not (Path(dataset_dir) / DATALIST_NAME).is_file() and done.is_file():
-        stored = json.loads(done.read_text(encoding="utf-8")).get("metadata", {})
-        wanted = {k: kwargs[k] for k in ("modality", "pattern", "spatial_size") if k in kwargs}
-        if "modality" in wanted:
-            wanted["modality"] = _modality(wanted["modality"])
-        if "spatial_size" in wanted:
-            wanted["spatial_size"] = list(check_spatial_size(wanted["spatial_size"]))
-        for key, value in wanted.items():
-            if key in stored and stored[key] != value:
-                raise MonaiTFMError(
-                    f"{prepared_dir} holds LUMIERE data prepared with {key}={stored[key]!r}, not {value!r}; point "
-                    "prepared_dir to a new folder (or prepare again with overwrite=True)."
-                )
-    return ensure_prepared(dataset_dir, prepared_dir, prepare_lumiere, "LUMIERE", **kwargs)
+    return ensure_prepared(
+        dataset_dir, prepared_dir, prepare_lumiere, "LUMIERE", canonical={"modality": _modality}, **kwargs
+    )

@@ -425,13 +425,20 @@ def clear_frame_files(folder: PathLike, extra_names: Iterable[str] = ()) -> None
 
 
 def ensure_prepared(
-    dataset_dir: PathLike, prepared_dir: PathLike, prepare: Callable[..., Path], dataset: str, **kwargs: Any
+    dataset_dir: PathLike,
+    prepared_dir: PathLike,
+    prepare: Callable[..., Path],
+    dataset: str,
+    canonical: Mapping[str, Callable[[Any], Any]] | None = None,
+    **kwargs: Any,
 ) -> str:
     """The datalist of a dataset, preparing it first when ``dataset_dir`` holds the official download.
 
     * ``dataset_dir/datalist.json`` exists: ``dataset_dir`` is already prepared; its datalist is used.
     * else ``prepared_dir/datalist.json`` exists: a previous run prepared it; that datalist is used, provided it was
-      prepared from ``dataset_dir`` (its ``metadata.source``).
+      prepared from ``dataset_dir`` (its ``metadata.source``) and with the options asked for now: every option in
+      ``kwargs`` that the datalist's metadata records (``spatial_size``, ``num_frames``, ``modality``, ...) must
+      match, else the error names each one that differs (the one staleness policy of every preparer).
     * else ``prepare(dataset_dir, prepared_dir, **kwargs)`` converts the download.
 
     Args:
@@ -439,13 +446,15 @@ def ensure_prepared(
         prepared_dir: where to prepare a download.
         prepare: the dataset's preparer, ``prepare(src, dst, **kwargs) -> datalist path``.
         dataset: dataset name, for messages.
-        kwargs: options of ``prepare``.
+        canonical: per option, the function that brings a value into the form the metadata records (e.g. a modality
+            alias to its name); ``spatial_size`` is always checked with :func:`check_spatial_size`.
+        kwargs: options of ``prepare`` (None: the preparer's default, not compared).
 
     Returns:
         path of the datalist.
 
     Raises:
-        ValueError: if ``prepared_dir`` holds data prepared from another source folder.
+        ValueError: ``prepared_dir`` holds data prepared from another source folder or with other options.
     """
     own = Path(dataset_dir) / DATALIST_NAME
     if own.is_file():
@@ -457,6 +466,21 @@ def ensure_prepared(
             raise MonaiTFMError(
                 f"{prepared_dir} holds {dataset} data prepared from {source}, not from {dataset_dir}; "
                 "point prepared_dir to a new folder (or dataset_dir to the prepared folder)."
+            )
+        stored = json.loads(done.read_text(encoding="utf-8")).get("metadata", {})
+        forms: dict[str, Callable[[Any], Any]] = {"spatial_size": lambda v: list(check_spatial_size(v))}
+        forms.update(canonical or {})
+        differ = []
+        for key, value in kwargs.items():
+            if value is None or key not in stored:
+                continue
+            wanted = json.loads(json.dumps(forms.get(key, lambda v: v)(value)))  # tuples as lists, as stored
+            if stored[key] != wanted:
+                differ.append(f"{key}={stored[key]!r} (asked: {wanted!r})")
+        if differ:
+            raise MonaiTFMError(
+                f"{prepared_dir} holds {dataset} data prepared with other options: {', '.join(differ)}; point "
+                "prepared_dir to a new folder (or prepare again with overwrite=True)."
             )
         logger.info("using the prepared %s data in %s", dataset, prepared_dir)
         return str(done)
