@@ -51,6 +51,7 @@ from monai_tfm.data.preparation import (
     ensure_prepared,
     is_within,
     normalise_shared,
+    read_nifti_header,
     resample_labels,
     resample_series,
     resampled_affine,
@@ -246,18 +247,7 @@ def _normalise(series: np.ndarray, subject: str) -> tuple[np.ndarray, float, flo
 
 
 def _image_header(path: Path) -> tuple[Any, tuple[int, ...]]:
-    if not path.is_file():
-        raise FileNotFoundError(f"ACDC cine series '{path}' does not exist.")
-    try:
-        img = nib.load(str(path))
-    except Exception as e:  # nibabel raises several types for broken files
-        raise MonaiTFMError(f"cannot read '{path}' as NIfTI: {e}") from e
-    shape = tuple(int(s) for s in img.shape)
-    if len(shape) != 4:
-        raise MonaiTFMError(
-            f"'{path}' has shape {shape} ({len(shape)}D); expected a 4D cine series (x, y, slice, time)."
-        )
-    return img, shape
+    return read_nifti_header(path, 4, "a 4D cine series (x, y, slice, time)", name="ACDC cine series")
 
 
 def default_acdc_spatial_size(shapes: Sequence[Sequence[int]]) -> tuple[int, int, int]:

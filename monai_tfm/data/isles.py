@@ -51,7 +51,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import nibabel as nib
 import numpy as np
 from monai.config import PathLike
 from scipy import ndimage
@@ -66,6 +65,7 @@ from monai_tfm.data.preparation import (
     ensure_prepared,
     hold_out_subjects,
     normalise_shared,
+    read_nifti_header,
     resample_spatial,
     resampled_affine,
 )
@@ -272,16 +272,9 @@ def _mask_box(mask: np.ndarray, margin: int) -> tuple[tuple[int, int], tuple[int
 def _read_header(patient: ISLESPatient) -> tuple[Any, tuple[int, ...]]:
     """The (lazy) image and its shape; checks that the file is a readable 4D NIfTI series."""
     path = patient.image
-    try:
-        img = nib.load(str(path), keep_file_open=True)
-    except Exception as e:  # nibabel raises several types for broken files
-        raise MonaiTFMError(f"{patient.subject}: cannot read '{path}' as NIfTI: {e}") from e
-    shape = tuple(int(s) for s in img.shape)
-    if len(shape) != 4:
-        raise MonaiTFMError(
-            f"{patient.subject}: '{path}' has shape {shape} ({len(shape)}D); expected a 4D perfusion series "
-            "(x, y, z, time)."
-        )
+    img, shape = read_nifti_header(
+        path, 4, "a 4D perfusion series (x, y, z, time)", who=patient.subject, keep_file_open=True
+    )
     if shape[3] < 2:
         raise MonaiTFMError(
             f"{patient.subject}: '{path}' has {shape[3]} frame(s); a perfusion series needs at least 2."

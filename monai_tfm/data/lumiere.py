@@ -51,7 +51,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import nibabel as nib
 import numpy as np
 from monai.config import PathLike
 from tqdm.auto import tqdm
@@ -65,6 +64,7 @@ from monai_tfm.data.preparation import (
     ensure_prepared,
     hold_out_subjects,
     normalise_shared,
+    read_nifti_header,
     resample_spatial,
     resampled_affine,
 )
@@ -297,18 +297,7 @@ def lumiere_image_path(visit_folder: PathLike, modality: str = "CT1", pattern: s
 
 def _header(path: Path) -> tuple[Any, tuple[int, int, int]]:
     """Open a NIfTI lazily and check that it is one 3D volume (a trailing axis of length one is accepted)."""
-    try:
-        img = nib.load(str(path))
-        shape = tuple(int(s) for s in img.shape)
-    except Exception as e:  # nibabel raises several types for broken files
-        raise MonaiTFMError(f"cannot read '{path}' as NIfTI: {e}") from e
-    if len(shape) == 4 and shape[3] == 1:
-        shape = shape[:3]
-    if len(shape) != 3:
-        raise MonaiTFMError(
-            f"'{path}' has shape {tuple(img.shape)} ({len(img.shape)}D); expected a 3D volume (x, y, z)."
-        )
-    return img, shape
+    return read_nifti_header(path, 3, "a 3D volume (x, y, z)")  # type: ignore[return-value]
 
 
 def _read_volume(path: Path) -> tuple[np.ndarray, np.ndarray]:

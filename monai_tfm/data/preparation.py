@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import nibabel as nib
 import numpy as np
 from monai.config import PathLike
 
@@ -29,6 +30,7 @@ from monai_tfm.data.datalist import load_series_datalist
 from monai_tfm.utils.errors import MonaiTFMError
 
 __all__ = [
+    "read_nifti_header",
     "DATALIST_NAME",
     "assign_folds",
     "check_output_folder",
@@ -374,6 +376,47 @@ def is_within(path: PathLike, parent: PathLike) -> bool:
         return True
     except ValueError:
         return False
+
+
+def read_nifti_header(
+    path: PathLike,
+    ndim: int,
+    expected: str,
+    name: str = "NIfTI file",
+    who: str | None = None,
+    keep_file_open: bool = False,
+) -> tuple[Any, tuple[int, ...]]:
+    """Open a NIfTI file lazily (nibabel) and check its number of axes: the one header reader of the preparers.
+
+    Args:
+        path: the file.
+        ndim: the number of axes it must have; for 3 a trailing axis of length one is accepted (and dropped).
+        expected: what the file must be, for the message (e.g. ``a 4D cine series (x, y, slice, time)``).
+        name: what the file is called when it is missing (e.g. ``ACDC cine series``).
+        who: the subject, put in front of messages when given.
+        keep_file_open: keep the file handle open (many frame reads from one file).
+
+    Returns:
+        the nibabel image (voxels not read yet) and its shape.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: nibabel cannot read it, or it has another number of axes.
+    """
+    pre = f"{who}: " if who else ""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{pre}{name} '{path}' does not exist.")
+    try:
+        img = nib.load(str(path), keep_file_open=keep_file_open)
+        shape = tuple(int(s) for s in img.shape)
+    except Exception as e:  # nibabel raises several types for broken files
+        raise MonaiTFMError(f"{pre}cannot read '{path}' as NIfTI: {e}") from e
+    if ndim == 3 and len(shape) == 4 and shape[3] == 1:
+        shape = shape[:3]
+    if len(shape) != ndim:
+        raise MonaiTFMError(f"{pre}'{path}' has shape {tuple(img.shape)} ({len(img.shape)}D); expected {expected}.")
+    return img, shape
 
 
 def check_output_folder(src: PathLike, dst: PathLike, overwrite: bool, dataset: str) -> Path:
