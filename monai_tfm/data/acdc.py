@@ -44,7 +44,7 @@ import numpy as np
 from monai.config import PathLike
 from tqdm.auto import tqdm
 
-from monai_tfm.data.datalist import write_series_datalist
+from monai_tfm.data.datalist import DATALIST_NAME, write_series_datalist
 from monai_tfm.data.preparation import (
     assign_folds,
     check_spatial_size,
@@ -61,7 +61,6 @@ from monai_tfm.utils.io import atomic_save_nifti
 
 __all__ = [
     "ACDCPatient",
-    "ACDC_DATALIST_NAME",
     "ACDC_DEFAULT_SPATIAL_SIZE",
     "ACDC_DEV_SPATIAL_SIZE",
     "ACDC_PREPARE_VERSION",
@@ -78,7 +77,6 @@ logger = logging.getLogger(__name__)
 #: bump when the prepared data change, so that stored datasets can be told apart
 ACDC_PREPARE_VERSION = "1"
 #: file name of the datalist written by :func:`prepare_acdc`
-ACDC_DATALIST_NAME = "datalist.json"
 #: paper grid (full-size ACDC)
 ACDC_DEFAULT_SPATIAL_SIZE = (128, 128, 32)
 #: grid of the cropped development copy (in-plane 100 x 95 voxels, 5 to 7 slices)
@@ -434,7 +432,7 @@ def prepare_acdc(
     dst_dir = Path(dst).expanduser().absolute()
     if src_dir.is_dir() and is_within(dst_dir.resolve(), src_dir.resolve()):
         raise MonaiTFMError(f"the output folder '{dst_dir}' is inside the source folder '{src_dir}'; it is read-only.")
-    datalist = dst_dir / ACDC_DATALIST_NAME
+    datalist = dst_dir / DATALIST_NAME
     if datalist.exists() and not overwrite:
         raise FileExistsError(
             f"'{dst_dir}' already holds a prepared dataset ({datalist.name}); pass overwrite=True to replace it."

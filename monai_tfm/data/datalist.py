@@ -30,7 +30,10 @@ from monai.config import PathLike
 from monai_tfm.utils.errors import MonaiTFMError
 from monai_tfm.utils.io import atomic_write_text
 
-__all__ = ["DatalistError", "load_series_datalist", "validate_series_item", "write_series_datalist"]
+__all__ = ["DATALIST_NAME", "DatalistError", "load_series_datalist", "validate_series_item", "write_series_datalist"]
+
+#: the file name of a prepared dataset's datalist, in every preparer and the synthetic generator
+DATALIST_NAME = "datalist.json"
 
 logger = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ import nibabel as nib
 import numpy as np
 from monai.config import PathLike
 
-from monai_tfm.data.datalist import load_series_datalist
+from monai_tfm.data.datalist import DATALIST_NAME, load_series_datalist
 from monai_tfm.utils.errors import MonaiTFMError
 
 __all__ = [
@@ -52,7 +52,6 @@ logger = logging.getLogger(__name__)
 
 
 #: file name of the datalist written by every preparer
-DATALIST_NAME = "datalist.json"
 
 _FRAME_FILE_RE = re.compile(r"^frame_\d+\.nii\.gz$")
 

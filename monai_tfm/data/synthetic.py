@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from monai_tfm.data.datalist import write_series_datalist
+from monai_tfm.data.datalist import DATALIST_NAME, write_series_datalist
 from monai_tfm.utils.errors import MonaiTFMError
 from monai_tfm.utils.io import atomic_save_nifti
 
@@ -48,7 +48,6 @@ logger = logging.getLogger(__name__)
 #: bump when the generated data change, so that stored datasets can be told apart
 GENERATOR_VERSION = "1"
 #: file name of the datalist written by :func:`generate_synthetic_dataset`
-DATALIST_NAME = "datalist.json"
 
 SeedLike = int | Sequence[int] | np.random.SeedSequence
 
