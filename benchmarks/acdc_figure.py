@@ -9,7 +9,8 @@ from typing import Any
 import torch
 from monai.bundle import ConfigParser
 
-from monai_tfm.engines import last_context_image, load_weights
+from monai_tfm.flows import last_context_image
+from monai_tfm.handlers import load_weights
 
 CONFIGS = Path(__file__).resolve().parents[1] / "bundles" / "acdc_cine_forecasting" / "configs"
 

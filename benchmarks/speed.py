@@ -38,8 +38,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import page_header, provenance, write_results  # noqa: E402
 
-from monai_tfm.engines import FlowMatchingLoss, FlowMatchingPrepareBatch, configure_network  # noqa: E402
+from monai_tfm.engines import FlowMatchingPrepareBatch, configure_network  # noqa: E402
 from monai_tfm.inferers import ForecastInferer  # noqa: E402
+from monai_tfm.losses import FlowMatchingLoss
 from monai_tfm.networks import CronosUNet  # noqa: E402
 
 SOLVERS = (("euler", 1), ("euler", 5), ("euler", 10), ("dopri5", 0))

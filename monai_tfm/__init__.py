@@ -9,6 +9,18 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from . import data, engines, flows, inferers, metrics, networks, transforms, utils
+from . import data, engines, flows, handlers, inferers, losses, metrics, networks, transforms, utils
 
-__all__ = ["__version__", "data", "engines", "flows", "inferers", "metrics", "networks", "transforms", "utils"]
+__all__ = [
+    "__version__",
+    "data",
+    "engines",
+    "flows",
+    "handlers",
+    "inferers",
+    "losses",
+    "metrics",
+    "networks",
+    "transforms",
+    "utils",
+]

@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 from monai.bundle import ConfigWorkflow
 
-from monai_tfm.engines import DirectPrepareBatch, WeightsLoader, require_trainable
+from monai_tfm.engines import DirectPrepareBatch, require_trainable
+from monai_tfm.handlers import WeightsLoader
 from monai_tfm.inferers import DirectInferer
 from monai_tfm.networks import (
     ODELSTM3D,

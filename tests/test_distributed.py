@@ -21,7 +21,7 @@ import torch
 import torch.distributed as dist
 from helpers import workflow
 
-from monai_tfm.engines import gather_rows
+from monai_tfm.utils.distributed import gather_rows
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "bundles" / "synthetic_forecasting" / "configs"
@@ -38,7 +38,7 @@ train#dataloader#shuffle: false
 DDP_EXTRA = DETERMINISTIC.replace("train#dataloader#shuffle: false", "train#sampler#shuffle: false") + """
 finalize:
   - "$torch.save(@network.module.state_dict(), os.path.join(@output_dir, f'rank{dist.get_rank()}.pt'))"
-  - $monai_tfm.engines.destroy_distributed()
+  - $monai_tfm.utils.distributed.destroy_distributed()
 """
 
 

@@ -10,9 +10,10 @@ from monai.engines import SupervisedTrainer
 from monai.inferers import SimpleInferer
 
 from monai_tfm.data.synthetic import make_heart_series
-from monai_tfm.engines import FlowMatchingLoss, FlowMatchingPrepareBatch, ForecastPrepareBatch, last_context_image
-from monai_tfm.flows import interpolate, tie_padding
+from monai_tfm.engines import FlowMatchingPrepareBatch, ForecastPrepareBatch
+from monai_tfm.flows import interpolate, last_context_image, tie_padding
 from monai_tfm.inferers import ForecastInferer
+from monai_tfm.losses import FlowMatchingLoss
 from monai_tfm.metrics import compute_forecast_metrics
 from monai_tfm.networks import CronosUNet
 from monai_tfm.transforms import FillLOCF, GridEmbed, select_context
@@ -166,7 +167,7 @@ class _Engine:
 
 
 def test_forecast_metrics_rows_and_lci():
-    from monai_tfm.engines import ForecastMetrics
+    from monai_tfm.handlers import ForecastMetrics
 
     batch = _batch()
     batch["subject"], batch["draw"] = ["a", "b"], torch.tensor([0, 1])
@@ -189,7 +190,7 @@ def test_forecast_metrics_rows_and_lci():
 
 def test_forecast_metrics_lci_rows_cached_per_sample(monkeypatch):
     """Second epoch over the same fixed draws: LCI rows come from the cache; a changed sample is recomputed."""
-    import monai_tfm.engines.forecast_metrics as fm
+    import monai_tfm.handlers.forecast_metrics as fm
 
     calls = []
     real = fm.compute_forecast_metrics_batch
@@ -261,7 +262,7 @@ def test_overfit_tiny_phantom_beats_lci():
 
 def test_log_run_summary_with_and_without_validation(tmp_path, caplog):
     """The run summary reports the best validated epoch, or (no evaluator: generation bundles) only the paths."""
-    from monai_tfm.engines import TrainingCheckpointer
+    from monai_tfm.handlers import TrainingCheckpointer
     from monai_tfm.utils import log_run_summary
 
     net = torch.nn.Linear(2, 2)
@@ -282,7 +283,7 @@ def test_log_run_summary_with_and_without_validation(tmp_path, caplog):
 def test_step_budget_stops_mid_epoch():
     from ignite.engine import Engine
 
-    from monai_tfm.engines import StepBudget, epochs_for_steps
+    from monai_tfm.handlers import StepBudget, epochs_for_steps
 
     assert epochs_for_steps(7, 5, 99) == 2 and epochs_for_steps(None, 5, 4) == 4 and epochs_for_steps(10, 5, 1) == 2
     with pytest.raises(ValueError):

@@ -12,7 +12,8 @@ import pytest
 import torch
 from helpers import workflow
 
-from monai_tfm.engines import FlowMatchingLoss, FlowMatchingPrepareBatch, configure_network
+from monai_tfm.engines import FlowMatchingPrepareBatch, configure_network
+from monai_tfm.losses import FlowMatchingLoss
 from monai_tfm.networks import CronosUNet
 
 CONFIGS = Path(__file__).resolve().parents[1] / "bundles" / "synthetic_forecasting" / "configs"

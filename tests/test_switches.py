@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from helpers import REPO, assert_one_line_error, run_cli
 
-from monai_tfm.engines import check_run_folder
+from monai_tfm.handlers import check_run_folder
 from monai_tfm.utils import as_bool, check_outputs_free
 
 BUNDLE = REPO / "bundles" / "synthetic_forecasting"

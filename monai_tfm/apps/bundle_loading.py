@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from monai.bundle import ConfigParser
 
-from monai_tfm.engines.checkpoint import load_weights
+from monai_tfm.handlers.checkpoint import load_weights
 from monai_tfm.utils.errors import one_line
 
 __all__ = [

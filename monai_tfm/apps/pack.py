@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from monai_tfm.engines.checkpoint import read_network_state
+from monai_tfm.handlers.checkpoint import read_network_state
 from monai_tfm.utils.errors import MonaiTFMError
 from monai_tfm.utils.io import atomic_path
 

@@ -5,7 +5,7 @@ The baselines plug into the same MONAI workflow as the flow methods at two point
 validation, evaluation and inference alike: the network input is the context, the label the target) and
 :class:`monai_tfm.inferers.DirectInferer` (one network call). Training uses MONAI's ``SupervisedTrainer`` with
 ``torch.nn.MSELoss`` (TFM paper eq. 8), the same data pipeline, fixed validation draws and
-:class:`monai_tfm.engines.ForecastMetrics`.
+:class:`monai_tfm.handlers.ForecastMetrics`.
 """
 
 from __future__ import annotations

@@ -110,7 +110,7 @@ class FlowMatchingPrepareBatch(_FlowBatchBase):
     Returns ``(X_tau, {"velocity": u, "weight": w}, (), net_kwargs)`` where ``w`` ``(B, K)`` marks the frames
     that count (and, for an endpoint-parameterised network, ``"scale"``: the ``(B,)`` factor ``(1 - tau)^2`` that
     makes the loss the end-point MSE, :func:`monai_tfm.flows.endpoint_loss_weight`); use it with
-    :class:`monai_tfm.engines.FlowMatchingLoss`.
+    :class:`monai_tfm.losses.FlowMatchingLoss`.
 
     Args:
         variant: ``"discrete"`` (time only through slot and ``tau``) or ``"continuous"`` (flowed frame times).

@@ -40,10 +40,10 @@ from monai_tfm.apps.bundle_loading import (
     read_bundle_config,
     resolve_device,
 )
-from monai_tfm.engines.checkpoint import load_weights
 from monai_tfm.flows.solvers import check_solver
 from monai_tfm.generation.evaluation import save_sample_grid
 from monai_tfm.generation.samplers import DIFFUSION_SCHEDULERS, generate_images
+from monai_tfm.handlers.checkpoint import load_weights
 from monai_tfm.utils.errors import MonaiTFMError
 from monai_tfm.utils.io import atomic_save_nifti
 from monai_tfm.utils.options import as_bool, positive_int

@@ -35,9 +35,9 @@ from monai.networks.nets import ResNet, UNet
 from monai.networks.utils import one_hot
 from torch import nn
 
-from monai_tfm.engines.checkpoint import load_weights
 from monai_tfm.generation.data import subsample
 from monai_tfm.generation.samplers import generate_images, make_sampler
+from monai_tfm.handlers.checkpoint import load_weights
 from monai_tfm.utils.display import middle_slice
 from monai_tfm.utils.errors import MonaiTFMError
 from monai_tfm.utils.io import atomic_path, atomic_save_torch, atomic_write_text

@@ -13,7 +13,7 @@ from typing import Any
 
 from ignite.engine import Engine, Events
 
-from monai_tfm.engines.report import describe_device
+from monai_tfm.handlers.report import describe_device
 from monai_tfm.ssl.metrics import summarise_rows
 from monai_tfm.utils.io import atomic_write_text
 

@@ -45,7 +45,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from monai_tfm.engines.checkpoint import read_network_state
+from monai_tfm.handlers.checkpoint import read_network_state
 from monai_tfm.utils.errors import MonaiTFMError
 
 __all__ = ["FORECAST_PARTS", "init_forecaster_from_pretrained", "load_pretrained_unet", "read_unet_state"]

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from . import distributed
 from .bundle import find_bundle_root, log_forecasts, log_run_summary, setup_logging
 from .display import middle_slice
 from .errors import one_line, user_error_in_chain
@@ -10,6 +11,7 @@ from .io import atomic_path, atomic_save_nifti, atomic_save_torch, atomic_write,
 from .options import as_bool, positive_int
 
 __all__ = [
+    "distributed",
     "as_bool",
     "positive_int",
     "atomic_path",

@@ -73,7 +73,7 @@ def log_run_summary(checkpointer: Any) -> dict[str, Any]:
     summary holds only the paths.
 
     Args:
-        checkpointer: the run's :class:`monai_tfm.engines.TrainingCheckpointer`.
+        checkpointer: the run's :class:`monai_tfm.handlers.TrainingCheckpointer`.
 
     Returns:
         the summary dict (best value, epoch, paths; only the paths without validation).

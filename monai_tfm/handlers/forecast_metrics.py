@@ -26,9 +26,9 @@ import torch
 from ignite.engine import Engine
 from ignite.metrics import Metric
 
-from monai_tfm.engines.distributed import gather_rows
 from monai_tfm.flows.path import last_context_image
 from monai_tfm.metrics import compute_forecast_metrics_batch
+from monai_tfm.utils.distributed import gather_rows
 
 __all__ = ["ForecastMetrics", "last_context_image"]  # last_context_image lives in monai_tfm.flows.path
 

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from ignite.engine import Engine, Events
 
-from monai_tfm.engines.distributed import barrier, is_main_process, unwrap_module
+from monai_tfm.utils.distributed import barrier, is_main_process, unwrap_module
 from monai_tfm.utils.errors import MonaiTFMError
 from monai_tfm.utils.io import atomic_save_torch
 from monai_tfm.utils.options import as_bool

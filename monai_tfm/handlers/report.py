@@ -46,7 +46,7 @@ REPORT_FILES = ("per_sample.csv", "summary.md", "summary.json")
 class ForecastReportWriter:
     """Write ``per_sample.csv``, ``summary.md`` and ``summary.json`` when an evaluator finishes.
 
-    Reads the rows that :class:`monai_tfm.engines.ForecastMetrics` leaves in ``engine.state.forecast_rows``, and
+    Reads the rows that :class:`monai_tfm.handlers.ForecastMetrics` leaves in ``engine.state.forecast_rows``, and
     measures the network evaluations (from the inferer's ``last_nfe``) and wall time per forecast.
 
     Args:
