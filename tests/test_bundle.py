@@ -144,6 +144,7 @@ def test_fixed_draws_shared_by_models_and_resume(tmp_path):
     assert state["lr_scheduler"]["last_epoch"] == 2 * steps_per_epoch
 
 
+@pytest.mark.slow
 def test_monai_bundle_command_line(tmp_path):
     """`python -m monai.bundle run` (default id) trains, as a user would type it."""
     args = []

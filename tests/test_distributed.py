@@ -71,6 +71,7 @@ def test_gather_rows_single_process():
     assert not dist.is_initialized()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed unavailable")
 def test_two_rank_ddp_equals_single_process(tmp_path):
     data = tmp_path / "data"

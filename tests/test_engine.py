@@ -232,6 +232,7 @@ def _phantom_samples(n_draws: int, seed: int):
     return out
 
 
+@pytest.mark.slow
 def test_overfit_tiny_phantom_beats_lci():
     torch.manual_seed(0)
     samples = _phantom_samples(4, seed=7)

@@ -173,6 +173,7 @@ def test_list_syntaxes(tmp_path, capsys, weights, scans):
     assert np.abs(a - nib.load(three[-1]).get_fdata()).max() > 1.0  # a non-zero field changes the last scan
 
 
+@pytest.mark.slow
 def test_console_entry_bad_input(tmp_path, weights, scans):
     """The real console entry: exit code 2, one line naming the problem, no traceback, no output."""
     out = tmp_path / "pred.nii.gz"

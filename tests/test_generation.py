@@ -288,6 +288,7 @@ class TestSamplers:
 # ------------------------------------------------------------------------------------------------ tiny overfit
 
 
+@pytest.mark.slow
 def test_tiny_overfit_generates_the_training_image():
     """Flow matching on a single image (MONAI SupervisedTrainer): every sample from fresh noise lands near it."""
     item = make_shape_items(1, (16, 16), seed=3, noise=0.0)[0]

@@ -96,6 +96,7 @@ def test_bf16_autocast_loss_close_to_fp32(device):
     assert abs(bf16.item() - fp32.item()) <= 0.02 * fp32.item()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("device", DEVICES)
 def test_compile_same_outputs(device):
     if not hasattr(torch, "compile"):
