@@ -82,6 +82,8 @@ RUNS = {
     "recipe_endpoint": ("cronos_discrete", [], {"prediction": "endpoint"}),
     # learning curve of the discrete default (validation every 5 epochs; benchmarks/acdc_curves.py plots it)
     "curve_cronos_discrete": ("cronos_discrete", [], {"val_interval": 5}),
+    # a second training seed of continuous CRONOS (its fold-0 run at seed 0 did not train); same evaluation draws
+    "seed1_cronos_continuous": ("cronos_continuous", [], {"train_seed": 1}),
     # in-plane flips of the whole series (the same flip for every frame)
     "recipe_flips": ("cronos_discrete", [], {"train_augmentation": FLIPS}),
 }
