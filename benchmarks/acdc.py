@@ -135,6 +135,21 @@ def _means(result: dict) -> dict:
     return {m: {k: v["mean"] for k, v in cells.items()} for m, cells in result["summary"].items()}
 
 
+def _evaluate_as(
+    out: Path, files: list[str], kw: dict, eval_name: str, log_name: str, settings: dict, report_only: bool
+) -> dict | None:
+    """An evaluation-only run of the trained run ``out`` with other solver settings (once), and its summary."""
+    if _summary(out, eval_name) is None and not report_only:
+        run_bundle(
+            "evaluating",
+            files,
+            out.parent / f"{out.name}_{log_name}.log",
+            **{**kw, **settings},
+            eval_dir=str(out / eval_name),
+        )
+    return _summary(out, eval_name)
+
+
 def _run_reference(args: argparse.Namespace, datalist: str, fold: int, out: Path, info: dict) -> bool:
     """Train and score the authors' CRONOS through the comparison harness; False (with a note) when unavailable."""
     tools = Path(args.reference_tools)
@@ -352,6 +367,7 @@ def main() -> None:
     results: dict = {}
     nfe_results: dict = {}
     default_results: dict = {}  # main runs evaluated with the bundle's default solver (when not the papers')
+    default_solver = bundle_solver()
     run_infos: dict = {}  # (name, fold) -> provenance and training wall time of the run (its run_info.json)
 
     n_patients = len(json.loads(Path(datalist_path).read_text()).get("training", []))
@@ -415,7 +431,7 @@ def main() -> None:
             "",
         ]
         if default_results:
-            solver = bundle_solver()
+            solver = default_solver
             md += [
                 f"### With the bundle's default solver ({solver['solver']}, {solver['solver_steps']} steps)",
                 "",
@@ -590,29 +606,17 @@ def main() -> None:
             if run_info is not None:
                 run_infos[(name, fold)] = run_info
             results.setdefault(name, {})[fold] = _summary(out)
-            default = bundle_solver()
-            if name in MAIN and default != PAPERS_SOLVER and _summary(out) is not None:
-                if _summary(out, DEFAULT_EVAL) is None and not args.report_only:
-                    run_bundle(
-                        "evaluating",
-                        _files(method, extra, True),
-                        work / f"{out.name}_{DEFAULT_EVAL}.log",
-                        **{**kw, **default},
-                        eval_dir=str(out / DEFAULT_EVAL),
-                    )
-                default_results.setdefault(name, {})[fold] = _summary(out, DEFAULT_EVAL)
+
+            files = _files(method, extra, True)
+            if name in MAIN and default_solver != PAPERS_SOLVER and _summary(out) is not None:
+                default_results.setdefault(name, {})[fold] = _evaluate_as(
+                    out, files, kw, DEFAULT_EVAL, DEFAULT_EVAL, default_solver, args.report_only
+                )
             if name == "cronos_discrete" and fold in ablation_folds:
                 for abl, ov in NFE.items():
-                    eval_name = f"eval_{abl}"
-                    if _summary(out, eval_name) is None and not args.report_only:
-                        run_bundle(
-                            "evaluating",
-                            _files(method, extra, True),
-                            work / f"{out.name}_{abl}.log",
-                            **{**kw, **ov},
-                            eval_dir=str(out / eval_name),
-                        )
-                    nfe_results.setdefault(abl, {})[fold] = _summary(out, eval_name)
+                    nfe_results.setdefault(abl, {})[fold] = _evaluate_as(
+                        out, files, kw, f"eval_{abl}", abl, ov, args.report_only
+                    )
             write()
     if "cronos_discrete" in names and not args.no_figure and (work / f"cronos_discrete_fold{folds[0]}").is_dir():
         from acdc_figure import make_figure

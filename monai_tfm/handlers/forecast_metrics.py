@@ -29,20 +29,11 @@ from ignite.metrics import Metric
 from monai_tfm.flows.path import last_context_image
 from monai_tfm.metrics import compute_forecast_metrics_batch
 from monai_tfm.utils.distributed import gather_rows
+from monai_tfm.utils.options import per_sample_list
 
 __all__ = ["ForecastMetrics", "last_context_image"]  # last_context_image lives in monai_tfm.flows.path
 
 logger = logging.getLogger(__name__)
-
-
-def _as_list(value: Any, n: int) -> list:
-    if value is None:
-        return [None] * n
-    if isinstance(value, torch.Tensor):
-        return value.reshape(-1).tolist() if value.numel() == n else [value.item()] * n
-    if isinstance(value, (list, tuple)):
-        return list(value)
-    return [value] * n
 
 
 def _row_key(row: dict[str, Any]) -> tuple | None:
@@ -97,9 +88,9 @@ class ForecastMetrics(Metric):
         if self.clip:
             pred = pred.clamp(0, 1)
         n = pred.shape[0]
-        subjects = _as_list(batch.get("subject"), n)
-        draws = _as_list(batch.get("draw"), n)
-        times = _as_list(batch.get("target_time"), n)
+        subjects = per_sample_list(batch.get("subject"), n)
+        draws = per_sample_list(batch.get("draw"), n)
+        times = per_sample_list(batch.get("target_time"), n)
         model_rows = compute_forecast_metrics_batch(pred, target, lci)
         lci_rows = self._lci_rows(target, lci, subjects, draws, times)
         for i in range(n):

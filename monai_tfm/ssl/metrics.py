@@ -30,6 +30,7 @@ from monai.metrics import compute_dice, compute_hausdorff_distance, compute_iou
 from monai.networks.utils import one_hot
 
 from monai_tfm.utils.errors import MonaiTFMError
+from monai_tfm.utils.options import per_sample_list
 
 __all__ = [
     "LongitudinalSegmentationMetrics",
@@ -145,16 +146,6 @@ def _nanmean(values: Any) -> float:
     arr = np.asarray(values, dtype=np.float64).ravel()
     arr = arr[np.isfinite(arr)]
     return float(arr.mean()) if arr.size else math.nan
-
-
-def _as_list(value: Any, n: int) -> list:
-    if value is None:
-        return [None] * n
-    if isinstance(value, torch.Tensor):
-        return value.reshape(-1).tolist() if value.numel() == n else [value.item()] * n
-    if isinstance(value, (list, tuple)):
-        return list(value)
-    return [value] * n
 
 
 def summarise_rows(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None) -> dict[str, dict]:
@@ -309,7 +300,7 @@ class LongitudinalSegmentationMetrics(Metric):
             raise MonaiTFMError(f"expected {b * n} frame predictions ({b} series of {n}), got {pred.shape[0]}.")
         labels = batch.get(self.label_key)
         masks = batch.get(self.mask_key)
-        subjects = _as_list(batch.get("subject"), b)
+        subjects = per_sample_list(batch.get("subject"), b)
         affines = getattr(series, "affine", None)
         for i in range(b):
             subject = subjects[i]

@@ -13,9 +13,11 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import torch
+
 from monai_tfm.utils.errors import MonaiTFMError
 
-__all__ = ["TRUE_WORDS", "FALSE_WORDS", "as_bool", "positive_int"]
+__all__ = ["TRUE_WORDS", "FALSE_WORDS", "as_bool", "positive_int", "per_sample_list"]
 
 TRUE_WORDS = ("true", "1", "yes", "on")
 FALSE_WORDS = ("false", "0", "no", "off")
@@ -72,3 +74,22 @@ def positive_int(value: Any, name: str = "option", error: type[Exception] = Mona
     if number is None or not math.isfinite(number) or not number.is_integer() or number < 1:
         raise error(f"--{name} must be a positive integer, got {value!r}.")
     return int(number)
+
+
+def per_sample_list(value: Any, n: int) -> list:
+    """A collated batch entry (``subject``, ``draw``, a time) as one value per sample of a batch of ``n``.
+
+    Args:
+        value: None, a tensor (``n`` elements, or one shared by all), a list/tuple, or one value for all samples.
+        n: the batch size.
+
+    Returns:
+        a list of ``n`` values (``None`` each when ``value`` is None).
+    """
+    if value is None:
+        return [None] * n
+    if isinstance(value, torch.Tensor):
+        return value.reshape(-1).tolist() if value.numel() == n else [value.item()] * n
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    return [value] * n
