@@ -148,6 +148,7 @@ PREPARERS: dict[str, str] = {
     "acdc": "monai_tfm.data.acdc:prepare_acdc",
     "isles": "monai_tfm.data.isles:prepare_isles",
     "lumiere": "monai_tfm.data.lumiere:prepare_lumiere",
+    "series": "monai_tfm.data.series:prepare_series",
 }
 
 
@@ -204,7 +205,8 @@ class Commands:
             out: output folder.
             kind: ``heart`` (cine-like, regular frames) or ``tumour`` (irregular visits in weeks).
             overwrite: regenerate when the folder already holds a dataset.
-            kwargs: generator options (``num_train``, ``spatial_size``, ``seed``, ...).
+            kwargs: generator options (``num_train``, ``spatial_size``, ``seed``, ...); ``--csv`` also writes
+                ``scans.csv``, the table of scans that ``monai-tfm prepare series`` reads.
 
         Returns:
             the datalist path.
@@ -213,27 +215,31 @@ class Commands:
 
         return str(generate_synthetic_dataset(out, kind=kind, overwrite=overwrite, **kwargs))
 
-    def prepare(self, dataset: str, src: str, dst: str, **kwargs: Any) -> str:
+    def prepare(self, dataset: str, src: str | None = None, dst: str | None = None, **kwargs: Any) -> str:
         """Convert an official dataset download into per-frame NIfTI files + ``datalist.json`` (docs/method.md section
         6).
 
         Examples: ``monai-tfm prepare acdc /data/ACDC/database /data/acdc_prep --num_frames 12``,
         ``monai-tfm prepare isles /data/ISLES24/train /data/isles_prep``,
-        ``monai-tfm prepare lumiere /data/LUMIERE/Imaging /data/lumiere_prep --modality CT1``.
+        ``monai-tfm prepare lumiere /data/LUMIERE/Imaging /data/lumiere_prep --modality CT1``,
+        ``monai-tfm prepare series --csv scans.csv --dst /data/my_prep`` (your own scans: ``subject,path,time`` rows).
 
         Args:
             dataset: dataset name, a key of :data:`PREPARERS`: ``acdc`` (cine MRI,
                 :func:`monai_tfm.data.acdc.prepare_acdc`), ``isles`` (ISLES 2024 perfusion CT,
                 :func:`monai_tfm.data.isles.prepare_isles`), ``lumiere`` (glioma follow-up MRI,
-                :func:`monai_tfm.data.lumiere.prepare_lumiere`).
-            src: the download folder (read only).
-            dst: output folder.
+                :func:`monai_tfm.data.lumiere.prepare_lumiere`), ``series`` (a table of your own scans,
+                :func:`monai_tfm.data.series.prepare_series`).
+            src: the download folder (read only); for ``series`` the table, also as ``--csv``.
+            dst: output folder (also ``--dst``).
             kwargs: options of the dataset's preparer, checked against its signature. ACDC: ``spatial_size``,
                 ``num_frames``, ``num_folds``, ``seed``, ``overwrite``, ``include_labels``, ``progress``; ISLES:
                 ``pattern``, ``spatial_size``, ``frame_step``, ``percentiles``, ``brain_window``, ``crop_margin``,
                 ``clip_region``, ``min_frames``, ``test_fraction``, ``num_folds``, ``seed``, ``overwrite``,
                 ``progress``; LUMIERE: ``modality``, ``pattern``, ``spatial_size``, ``test_fraction``,
-                ``num_folds``, ``seed``, ``same_week_offset``, ``missing_visits``, ``overwrite``, ``progress``.
+                ``num_folds``, ``seed``, ``same_week_offset``, ``missing_visits``, ``overwrite``, ``progress``; series:
+                ``spatial_size``, ``reference``, ``time_unit``, ``time_scale``, ``time_origin``, ``num_folds``,
+                ``test_fraction``, ``seed``, ``short_series``, ``overwrite``, ``progress``.
 
         Returns:
             the datalist path.
@@ -249,7 +255,15 @@ class Commands:
 
         module_name, func_name = PREPARERS[name].split(":")
         preparer = getattr(importlib.import_module(module_name), func_name)
-        allowed = set(inspect.signature(preparer).parameters) - {"src", "dst"}
+        first = next(iter(inspect.signature(preparer).parameters))  # the source: src (a folder) or csv (a table)
+        if first != "src" and first in kwargs:
+            if src is not None:
+                raise CLIError(f"give the source of 'prepare {name}' once (as --{first} or positionally).")
+            src = kwargs.pop(first)
+        if src is None or dst is None:
+            what = f"--{first} TABLE" if first != "src" else "SRC"
+            raise CLIError(f"'prepare {name}' needs {what} and --dst DIR (monai-tfm prepare {name} --help).")
+        allowed = set(inspect.signature(preparer).parameters) - {first, "dst"}
         unknown = sorted(set(kwargs) - allowed)
         if unknown:
             raise CLIError(f"unknown option(s) {unknown} for 'prepare {name}'; available: {sorted(allowed)}.")

@@ -29,11 +29,9 @@ or value; the command line prints it and exits with code 2.
 
 from __future__ import annotations
 
-import csv as csv_module
 import logging
 import math
 import os
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,6 +53,7 @@ from monai_tfm.apps.bundle_loading import (
     read_bundle_config,
     resolve_device,
 )
+from monai_tfm.data.scan_table import parse_series, parse_time, read_scan_table
 from monai_tfm.flows.solvers import check_solver
 from monai_tfm.transforms.grid import GridEmbed, GridEmbedd, grid_slots
 from monai_tfm.transforms.intensity import IntensityScaling
@@ -71,7 +70,6 @@ __all__ = [
     "forecast",
     "forecast_series",
     "read_scan",
-    "read_scan_table",
 ]
 
 logger = logging.getLogger(__name__)
@@ -138,97 +136,6 @@ def _as_list(value: Any, what: str) -> list[Any]:
     if isinstance(value, Sequence):
         return list(value)
     raise ForecastError(f"--{what} must be a list, got {value!r}.")
-
-
-def _parse_time(value: Any, what: str) -> float:
-    if isinstance(value, bool):
-        raise ForecastError(f"{what} must be a number, got {value!r}.")
-    try:
-        t = float(value)
-    except OverflowError:  # an integer beyond the float range (e.g. 1 followed by 400 zeros)
-        raise ForecastError(f"{what} must be a finite number, got an integer of {len(str(value))} digits.") from None
-    except (TypeError, ValueError):
-        raise ForecastError(f"{what} must be a number, got {value!r}.") from None
-    if not math.isfinite(t):
-        raise ForecastError(f"{what} must be finite, got {value!r}.")
-    return t
-
-
-def _parse_series(paths: Sequence[Any], times: Sequence[Any], who: str) -> list[tuple[str, float]]:
-    """Check one subject's scans and times; return ``(path, time)`` pairs in increasing time order."""
-    if not paths:
-        raise ForecastError(f"{who}: no scans given.")
-    if len(times) != len(paths):
-        raise ForecastError(
-            f"{who}: {len(paths)} scans but {len(times)} times ({list(times)}); give one time per scan."
-        )
-    pairs = [(os.fspath(p), _parse_time(t, f"{who}: the time of scan '{os.fspath(p)}'")) for p, t in zip(paths, times)]
-    first_as: dict[str, str] = {}
-    for path, _ in pairs:  # one file (also through another spelling or a link) is one scan
-        real = os.path.realpath(path)
-        if real in first_as:
-            raise ForecastError(
-                f"{who}: '{first_as[real]}' and '{path}' are the same file; give each scan once, at its own time."
-            )
-        first_as[real] = path
-    first_at: dict[float, str] = {}
-    for path, t in pairs:
-        if t in first_at:
-            raise ForecastError(
-                f"{who}: scans '{first_at[t]}' and '{path}' have the same time {t:g}; times must differ."
-            )
-        first_at[t] = path
-    return sorted(pairs, key=lambda pt: pt[1])
-
-
-def read_scan_table(path: str | os.PathLike) -> dict[str, list[tuple[str, str]]]:
-    """Read a CSV file with ``subject,path,time`` rows (a header row with these names; other columns are ignored).
-
-    Relative paths are relative to the CSV file's folder.
-
-    Args:
-        path: the CSV file.
-
-    Returns:
-        subject id -> list of ``(scan path, raw time)`` in file order (subjects in order of first appearance).
-
-    Raises:
-        ForecastError: a missing or unreadable file, missing columns, empty cells or an invalid subject id.
-    """
-    csv_path = Path(path)
-    if not csv_path.is_file():
-        raise ForecastError(f"scan table '{path}' does not exist.")
-    try:
-        with open(csv_path, newline="", encoding="utf-8-sig") as f:
-            rows = list(csv_module.reader(f))
-    except (OSError, UnicodeDecodeError, csv_module.Error) as e:
-        raise ForecastError(f"cannot read scan table '{path}': {one_line(e)}") from e
-    rows = [r for r in rows if any(c.strip() for c in r)]
-    if not rows:
-        raise ForecastError(f"scan table '{path}' is empty; expected a header 'subject,path,time' and rows.")
-    header = [c.strip().lower() for c in rows[0]]
-    missing = [c for c in ("subject", "path", "time") if c not in header]
-    if missing:
-        raise ForecastError(f"scan table '{path}' has no column(s) {missing} in its header {rows[0]}.")
-    col = {c: header.index(c) for c in ("subject", "path", "time")}
-    table: dict[str, list[tuple[str, str]]] = {}
-    for line, row in enumerate(rows[1:], start=2):
-        cells = {c: (row[i].strip() if i < len(row) else "") for c, i in col.items()}
-        empty = [c for c, v in cells.items() if not v]
-        if empty:
-            raise ForecastError(f"scan table '{path}' line {line}: empty {empty}.")
-        subject = cells["subject"]
-        if not re.fullmatch(r"[A-Za-z0-9._-]+", subject) or subject in (".", ".."):
-            raise ForecastError(
-                f"scan table '{path}' line {line}: subject id {subject!r} must be a file name (letters, digits, "
-                "'.', '_', '-')."
-            )
-        scan = Path(cells["path"])
-        scan = scan if scan.is_absolute() else csv_path.parent / scan
-        table.setdefault(subject, []).append((str(scan), cells["time"]))
-    if not table:
-        raise ForecastError(f"scan table '{path}' has a header but no rows.")
-    return table
 
 
 def _nifti_stem(path: Path) -> str:
@@ -790,7 +697,7 @@ def forecast(
     """
     if target_time is None:
         raise ForecastError("--target-time is required.")
-    t_target = _parse_time(target_time, "--target-time")
+    t_target = parse_time(target_time, "--target-time", ForecastError)
     if output is None:
         raise ForecastError("--output is required (a file for --scans, a folder for --csv).")
     out = Path(output)
@@ -803,8 +710,10 @@ def forecast(
         if out.exists() and not out.is_dir():
             raise ForecastError(f"output '{out}' must be a folder with --csv, but it is a file.")
         preview_dir = None if preview is None else Path(preview)
-        for subject, rows in read_scan_table(csv).items():
-            series = _parse_series([p for p, _ in rows], [t for _, t in rows], f"subject {subject!r} of '{csv}'")
+        for subject, rows in read_scan_table(csv, error=ForecastError).items():
+            series = parse_series(
+                [r.path for r in rows], [r.time for r in rows], f"subject {subject!r} of '{csv}'", ForecastError
+            )
             target = out / f"{subject}_forecast.nii.gz"
             jobs.append(
                 _Job(
@@ -819,7 +728,7 @@ def forecast(
         paths = _as_list(scans, "scans")
         if not paths:
             raise ForecastError("give the scans (--scans FILE ...) with their --times, or a --csv table.")
-        series = _parse_series(paths, _as_list(times, "times"), "--scans")
+        series = parse_series(paths, _as_list(times, "times"), "--scans", ForecastError)
         if not out.name.lower().endswith(_NIFTI_SUFFIXES):
             raise ForecastError(f"output '{out}' must be a NIfTI file name ending in .nii.gz or .nii.")
         jobs.append(
@@ -896,8 +805,8 @@ def forecast_series(
     Raises:
         ForecastError: for any problem with the inputs, named in a one-line message.
     """
-    series = _parse_series(_as_list(scans, "scans"), _as_list(times, "times"), who)
-    t_target = _parse_time(target_time, "target time")
+    series = parse_series(_as_list(scans, "scans"), _as_list(times, "times"), who, ForecastError)
+    t_target = parse_time(target_time, "target time", ForecastError)
     out = Path(output)
     std = Path(std_output) if std_output is not None and model.samples > 1 else None
     _check_free([out, std], overwrite)

@@ -9,6 +9,8 @@ from .datalist import DatalistError, load_series_datalist, validate_series_item,
 from .isles import ensure_isles_prepared, prepare_isles
 from .lumiere import ensure_lumiere_prepared, prepare_lumiere
 from .preparation import fold_split
+from .scan_table import read_scan_table
+from .series import prepare_series, series_datalist, series_folds, series_settings
 from .synthetic import (
     DATALIST_NAME,
     GENERATOR_VERSION,
@@ -29,6 +31,11 @@ __all__ = [
     "ensure_lumiere_prepared",
     "fold_split",
     "prepare_acdc",
+    "prepare_series",
+    "read_scan_table",
+    "series_datalist",
+    "series_folds",
+    "series_settings",
     "isles",
     "prepare_isles",
     "lumiere",

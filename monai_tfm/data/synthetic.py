@@ -17,6 +17,8 @@ bundles: "if dataset_dir holds no data, the bundle generates the phantoms there"
 
 from __future__ import annotations
 
+import csv as csv_module
+import io
 import json
 import logging
 import math
@@ -31,7 +33,7 @@ import numpy as np
 
 from monai_tfm.data.datalist import DATALIST_NAME, write_series_datalist
 from monai_tfm.utils.errors import MonaiTFMError
-from monai_tfm.utils.io import atomic_save_nifti
+from monai_tfm.utils.io import atomic_save_nifti, atomic_write_text
 
 __all__ = [
     "DATALIST_NAME",
@@ -41,6 +43,7 @@ __all__ = [
     "generate_synthetic_dataset",
     "make_heart_series",
     "make_tumour_series",
+    "write_scan_table",
 ]
 
 logger = logging.getLogger(__name__)
@@ -48,6 +51,9 @@ logger = logging.getLogger(__name__)
 #: bump when the generated data change, so that stored datasets can be told apart
 GENERATOR_VERSION = "1"
 #: file name of the datalist written by :func:`generate_synthetic_dataset`
+
+#: file name of the scan table written with ``csv=True``
+SCAN_TABLE_NAME = "scans.csv"
 
 SeedLike = int | Sequence[int] | np.random.SeedSequence
 
@@ -452,6 +458,7 @@ def generate_synthetic_dataset(
     spacing: Sequence[float] = (1.5, 1.5, 3.0),
     with_labels: bool = False,
     overwrite: bool = False,
+    csv: bool = False,
     **generator_kwargs: Any,
 ) -> Path:
     """Write a synthetic phantom dataset: one NIfTI per frame and ``datalist.json`` (training/validation/test).
@@ -479,6 +486,8 @@ def generate_synthetic_dataset(
         with_labels: also write label maps and reference them as ``"label"`` in the datalist.
         overwrite: regenerate even if a datalist exists (replaces the datalist and this generator's subject
             folders; other files in ``out_dir`` are left alone).
+        csv: also write ``scans.csv`` (``subject,path,time,split[,label]``, paths relative to it): the table of
+            scans that ``monai-tfm prepare series`` reads, to try the own-data path on phantoms.
         generator_kwargs: extra arguments of the generator (``noise_std``, ``amplitude_range``,
             ``es_phase_range`` for the heart; ``noise_std``, ``max_weeks`` for the tumour).
 
@@ -488,6 +497,65 @@ def generate_synthetic_dataset(
     Raises:
         ValueError: for an unknown ``kind``, negative split sizes, bad sizes or unknown generator arguments.
     """
+    datalist = _generate(
+        out_dir,
+        kind,
+        num_train,
+        num_val,
+        num_test,
+        seed,
+        spatial_size,
+        num_frames,
+        spacing,
+        with_labels,
+        overwrite,
+        generator_kwargs,
+    )
+    if csv:
+        write_scan_table(datalist)
+    return datalist
+
+
+def write_scan_table(datalist: str | os.PathLike, name: str = SCAN_TABLE_NAME) -> Path:
+    """Write the frames of a series datalist as a scan table (``subject,path,time,split[,label]``) beside it.
+
+    Args:
+        datalist: a series datalist (e.g. of the phantoms).
+        name: file name of the table.
+
+    Returns:
+        the table path (written atomically; an existing table is replaced, it is derived from the datalist).
+    """
+    datalist = Path(datalist)
+    data = json.loads(datalist.read_text(encoding="utf-8"))
+    sections = [s for s in ("training", "validation", "test") if isinstance(data.get(s), list)]
+    labels = any("label" in f for s in sections for e in data[s] for f in e["frames"])
+    buffer = io.StringIO()
+    writer = csv_module.writer(buffer, lineterminator="\n")
+    writer.writerow(["subject", "path", "time", "split"] + (["label"] if labels else []))
+    for section in sections:
+        for entry in data[section]:
+            for frame in entry["frames"]:
+                row = [entry["subject"], frame["image"], repr(float(frame["time"])), section]
+                writer.writerow(row + ([frame.get("label", "")] if labels else []))
+    return atomic_write_text(datalist.parent / name, buffer.getvalue(), overwrite=True)
+
+
+def _generate(
+    out_dir: str | os.PathLike,
+    kind: str,
+    num_train: int,
+    num_val: int,
+    num_test: int,
+    seed: int,
+    spatial_size: Sequence[int],
+    num_frames: int | None,
+    spacing: Sequence[float],
+    with_labels: bool,
+    overwrite: bool,
+    generator_kwargs: dict[str, Any],
+) -> Path:
+    """The body of :func:`generate_synthetic_dataset` (without the scan table)."""
     if kind not in _KIND_IDS:
         raise MonaiTFMError(f"unknown phantom kind {kind!r}; expected one of {sorted(_KIND_IDS)}.")
     allowed = {"heart": {"noise_std", "amplitude_range", "es_phase_range"}, "tumour": {"noise_std", "max_weeks"}}
