@@ -428,7 +428,12 @@ class Commands:
         return "\n".join(str(p) for p in written)
 
     def pack(
-        self, bundle: str | None = None, weights: str | None = None, output: str = "bundle.zip", overwrite: bool = False
+        self,
+        bundle: str | None = None,
+        weights: str | None = None,
+        output: str = "bundle.zip",
+        overwrite: bool = False,
+        dataset_dir: str | None = None,
     ) -> str:
         """Zip a bundle with its weights (``models/model.pt``) reproducibly, without ``runs/`` and ``data/``.
 
@@ -440,13 +445,24 @@ class Commands:
             weights: weights file (default ``<bundle>/models/model.pt``).
             output: the zip file.
             overwrite: replace an existing zip.
+            dataset_dir: the prepared folder a ``series_forecasting`` model was trained on (its time scale,
+                range and grid go into the zip as ``configs/dataset_settings.json``).
 
         Returns:
             the zip path.
         """
         from monai_tfm.apps.pack import pack_bundle
+        from monai_tfm.utils.options import as_bool
 
-        return str(pack_bundle(_default_bundle(bundle), output, weights=weights, overwrite=overwrite))
+        return str(
+            pack_bundle(
+                _default_bundle(bundle),
+                output,
+                weights=weights,
+                overwrite=as_bool(overwrite, "overwrite"),
+                dataset_dir=dataset_dir,
+            )
+        )
 
     def version(self) -> str:
         """Versions of monai_tfm and its main dependencies.

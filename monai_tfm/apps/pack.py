@@ -6,12 +6,18 @@ MONAI model-zoo bundle, and nothing of a local run: the ``runs/`` and ``data/`` 
 are left out. It is reproducible: entries in sorted order, a fixed timestamp (1980-01-01), fixed permissions and
 compression, so packing the same files twice gives the same bytes (and the same checksum). Unzipped anywhere, the
 folder works offline with ``monai-tfm forecast --bundle <folder>/<bundle name>``.
+
+A bundle that reads what it knows of its data from the prepared folder (``bundles/series_forecasting``: time
+scale, range and grid through :func:`monai_tfm.data.series_settings`) is packed with ``dataset_dir``: the settings
+of that folder go into the zip as ``configs/dataset_settings.json``, so the unzipped bundle forecasts without the
+training data.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import json
 import logging
 import os
 import zipfile
@@ -19,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from monai_tfm.data.series import DATASET_SETTINGS_FILE, series_settings
 from monai_tfm.handlers.checkpoint import read_network_state
 from monai_tfm.utils.errors import MonaiTFMError
 from monai_tfm.utils.io import atomic_path
@@ -31,6 +38,9 @@ EXCLUDED_TOP_LEVEL = frozenset({"runs", "data"})
 EXCLUDED_ANYWHERE = frozenset({"__pycache__", ".git", ".ipynb_checkpoints", ".pytest_cache"})
 ZIP_DATE = (1980, 1, 1, 0, 0, 0)
 WEIGHTS_ENTRY = "models/model.pt"
+SETTINGS_ENTRY = f"configs/{DATASET_SETTINGS_FILE}"
+# a bundle whose configs call this reads its dataset settings from the prepared folder or from SETTINGS_ENTRY
+SETTINGS_READER = "series_settings("
 
 
 class PackError(MonaiTFMError):
@@ -83,6 +93,31 @@ def _weights_bytes(weights: Path) -> bytes:
     return weights.read_bytes()
 
 
+def _dataset_settings_bytes(
+    root: Path, bundle: str | os.PathLike, dataset_dir: str | os.PathLike | None
+) -> bytes | None:
+    """``configs/dataset_settings.json`` of a series bundle from ``dataset_dir`` (None: nothing to add).
+
+    A text search for the reader's call is enough here: the bundle configs are ours and either call it or not, and
+    resolving the whole config would need the data that a packed bundle is meant to do without.
+    """
+    reads_settings = any(SETTINGS_READER in p.read_text(encoding="utf-8") for p in (root / "configs").glob("*.yaml"))
+    if dataset_dir is None:
+        if reads_settings and not (root / SETTINGS_ENTRY).is_file():
+            raise PackError(
+                f"bundle '{bundle}' reads its time scale and grid from the prepared data: pass --dataset_dir DIR "
+                "(the folder it was trained on) to pack them as " + SETTINGS_ENTRY + "."
+            )
+        return None
+    if not reads_settings:
+        raise PackError(f"bundle '{bundle}' does not read dataset settings; --dataset_dir is only for series bundles.")
+    try:
+        settings = series_settings(dataset_dir)
+    except FileNotFoundError as e:
+        raise PackError(str(e)) from e
+    return (json.dumps(settings, indent=1, sort_keys=True) + "\n").encode("utf-8")
+
+
 def _entry(name: str) -> zipfile.ZipInfo:
     info = zipfile.ZipInfo(name, date_time=ZIP_DATE)
     info.compress_type = zipfile.ZIP_DEFLATED
@@ -96,6 +131,7 @@ def pack_bundle(
     output: str | os.PathLike,
     weights: str | os.PathLike | None = None,
     overwrite: bool = False,
+    dataset_dir: str | os.PathLike | None = None,
 ) -> Path:
     """Write a reproducible zip of a bundle with its weights as ``models/model.pt``.
 
@@ -105,12 +141,14 @@ def pack_bundle(
         weights: weights file (default ``<bundle>/models/model.pt``); a resume checkpoint's ``network`` entry is
             packed as a flat state dict.
         overwrite: replace an existing zip.
+        dataset_dir: the prepared series folder the weights were trained on; its settings are packed as
+            ``configs/dataset_settings.json`` (required for a bundle that reads them and carries none).
 
     Returns:
         the zip path.
 
     Raises:
-        PackError: not a bundle, or missing or unusable weights.
+        PackError: not a bundle, missing or unusable weights, or a series bundle without its dataset settings.
         FileExistsError: the zip exists and ``overwrite`` is False.
     """
     root = Path(bundle).resolve()
@@ -120,13 +158,16 @@ def pack_bundle(
     out = Path(output)
     if out.exists() and not overwrite:
         raise FileExistsError(f"refusing to overwrite existing file '{out}' (pass --overwrite).")
-    blob = _weights_bytes(Path(weights) if weights is not None else root / WEIGHTS_ENTRY)
-    files = bundle_files(root, skip={out.resolve()})
-    entries = sorted([(rel.as_posix(), root / rel) for rel in files] + [(WEIGHTS_ENTRY, None)])
+    generated = {WEIGHTS_ENTRY: _weights_bytes(Path(weights) if weights is not None else root / WEIGHTS_ENTRY)}
+    settings = _dataset_settings_bytes(root, bundle, dataset_dir)
+    if settings is not None:
+        generated[SETTINGS_ENTRY] = settings
+    files = [rel for rel in bundle_files(root, skip={out.resolve()}) if rel.as_posix() not in generated]
+    entries = sorted([(rel.as_posix(), root / rel) for rel in files] + [(name, None) for name in generated])
     with atomic_path(out, overwrite=overwrite) as tmp:
         with zipfile.ZipFile(tmp, "w") as zf:
             for rel, src in entries:
-                data = blob if src is None else src.read_bytes()
+                data = generated[rel] if src is None else src.read_bytes()
                 zf.writestr(_entry(f"{root.name}/{rel}"), data, compress_type=zipfile.ZIP_DEFLATED, compresslevel=9)
     digest = hashlib.sha256(out.read_bytes()).hexdigest()
     logger.info("packed %d files of %s into %s (sha256 %s)", len(entries), root.name, out, digest)
