@@ -200,6 +200,28 @@ def _run_reference(args: argparse.Namespace, datalist: str, fold: int, out: Path
     return True
 
 
+ARCHIVED = ("run_info.json", "summary.json", "per_sample.csv")
+
+
+def sync_archive(work: Path, archive: Path) -> None:
+    """Keep the small result files of every run (summaries, per-sample metrics, run info) in ``archive`` too.
+
+    Run folders (checkpoints, logs) live under ``--work`` and are not committed; the archive is, so the tables can be
+    recomputed with ``--report-only`` on a fresh clone. Files missing from ``work`` are restored from the archive and
+    files new in ``work`` are copied into it; nothing is ever overwritten in either direction.
+    """
+    for src_root, dst_root in ((archive, work), (work, archive)):
+        if not src_root.is_dir():
+            continue
+        for path in src_root.glob("*_fold*/**/*"):
+            if path.name not in ARCHIVED or not path.is_file() or path.is_relative_to(dst_root):
+                continue
+            dst = dst_root / path.relative_to(src_root)
+            if not dst.exists():
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                atomic_write_text(dst, path.read_text(), overwrite=False)
+
+
 def _per_sample_rows(run_dirs: list[Path], eval_name: str = "eval_validation") -> list[dict]:
     paths = [run_dir / eval_name / "per_sample.csv" for run_dir in run_dirs]
     return [row for path in paths if path.is_file() for row in read_per_sample_csv(path)]
@@ -334,10 +356,18 @@ def main() -> None:
     )
     parser.add_argument("--reference-tools", default=str(REPO.parent / "shared" / "tools" / "reference"))
     parser.add_argument("--out", default=str(REPO / "docs" / "results" / "acdc.md"))
+    parser.add_argument(
+        "--archive",
+        default=str(REPO / "docs" / "results" / "acdc_runs"),
+        help="folder that keeps (and restores) every run's summaries and per-sample metrics ('' for none)",
+    )
     parser.add_argument("--figure", default=str(REPO / "docs" / "results" / "acdc_examples.png"))
     args = parser.parse_args()
     work = (REPO / args.work).resolve()
     work.mkdir(parents=True, exist_ok=True)
+    archive = (REPO / args.archive).resolve() if args.archive else None
+    if archive is not None:
+        sync_archive(work, archive)
     folds = [int(f) for f in args.folds.split(",")]
     ablation_folds = [int(f) for f in args.ablation_folds.split(",")]
     names = args.runs.split(",")
@@ -383,6 +413,8 @@ def main() -> None:
     )
 
     def write() -> None:
+        if archive is not None:
+            sync_archive(work, archive)
         trained_by = sorted({f"{r['commit']} on {r['device']}, torch {r['torch']}" for r in run_infos.values()})
         cpu_note = " (CPU: a reduced budget, see below)" if info["device"].startswith("cpu") else ""
         md = [
