@@ -142,6 +142,22 @@ def _group_list_flags(argv: list[str]) -> list[str]:
     return out
 
 
+def _parse_bool_options(func: Any, options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` with every switch of ``func`` (a parameter whose default is a bool) parsed by ``as_bool``.
+
+    fire hands ``--overwrite false`` over as the string ``'false'``, which Python reads as true.
+    """
+    import inspect
+
+    from monai_tfm.utils.options import as_bool
+
+    params = inspect.signature(func).parameters
+    return {
+        k: as_bool(v, k, CLIError) if k in params and isinstance(params[k].default, bool) else v
+        for k, v in options.items()
+    }
+
+
 # dataset name -> "module:function" of its preparer (signature ``(src, dst, **options) -> datalist path``); imported
 # lazily so that the command line starts fast and one dataset's optional dependencies never break another's.
 PREPARERS: dict[str, str] = {
@@ -213,7 +229,8 @@ class Commands:
         """
         from monai_tfm.data import generate_synthetic_dataset
 
-        return str(generate_synthetic_dataset(out, kind=kind, overwrite=overwrite, **kwargs))
+        options = _parse_bool_options(generate_synthetic_dataset, {"overwrite": overwrite, **kwargs})
+        return str(generate_synthetic_dataset(out, kind=kind, **options))
 
     def prepare(self, dataset: str, src: str | None = None, dst: str | None = None, **kwargs: Any) -> str:
         """Convert an official dataset download into per-frame NIfTI files + ``datalist.json`` (docs/method.md section
@@ -267,7 +284,7 @@ class Commands:
         unknown = sorted(set(kwargs) - allowed)
         if unknown:
             raise CLIError(f"unknown option(s) {unknown} for 'prepare {name}'; available: {sorted(allowed)}.")
-        return str(preparer(src, dst, **kwargs))
+        return str(preparer(src, dst, **_parse_bool_options(preparer, kwargs)))
 
     def forecast(
         self,

@@ -214,6 +214,7 @@ def prepare_series(
     todo: list[tuple[str, list[tuple[ScanRow, float]], str]] = []
     skipped: dict[str, str] = {}
     ref_img = None if reference is None else read_volume(reference, what="reference scan")
+    owner: dict[Path, tuple[str, int]] = {}  # resolved scan -> (subject, line): one scan belongs to one subject
     for subject, rows in tqdm(table.items(), desc="series check", unit="subject", disable=not progress):
         if subject == DATALIST_NAME:
             raise MonaiTFMError(f"scan table '{csv_path}': subject id {subject!r} is reserved.")
@@ -233,6 +234,14 @@ def prepare_series(
             skipped[subject] = reason
             continue
         for row, _ in ordered:
+            resolved = Path(csv_path.parent / row.path).resolve()
+            if resolved in owner:
+                other, line = owner[resolved]
+                raise MonaiTFMError(
+                    f"scan table '{csv_path}' line {row.line}: scan '{row.path}' is also the scan of line {line} "
+                    f"(subject {other!r}); each file is one scan of one subject."
+                )
+            owner[resolved] = (subject, row.line)
             for p in (row.path, row.extra["label"]):
                 if p and is_within(Path(csv_path.parent / p).resolve(), dst_dir.resolve()):
                     raise MonaiTFMError(
