@@ -119,6 +119,11 @@ def _label_off_grid(csv: Path) -> None:
     )
 
 
+def _edit_row(old: str, new: str):
+    """An edit of the table that replaces ``old`` by ``new`` in its row 2 (file line 3: s0's second scan)."""
+    return lambda csv: _rewrite(csv, lambda ls: [*ls[:2], ls[2].replace(old, new), *ls[3:]])
+
+
 # (case, edit of the source, needles of the one-line error)
 BAD = {
     "missing scan": (lambda c: (c.parent / "s0" / "scan1.nii.gz").unlink(), ["scan1.nii.gz", "line 3"]),
@@ -129,9 +134,9 @@ BAD = {
         lambda c: _rewrite(c, lambda ls: [*ls[:2], ls[2].replace(",5,", ",five,"), *ls[3:]]),
         ["scan1.nii.gz", "five"],
     ),
-    "duplicate time": (lambda c: _rewrite(c, lambda ls: [*ls[:2], ls[2].replace(",5,", ",0,"), *ls[3:]]), ["scan1.nii.gz", "same time"]),
+    "duplicate time": (_edit_row(",5,", ",0,"), ["scan1.nii.gz", "same time"]),
     "same file twice": (lambda c: _rewrite(c, lambda ls: [*ls, "s3,s0/scan0.nii.gz,30,test"]), ["scan0.nii.gz"]),
-    "bad split": (lambda c: _rewrite(c, lambda ls: [*ls[:2], ls[2].replace("training", "train"), *ls[3:]]), ["train"]),
+    "bad split": (_edit_row("training", "train"), ["train"]),
     "label off grid": (_label_off_grid, ["lab.nii.gz"]),
 }
 
