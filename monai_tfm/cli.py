@@ -188,9 +188,14 @@ class Commands:
         Args:
             bundle: bundle folder (default: the built-in synthetic bundle).
             method: method overlay.
-            overrides: config ids to override, e.g. ``--output_dir runs/x --eval_split validation``.
+            overrides: config ids to override, e.g. ``--output_dir runs/x --eval_split validation``
+                (``--split`` is the same as ``--eval_split``).
         """
         root = _default_bundle(bundle)
+        if "split" in overrides:
+            if "eval_split" in overrides:
+                raise CLIError("give the split once: --split or --eval_split, not both.")
+            overrides["eval_split"] = overrides.pop("split")
         _run("evaluating", bundle_configs(root, method, evaluate=True), root, overrides)
 
     def quickstart(

@@ -252,7 +252,7 @@ def test_csv_to_trained_evaluated_forecast_and_packed_bundle(tmp_path, capsys, m
     rc, _, err = run_cli(["train", *common, "--max_epochs", "1"], capsys)
     assert rc == 0, err
     assert (tmp_path / "run" / "models" / "model.pt").is_file()
-    rc, _, err = run_cli(["evaluate", *common, "--eval_split", "test"], capsys)
+    rc, _, err = run_cli(["evaluate", *common, "--split", "test"], capsys)  # = --eval_split
     assert rc == 0, err
     rows = (tmp_path / "run" / "eval_test" / "per_sample.csv").read_text().splitlines()
     test_subjects = json.loads((tmp_path / "prep" / "datalist.json").read_text())["test"]
