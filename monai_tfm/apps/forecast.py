@@ -58,9 +58,9 @@ from monai_tfm.flows.solvers import check_solver
 from monai_tfm.transforms.grid import GridEmbed, GridEmbedd, grid_slots
 from monai_tfm.transforms.intensity import IntensityScaling
 from monai_tfm.transforms.series import SeriesReadError, grid_mismatch, read_volume
-from monai_tfm.utils.display import middle_slice
+from monai_tfm.utils.display import require_matplotlib, write_forecast_preview
 from monai_tfm.utils.errors import MonaiTFMError
-from monai_tfm.utils.io import atomic_path, atomic_save_nifti
+from monai_tfm.utils.io import atomic_save_nifti
 from monai_tfm.utils.options import as_bool, positive_int
 
 __all__ = [
@@ -463,61 +463,6 @@ class BundleForecaster:
         return pred[0].float().cpu(), (None if std is None else std[0].float().cpu()), nfe
 
 
-# ------------------------------------------------------------------------------------------------------ preview
-
-
-def _require_matplotlib() -> None:
-    """Raise a one-line :class:`ForecastError` when matplotlib (the ``plot`` extra) is missing."""
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError as e:
-        raise ForecastError("--preview needs matplotlib: pip install 'monai_tfm[plot]'.") from e
-
-
-def _write_preview(
-    path: Path,
-    frames: torch.Tensor,
-    times: Sequence[float],
-    pred: torch.Tensor,
-    target_time: float,
-    truth: torch.Tensor | None,
-    std: torch.Tensor | None,
-    title: str,
-    overwrite: bool,
-) -> Path:
-    """PNG panel: middle slices of the latest context scans, the forecast, and the real scan and residual if known."""
-    _require_matplotlib()
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    shown = list(range(len(times)))[-6:]
-    panels: list[tuple[str, np.ndarray, dict]] = [
-        (f"scan t={times[i]:.3g}", middle_slice(frames[i]), {"cmap": "gray", "vmin": 0, "vmax": 1}) for i in shown
-    ]
-    panels.append((f"forecast t={target_time:.3g}", middle_slice(pred), {"cmap": "gray", "vmin": 0, "vmax": 1}))
-    if std is not None:
-        panels.append(("sample std", middle_slice(std), {"cmap": "magma", "vmin": 0}))
-    if truth is not None:
-        residual = middle_slice(pred - truth)
-        lim = float(max(np.abs(residual).max(), 1e-6))
-        panels.append((f"real scan t={target_time:.3g}", middle_slice(truth), {"cmap": "gray", "vmin": 0, "vmax": 1}))
-        panels.append(("forecast - real", residual, {"cmap": "RdBu_r", "vmin": -lim, "vmax": lim}))
-    fig = Figure(figsize=(2.2 * len(panels), 2.6), dpi=100)
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(1, len(panels), squeeze=False)[0]
-    for ax, (name, image, style) in zip(axes, panels):
-        im = ax.imshow(image, origin="lower", interpolation="nearest", **style)
-        ax.set_title(name, fontsize=9)
-        ax.set_axis_off()
-        if style["cmap"] != "gray":
-            fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    with atomic_path(path, overwrite=overwrite) as tmp:
-        fig.savefig(tmp, format="png")
-    return path
-
-
 # ------------------------------------------------------------------------------------------------------ the command
 
 
@@ -623,7 +568,7 @@ def _forecast_one(
         title = f"{job.subject}: {model.root.name} ({model.variant}), forecast at t={target_time:.3g}"
         if metrics:
             title += f"; NRMSE {metrics['model_nrmse']:.3f} (LCI {metrics['lci_nrmse']:.3f})"
-        _write_preview(job.preview, normalised, ctx_times, pred, target_time, truth_norm, std, title, overwrite)
+        write_forecast_preview(job.preview, normalised, ctx_times, pred, target_time, truth_norm, std, title, overwrite)
         logger.info("%s: preview written to %s", job.subject, job.preview)
     return ForecastResult(
         job.subject,
@@ -750,7 +695,7 @@ def forecast(
             raise ForecastError(f"{what} '{os.fspath(extra)}' does not exist.")
 
     if preview is not None:
-        _require_matplotlib()  # before any output is written
+        require_matplotlib("--preview", ForecastError)  # before any output is written
 
     model = BundleForecaster(
         bundle, method, weights, device, solver, steps, samples, sigma, seed, overrides, allow_extrapolation
