@@ -30,7 +30,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from common import REPO, provenance, run_bundle
+from common import REPO, gain_text, provenance, run_bundle
 from monai.bundle import ConfigParser
 
 from monai_tfm.data import ensure_acdc_prepared
@@ -282,16 +282,8 @@ def nfe_quality(run_dirs: list[Path], base_dirs: list[Path] | None = None) -> li
     return out
 
 
-def _gain_text(g: dict | None, metric: str = "psnr") -> str:
-    """``mean [ci_low, ci_high] (better/subjects)`` of a :func:`paired_gain` result ("-" for none)."""
-    if not g:
-        return "-"
-    f = ".4f" if metric == "nrmse" else ".2f"
-    return f"{g['mean']:+{f}} [{g['ci_low']:+{f}}, {g['ci_high']:+{f}}] ({g['better']}/{g['subjects']})"
-
-
 def _gain_cell(rows: list[dict], metric: str) -> str:
-    return _gain_text(paired_gain(rows, metric), metric) if rows else "-"
+    return gain_text(paired_gain(rows, metric), metric) if rows else "-"
 
 
 def _table(names: list[str], results: dict, folds: list[int]) -> str:
@@ -505,7 +497,7 @@ def main() -> None:
                 "|---|---|---|---|---|---|---|---|",
                 *[
                     f"| {r['setting']} | {r['nfe']:.1f} | {r['eval_ms']:.0f} | {r['nrmse']:.4f} | {r['ssim']:.2f} | "
-                    f"{r['psnr']:.2f} | " + " | ".join(_gain_text(r.get(f"gain_{k}")) for k in ("psnr", "ssim")) + " |"
+                    f"{r['psnr']:.2f} | " + " | ".join(gain_text(r.get(f"gain_{k}")) for k in ("psnr", "ssim")) + " |"
                     for r in nfe
                 ],
                 "",

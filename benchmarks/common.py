@@ -86,6 +86,15 @@ def write_results(out: Path, lines: list[str], prov: dict[str, str], args: Any, 
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
 
 
+def gain_text(g: dict | None, metric: str = "psnr") -> str:
+    """``mean [ci_low, ci_high] (better/subjects)`` of a :func:`monai_tfm.metrics.paired_gain` result ("-" for none);
+    NRMSE with four decimals, other metrics with two."""
+    if not g:
+        return "-"
+    f = ".4f" if metric == "nrmse" else ".2f"
+    return f"{g['mean']:+{f}} [{g['ci_low']:+{f}}, {g['ci_high']:+{f}}] ({g['better']}/{g['subjects']})"
+
+
 def run_bundle(run_id: str, config_files: list[str], log_path: Path, **overrides: Any) -> float:
     """Run ``python -m monai.bundle run`` in a subprocess; returns the wall time in seconds.
 

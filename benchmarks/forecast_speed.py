@@ -34,8 +34,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from acdc import BUNDLE, NFE, PAPERS_SOLVER, _gain_text, nfe_quality  # noqa: E402
-from common import page_header, parse_overrides, provenance, write_results  # noqa: E402
+from acdc import BUNDLE, NFE, PAPERS_SOLVER, nfe_quality  # noqa: E402
+from common import gain_text, page_header, parse_overrides, provenance, write_results  # noqa: E402
 
 __all__ = ["main"]
 
@@ -255,7 +255,7 @@ def main() -> None:
         timed = [latency.get((r["setting"], t)) for t in thread_counts]
         lines.append(
             f"| {r['setting']} | {r['nfe']:.1f} | {r['psnr']:.2f} | {r['ssim']:.2f} | {r['nrmse']:.4f} | "
-            f"{_gain_text(r.get('gain_psnr'))} | {_gain_text(r.get('gain_ssim'))} | "
+            f"{gain_text(r.get('gain_psnr'))} | {gain_text(r.get('gain_ssim'))} | "
             + " | ".join("-" if x is None else f"{x['solve_ms']:.0f}" for x in timed)
             + " |"
         )
@@ -302,7 +302,7 @@ def main() -> None:
             "|---|---|---|---|---|---|",
             *[
                 f"| {r['setting']} | {r['nfe']:.1f} | {r['psnr']:.2f} | {r['ssim']:.2f} | "
-                f"{_gain_text(r.get('gain_psnr'))} | {_gain_text(r.get('gain_ssim'))} |"
+                f"{gain_text(r.get('gain_psnr'))} | {gain_text(r.get('gain_ssim'))} |"
                 for r in straight
             ],
             "",

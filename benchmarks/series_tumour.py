@@ -17,7 +17,7 @@ import statistics
 import time
 from pathlib import Path
 
-from common import REPO, page_header, provenance, run_bundle, write_results
+from common import REPO, gain_text, page_header, provenance, run_bundle, write_results
 
 from monai_tfm.data import generate_synthetic_dataset, prepare_series
 from monai_tfm.metrics import paired_gain, read_per_sample_csv
@@ -36,11 +36,6 @@ def _files(method: str, evaluate: bool) -> list[str]:
 def _rows(run: Path) -> dict[str, dict]:
     """Per-sample rows of a test evaluation, by subject (one deterministic sample per subject)."""
     return {r["subject"]: r for r in read_per_sample_csv(run / "eval_test" / "per_sample.csv")}
-
-
-def _gain(g: dict, metric: str) -> str:
-    f = ".4f" if metric == "nrmse" else ".2f"
-    return f"{g['mean']:+{f}} [{g['ci_low']:+{f}}, {g['ci_high']:+{f}}] ({g['better']}/{g['subjects']})"
 
 
 def main() -> None:
@@ -161,7 +156,7 @@ def main() -> None:
     for method, base in ((args.method, "lci"), (args.method, "linear"), ("linear", "lci")):
         g = {m: paired_gain(joined, m, method=method, baseline=base) for m in METRICS}
         gains[f"{method}_vs_{base}"] = g
-        lines.append(f"| {method} vs {base} | " + " | ".join(_gain(g[m], m) for m in METRICS) + " |")
+        lines.append(f"| {method} vs {base} | " + " | ".join(gain_text(g[m], m) for m in METRICS) + " |")
     lines += [
         "",
         "Training wall time per seed (s, training and its validations): "
