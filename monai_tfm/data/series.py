@@ -234,7 +234,7 @@ def prepare_series(
             skipped[subject] = reason
             continue
         for row, _ in ordered:
-            resolved = Path(csv_path.parent / row.path).resolve()
+            resolved = Path(row.path).resolve()  # absolute: the table reader joins it to the table's folder
             if resolved in owner:
                 other, line = owner[resolved]
                 raise MonaiTFMError(
