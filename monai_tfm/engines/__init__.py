@@ -18,3 +18,21 @@ __all__ = [
     "require_trainable",
     "configure_network",
 ]
+
+
+_MOVED = {"FlowMatchingLoss": "monai_tfm.losses"}  # names that lived here before the package followed MONAI's layers
+
+
+def __getattr__(name: str):
+    """Keep ``from monai_tfm.engines import FlowMatchingLoss`` working, with a DeprecationWarning naming its home."""
+    if name in _MOVED:
+        import importlib
+        import warnings
+
+        warnings.warn(
+            f"monai_tfm.engines.{name} moved to {_MOVED[name]}.{name}; import it from there",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return getattr(importlib.import_module(_MOVED[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
