@@ -62,7 +62,7 @@ def test_properties(two_patients, tmp_path):
     train = workflow([CONFIGS / "train.yaml"], "train", "training", META, **_small(two_patients, tmp_path))
     assert train.check_properties() == []
     infer = workflow(
-        [CONFIGS / "inference.yaml"],
+        [CONFIGS / "train.yaml", CONFIGS / "inference.yaml"],
         "infer",
         "run",
         META,
@@ -104,7 +104,7 @@ def test_prepare_train_evaluate(two_patients, tmp_path, method):
     assert all(torch.is_tensor(v) for v in state.values())
     # inference on the same official-layout folder: ES forecast from the earlier phases, on the prepared grid
     inf = workflow(
-        [CONFIGS / "inference.yaml", CONFIGS / "methods" / f"{method}.yaml"],
+        [CONFIGS / "train.yaml", CONFIGS / "inference.yaml", CONFIGS / "methods" / f"{method}.yaml"],
         "infer",
         "run",
         META,

@@ -22,6 +22,7 @@ from monai_tfm.data import load_series_datalist, write_series_datalist
 REPO = Path(__file__).resolve().parents[1]
 BUNDLE = REPO / "bundles" / "synthetic_forecasting"
 CONFIGS = BUNDLE / "configs"
+INFERENCE = [CONFIGS / "train.yaml", CONFIGS / "inference.yaml"]  # inference.yaml is an overlay on train.yaml
 SCHEMA = REPO / "bundles" / "schema" / "monai_tfm_meta_schema_v1.json"
 METHODS = ("cronos_discrete", "cronos_continuous", "tfm")
 
@@ -64,9 +65,7 @@ def test_metadata_verifies(tmp_path):
 def test_property_checks(tmp_path):
     train = _workflow([CONFIGS / "train.yaml"], "train", "training", **_small(tmp_path / "r", tmp_path / "d"))
     assert train.check_properties() == []
-    infer = _workflow(
-        [CONFIGS / "inference.yaml"], "infer", "run", bundle_root=str(BUNDLE), dataset_dir=str(tmp_path / "d")
-    )
+    infer = _workflow(INFERENCE, "infer", "run", bundle_root=str(BUNDLE), dataset_dir=str(tmp_path / "d"))
     assert infer.check_properties() == []
 
 
@@ -101,7 +100,7 @@ def test_train_evaluate_infer(tmp_path, method):
     assert "| model |" in summary and "| lci |" in summary and "network evaluations per forecast" in summary
 
     inf = _workflow(
-        [CONFIGS / "inference.yaml", CONFIGS / "methods" / f"{method}.yaml"],
+        [*INFERENCE, CONFIGS / "methods" / f"{method}.yaml"],
         "infer",
         "run",
         bundle_root=str(BUNDLE),
@@ -229,9 +228,7 @@ def test_inference_writes_original_intensity_scale(tmp_path):
     aggregation the forecast is the last context frame, clipped to the series' 0.5/99.5 percentiles, in the units of
     the input files (here about 50..1050), on the input grid."""
     datalist, frames, affine = _raw_series(tmp_path)
-    _, out = _infer_as_built(
-        tmp_path, [CONFIGS / "inference.yaml"], datalist, aggregation="last", **{"network_def#channels": 8}
-    )
+    _, out = _infer_as_built(tmp_path, INFERENCE, datalist, aggregation="last", **{"network_def#channels": 8})
     lo, hi = np.percentile(np.stack(frames), [0.5, 99.5])
     expected = np.clip(frames[-1], lo, hi)  # the last frame before t = 0.5 is t = 4/11
     assert out.shape == frames[-1].shape and np.allclose(out.affine, affine)
@@ -242,7 +239,7 @@ def test_inference_writes_original_intensity_scale(tmp_path):
     again = dict(bundle_root=str(BUNDLE), datalist=str(datalist), output_dir=str(tmp_path / "run"))
     again.update(ckpt_path=str(tmp_path / "model.pt"), target_time=0.5, overwrite="false")
     with pytest.raises(RuntimeError) as err:
-        _workflow([CONFIGS / "inference.yaml"], "infer", "run", **again, **{"network_def#channels": 8}).run()
+        _workflow(INFERENCE, "infer", "run", **again, **{"network_def#channels": 8}).run()
     cause = err.value
     while cause.__cause__ is not None:
         cause = cause.__cause__
@@ -257,7 +254,7 @@ def test_inference_with_a_direct_baseline_overlay(tmp_path, method):
     from monai_tfm.engines import DirectPrepareBatch
     from monai_tfm.inferers import DirectInferer
 
-    files = [CONFIGS / "inference.yaml", CONFIGS / "methods" / f"{method}.yaml"]
+    files = [*INFERENCE, CONFIGS / "methods" / f"{method}.yaml"]
     datalist, frames, affine = _raw_series(tmp_path)
     parser, out = _infer_as_built(tmp_path, files, datalist)
     assert isinstance(parser.get_parsed_content("prepare_batch"), DirectPrepareBatch)

@@ -21,6 +21,7 @@ import torch
 from helpers import assert_one_line_error, run_cli
 from monai.bundle import ConfigParser, ckpt_export, verify_net_in_out
 
+from monai_tfm.apps.bundle_loading import bundle_config_files
 from monai_tfm.cli import _group_list_flags
 from monai_tfm.data.synthetic import make_heart_series
 
@@ -36,7 +37,13 @@ pytestmark = pytest.mark.usefixtures("fresh_log_handler")  # conftest.py
 
 def _network(*overlays: str) -> torch.nn.Module:
     parser = ConfigParser()
-    parser.read_config([str(CONFIGS / "inference.yaml"), *(str(CONFIGS / "methods" / f"{m}.yaml") for m in overlays)])
+    parser.read_config(
+        [
+            str(CONFIGS / "train.yaml"),
+            str(CONFIGS / "inference.yaml"),
+            *(str(CONFIGS / "methods" / f"{m}.yaml") for m in overlays),
+        ]
+    )
     return parser.get_parsed_content("network_def")
 
 
@@ -432,7 +439,9 @@ def test_bad_input_one_line_error_and_no_output(tmp_path, capsys, weights, scans
 
 @pytest.mark.parametrize("method", [None, "cronos_continuous"])
 def test_torchscript_export_matches_eager(tmp_path, weights, method):
-    files = [str(CONFIGS / "inference.yaml")] + ([str(CONFIGS / "methods" / f"{method}.yaml")] if method else [])
+    files = [str(CONFIGS / "train.yaml"), str(CONFIGS / "inference.yaml")] + (
+        [str(CONFIGS / "methods" / f"{method}.yaml")] if method else []
+    )
     ckpt = weights["continuous" if method else "random"]
     ts_file = tmp_path / "model.ts"
     ckpt_export(
@@ -527,9 +536,7 @@ def test_forecast_on_target_anchored_grids(tmp_path, bundle, method, times, targ
 
     root = REPO / "bundles" / bundle
     parser = ConfigParser()
-    files = [root / "configs" / "inference.yaml"] + (
-        [root / "configs" / "methods" / f"{method}.yaml"] if method else []
-    )
+    files = bundle_config_files(root, method, ValueError)
     parser.read_config([str(f) for f in files])
     parser["network_def#channels"] = 8
     weights = tmp_path / "w.pt"

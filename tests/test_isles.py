@@ -307,7 +307,7 @@ def test_protocol_7_consecutive_context_target_3_after():
 
 def test_inference_context_hides_the_gap():
     """Inference: target = last frame, context = the 7 frames ending 3 frames before it (as in training)."""
-    parser = _parser(CONFIGS / "inference.yaml")
+    parser = _parser(CONFIGS / "train.yaml", CONFIGS / "inference.yaml")
     transforms = parser.get_parsed_content("preprocessing").transforms
     times = torch.arange(12, dtype=torch.float32)
     d = {"subject": "s", "series": times.reshape(-1, 1, 1, 1, 1).expand(-1, 1, 2, 2, 2), "series_time": times}
@@ -315,6 +315,46 @@ def test_inference_context_hides_the_gap():
         d = t(d)
     assert float(d["target_time"]) == 11.0 and float(d["target"][0, 0, 0, 0]) == 11.0
     assert d["context_time"].tolist() == [2.0, 3, 4, 5, 6, 7, 8] and bool(d["context_mask"].all())
+
+
+@pytest.mark.parametrize("gap", [0, 1, 2, 4])
+def test_the_hidden_gap_is_one_edit(tmp_path, gap):
+    """``protocol#gap`` alone moves the training draws, the time grid, the inference context and the context chosen
+    by ``monai-tfm forecast``: the last context frame is ``gap + 1`` frames before the target in all of them."""
+    from monai_tfm.apps.forecast import BundleForecaster
+    from monai_tfm.transforms import draw_context
+
+    files = [CONFIGS / "train.yaml", CONFIGS / "inference.yaml"]
+    parser = _parser(*files)
+    parser["protocol#gap"] = gap
+    parser["network_def#channels"] = 8
+    # training draws: every target's latest context frame is exactly gap + 1 frames before it (window complete)
+    protocol = parser.get_parsed_content("protocol")
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        draw = draw_context(rng, 20, protocol)
+        assert draw.target_index - max(draw.context_indices) >= gap + 1
+    # the time grid of training and inference ends gap + 1 frames before the target
+    grid = next(t for t in parser.get_parsed_content("variant_transforms") if hasattr(t, "lead"))
+    assert grid.lead == gap + 1
+    # inference.yaml: the context of the last frame (11) ends at 10 - gap
+    times = torch.arange(12, dtype=torch.float32)
+    d = {"subject": "s", "series": times.reshape(-1, 1, 1, 1, 1).expand(-1, 1, 2, 2, 2), "series_time": times}
+    for t in parser.get_parsed_content("preprocessing").transforms[2:]:
+        d = t(d)
+    real = [float(x) for x, m in zip(d["context_time"], d["context_mask"]) if m]
+    assert max(real) == 10.0 - gap
+    # monai-tfm forecast with the same single override
+    weights = tmp_path / "w.pt"
+    torch.save(parser.get_parsed_content("network_def").state_dict(), weights)
+    model = BundleForecaster(
+        REPO / "bundles" / "isles_ctp_forecasting",
+        None,
+        weights,
+        overrides={"protocol#gap": gap, "network_def#channels": 8},
+    )
+    chosen = model.select_context(list(range(12)), 12.0, [f"s{i}" for i in range(12)])
+    assert max(chosen) == 11 - gap
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -381,7 +421,7 @@ def test_bundle_train_evaluate_infer(download, tmp_path, method):
         assert float(r["lci_nrmse"]) == pytest.approx(ref["nrmse"], rel=1e-4)
 
     inf = workflow(
-        [CONFIGS / "inference.yaml", CONFIGS / "methods" / f"{method}.yaml"],
+        [CONFIGS / "train.yaml", CONFIGS / "inference.yaml", CONFIGS / "methods" / f"{method}.yaml"],
         "infer",
         "run",
         META,

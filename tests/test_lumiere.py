@@ -343,7 +343,7 @@ def test_bundle_train_evaluate_infer(download, tmp_path, method):
     assert 0 < float(rows[0]["model_nrmse"]) < 1 and 0 < float(rows[0]["lci_nrmse"]) < 1
     # inference: each test patient's last visit, written on the prepared grid
     inf = workflow(
-        [CONFIGS / "inference.yaml", CONFIGS / "methods" / f"{method}.yaml"],
+        [CONFIGS / "train.yaml", CONFIGS / "inference.yaml", CONFIGS / "methods" / f"{method}.yaml"],
         "infer",
         "run",
         META,

@@ -137,7 +137,7 @@ def server(tmp_path_factory) -> Iterator[_Server]:
     bundle = root / "bundle"
     shutil.copytree(BUNDLE / "configs", bundle / "configs")
     parser = ConfigParser()
-    parser.read_config(str(bundle / "configs" / "inference.yaml"))
+    parser.read_config([str(bundle / "configs" / n) for n in ("train.yaml", "inference.yaml")])
     (bundle / "models").mkdir()
     torch.save(parser.get_parsed_content("network_def").state_dict(), bundle / "models" / "model.pt")
 

@@ -1,7 +1,7 @@
 # Copyright (c) monai_tfm contributors. Licensed under the Apache License, Version 2.0.
 """Loading a trained bundle for an application (``monai-tfm forecast``, ``monai-tfm generate``).
 
-One home for what both applications do before their own work: find ``configs/inference.yaml`` and a method overlay,
+One home for what both applications do before their own work: find the inference configs and a method overlay,
 apply command-line config overrides, check the device, and load the weights. Each problem is raised as the calling
 application's own one-line error class (``error``), so that its command line can print it without a traceback.
 """
@@ -31,7 +31,12 @@ __all__ = [
 
 
 def bundle_config_files(root: Path, method: str | None, error: type[Exception]) -> list[Path]:
-    """``<root>/configs/inference.yaml`` and, if ``method`` is given, ``configs/methods/<method>.yaml``.
+    """The config files of a bundle's inference, in reading order.
+
+    ``configs/train.yaml`` (when the bundle has one: a forecasting bundle's ``inference.yaml`` is an overlay on it,
+    and the standalone ``inference.yaml`` of a generation bundle re-defines every id it uses, so reading it first
+    changes nothing there), ``configs/inference.yaml`` and, if ``method`` is given, ``configs/methods/<method>.yaml``.
+    The same order as ``python -m monai.bundle run --config_file "['configs/train.yaml','configs/inference.yaml']"``.
 
     Args:
         root: bundle folder.
@@ -45,9 +50,10 @@ def bundle_config_files(root: Path, method: str | None, error: type[Exception]) 
         error: no ``configs/inference.yaml``, or an unknown method (the message lists the available ones).
     """
     configs = root / "configs"
-    files = [configs / "inference.yaml"]
-    if not files[0].is_file():
-        raise error(f"'{root}' is not a monai_tfm bundle: '{files[0]}' does not exist.")
+    inference = configs / "inference.yaml"
+    if not inference.is_file():
+        raise error(f"'{root}' is not a monai_tfm bundle: '{inference}' does not exist.")
+    files = [f for f in (configs / "train.yaml", inference) if f.is_file()]
     if method:
         overlay = configs / "methods" / f"{method}.yaml"
         if not overlay.is_file():

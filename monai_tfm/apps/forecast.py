@@ -11,7 +11,8 @@ Nothing of the model is rebuilt here: the network (``network_def``), the forecas
 batch preparation (``prepare_batch``, which applies ``time_scale``), the variant's transforms
 (``variant_transforms``: grid embedding and LOCF for the discrete variant), the intensity normalisation (the
 ``ScaleIntensityRangePercentilesd`` of ``load_transforms``) and the sizes (``num_slots``, ``variant``) all come from
-the bundle's ``configs/inference.yaml`` (plus an optional method overlay), parsed with MONAI's ``ConfigParser``.
+the bundle's ``configs/train.yaml`` + ``configs/inference.yaml`` (plus an optional method overlay), parsed with
+MONAI's ``ConfigParser``.
 What is added is what a user's own scans need and a datalist does not have:
 
 * reading NIfTI files or DICOM series folders (MONAI ``LoadImage``; ITK for folders) with checks that name the file;
@@ -201,10 +202,10 @@ def _time_range(value: Any, margin: Any) -> tuple[tuple[float, float], tuple[flo
 
 
 class BundleForecaster:
-    """A bundle's network, inferer and transforms, parsed once from ``configs/inference.yaml``, for many forecasts.
+    """A bundle's network, inferer and transforms, parsed once from its inference configs, for many forecasts.
 
     Args:
-        bundle: bundle folder (with ``configs/inference.yaml``).
+        bundle: bundle folder (with ``configs/inference.yaml``, read after ``configs/train.yaml``).
         method: method overlay ``configs/methods/<method>.yaml`` (None: the bundle default).
         weights: weights file (default ``<bundle>/models/model.pt``; flat state dict or resume checkpoint, loaded
             with ``weights_only=True``).
@@ -266,7 +267,7 @@ class BundleForecaster:
                     "--sigma S for a model trained with path noise S > 0."
                 )
             parser["solver"] = "euler_maruyama"
-            # inference.yaml defines the inferer under train.yaml's id (so that method overlays apply) and refers to it
+            # inference.yaml refers to train.yaml's validation inferer (so that method overlays apply)
             inferer_id = "validate#inferer" if "validate#inferer" in parser else "inferer"
             parser[f"{inferer_id}#num_samples"] = samples
             parser[f"{inferer_id}#diffusion"] = sigma
