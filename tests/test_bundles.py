@@ -55,9 +55,23 @@ def test_overlay_builds_the_same_network_for_training_and_inference(bundle, meth
     assert served == trained
 
 
-def test_forecasting_bundles_share_one_inference_yaml():
-    """The generic wiring is byte-identical: a fix to it is one edit (copied to every bundle), kept so by this test."""
-    texts = {b: (BUNDLES / b / "configs" / "inference.yaml").read_bytes() for b in FORECASTING}
+SHARED_MARK = "# ---- shared wiring:"
+
+
+def _shared_part(bundle: str, name: str) -> str:
+    """The part of a config file that must be the same in every forecasting bundle: the whole file, or for
+    ``train.yaml`` everything from its shared-wiring line on (above it: the dataset's own values)."""
+    text = (BUNDLES / bundle / "configs" / name).read_text()
+    if name == "train.yaml":
+        assert text.count(SHARED_MARK) == 1, f"{bundle}/configs/train.yaml has no single '{SHARED_MARK}' line"
+        return text[text.index(SHARED_MARK) :]
+    return text
+
+
+@pytest.mark.parametrize("name", ["train.yaml", "evaluate.yaml", "inference.yaml", "multi_gpu_train.yaml"])
+def test_forecasting_bundles_share_the_generic_wiring(name):
+    """The generic wiring is the same text everywhere: a fix to it is one edit (copied to every bundle)."""
+    texts = {b: _shared_part(b, name) for b in FORECASTING}
     first = texts[FORECASTING[0]]
     assert [b for b, t in texts.items() if t != first] == []
 
@@ -67,7 +81,9 @@ def test_train_yaml_holds_the_inference_settings(bundle):
     """What inference.yaml reads but does not define comes from the bundle's train.yaml, with usable values."""
     parser = ConfigParser()
     parser.read_config([str(f) for f in bundle_config_files(BUNDLES / bundle, None, ValueError)])
-    for key in ("ckpt_path", "infer_split", "target_time", "context_lead", "load_transforms", "variant_transforms"):
+    keys = ("ckpt_path", "infer_split", "target_time", "context_lead", "load_transforms", "variant_transforms")
+    keys += ("train_data", "val_data", "eval_split", "eval_draws", "report_title", "train_protocol", "max_steps")
+    for key in keys:
         assert key in parser, f"{bundle}: no '{key}'"
     assert float(parser.get_parsed_content("context_lead")) >= 0
     assert parser.get_parsed_content("infer_split") in ("test", "validation", "training")
