@@ -610,7 +610,7 @@ def test_generate_previews_without_matplotlib(tmp_path, capsys, syn_weights, mon
     out = tmp_path / "out"
     args = ["generate", "--bundle", SYN, "--weights", syn_weights, "--class", 0, "--n", 1, "--steps", 1]
     rc, _, err = run_cli([*args, "--output", out], capsys)
-    assert_one_line_error(rc, err, "need matplotlib", "--preview false")
+    assert_one_line_error(rc, err, "needs matplotlib", "--preview false")
     assert not out.exists()
     rc, _, err = run_cli([*args, "--output", out, "--preview", "false"], capsys)
     assert rc == 0, err

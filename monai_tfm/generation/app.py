@@ -20,7 +20,6 @@ file, option or value.
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -44,6 +43,7 @@ from monai_tfm.flows.solvers import check_solver
 from monai_tfm.generation.evaluation import save_sample_grid
 from monai_tfm.generation.samplers import DIFFUSION_SCHEDULERS, generate_images
 from monai_tfm.handlers.checkpoint import load_weights
+from monai_tfm.utils.display import require_matplotlib
 from monai_tfm.utils.errors import MonaiTFMError
 from monai_tfm.utils.io import atomic_save_nifti
 from monai_tfm.utils.options import as_bool, positive_int
@@ -393,8 +393,8 @@ def generate(
     if output is None:
         raise GenerationError("--output is required (a folder for the generated images).")
     preview, overwrite = as_bool(preview, "preview", GenerationError), as_bool(overwrite, "overwrite", GenerationError)
-    if preview and importlib.util.find_spec("matplotlib") is None:  # checked before anything is computed or written
-        raise GenerationError("PNG previews need matplotlib: pip install 'monai_tfm[plot]', or pass --preview false.")
+    if preview:  # checked before anything is computed or written
+        require_matplotlib("--preview (PNG previews)", GenerationError, hint="pass --preview false")
     out = Path(output)
     if out.exists() and not out.is_dir():
         raise GenerationError(f"output '{out}' must be a folder, but it is a file.")

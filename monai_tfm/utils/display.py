@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,20 +17,20 @@ from monai_tfm.utils.io import atomic_path
 __all__ = ["middle_slice", "require_matplotlib", "write_forecast_preview"]
 
 
-def require_matplotlib(what: str, error: type[Exception] = MonaiTFMError) -> None:
+def require_matplotlib(what: str, error: type[Exception] = MonaiTFMError, hint: str = "") -> None:
     """Check that matplotlib (the ``plot`` extra) is installed, before any output is written.
 
     Args:
         what: the option or output that needs it, for the message (``--preview``).
         error: the exception class raised (the caller's user error).
+        hint: another way out, appended to the message (e.g. ``pass --preview false``).
 
     Raises:
         MonaiTFMError: (``error``) one line saying how to install it.
     """
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError as e:
-        raise error(f"{what} needs matplotlib: pip install 'monai_tfm[plot]'.") from e
+    # find_spec, not an import: nothing is loaded for the check, and a module masked as None counts as missing
+    if importlib.util.find_spec("matplotlib") is None:
+        raise error(f"{what} needs matplotlib: pip install 'monai_tfm[plot]'" + (f", or {hint}." if hint else "."))
 
 
 def middle_slice(image: torch.Tensor) -> np.ndarray:
