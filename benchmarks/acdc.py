@@ -329,7 +329,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--channels", type=int, default=16)
     parser.add_argument("--runs", default=",".join(RUNS))
-    parser.add_argument("--ablation-folds", default="0", help="folds on which the non-main runs are trained")
+    parser.add_argument(
+        "--ablation-folds", default="0", help="folds on which the non-main runs are trained ('' for none)"
+    )
     parser.add_argument("--report-only", action="store_true", help="collect finished runs and write the report")
     parser.add_argument("--no-figure", action="store_true")
     parser.add_argument("--spatial-size", default=None, help="prepared grid x,y,z (default: the bundle's)")
@@ -361,7 +363,7 @@ def main() -> None:
     if archive is not None:
         sync_archive(work, archive)
     folds = [int(f) for f in args.folds.split(",")]
-    ablation_folds = [int(f) for f in args.ablation_folds.split(",")]
+    ablation_folds = [int(f) for f in args.ablation_folds.split(",") if f.strip()]
     names = args.runs.split(",")
     info = provenance()
     prepared = work / ("prepared" + (f"_{args.spatial_size.replace(',', 'x')}" if args.spatial_size else ""))
@@ -454,6 +456,34 @@ def main() -> None:
             _fold_table([n for n in names if n in MAIN], results, folds),
             "",
         ]
+        rivals = [n for n in names if n in MAIN and n != "reference_cronos" and results.get(n)]
+        if results.get("reference_cronos") and rivals:
+            ref_dirs = [work / f"reference_cronos{tag}_fold{f}" for f in folds]
+            md += [
+                "### Head to head with the authors' CRONOS",
+                "",
+                "Each method paired with `reference_cronos` on the same (patient, draw) of the folds both ran; a "
+                "positive gain means this method forecasts better than the authors' code:",
+                "",
+                "| method | PSNR gain | SSIM gain | NRMSE decrease |",
+                "|---|---|---|---|",
+                *[
+                    f"| {n} | "
+                    + " | ".join(
+                        _gain_cell(
+                            _paired_rows(
+                                _per_sample_rows([work / f"{n}{tag}_fold{f}" for f in folds]),
+                                _per_sample_rows(ref_dirs),
+                            ),
+                            m,
+                        )
+                        for m in ("psnr", "ssim", "nrmse")
+                    )
+                    + " |"
+                    for n in rivals
+                ],
+                "",
+            ]
         if default_results:
             solver = default_solver
             md += [
