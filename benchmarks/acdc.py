@@ -615,7 +615,8 @@ def main() -> None:
             kw = {**common, **overrides, "fold": fold, "output_dir": str(calib), "max_steps": CALIBRATION_STEPS}
             kw["val_interval"] = 10**6  # timing only: no validation before the end
             run_bundle("training", _files(method, extra), work / f"{calib.name}.log", **kw)
-        per_step = _read_json(calib / "budget.json")["seconds_per_step"]
+        timing = _read_json(calib / "budget.json")
+        per_step = timing.get("median_seconds_per_step") or timing["seconds_per_step"]  # median: robust to warm-up
         return max(1, int(args.budget_seconds / per_step))
 
     for fold in folds:

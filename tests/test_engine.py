@@ -299,3 +299,27 @@ def test_step_budget_stops_mid_epoch():
     unlimited.attach(engine)
     engine.run(range(5), max_epochs=2)
     assert engine.state.iteration == 10
+
+
+def test_step_budget_median_ignores_a_slow_first_step(tmp_path):
+    """A calibration run turns seconds into steps with the median step time: one slow warm-up step moves the mean."""
+    import json
+    import time
+
+    from ignite.engine import Engine
+
+    from monai_tfm.handlers import StepBudget
+
+    def step(engine, batch):
+        time.sleep(0.5 if engine.state.iteration == 1 else 0.001)
+
+    budget = StepBudget(5)
+    engine = Engine(step)
+    budget.attach(engine)
+    engine.run(range(5), max_epochs=1)
+    assert len(budget.step_seconds) == 5 and budget.steps == 5
+    assert budget.median_seconds_per_step < 0.05 < 0.09 < budget.seconds_per_step
+    assert abs(budget.seconds_per_step - sum(budget.step_seconds) / 5) < 1e-9
+    budget.write(str(tmp_path / "budget.json"), threads=1)
+    record = json.loads((tmp_path / "budget.json").read_text())
+    assert record["median_seconds_per_step"] == budget.median_seconds_per_step and record["threads"] == 1

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import statistics
 import time
 
 import torch
@@ -57,12 +58,22 @@ class StepBudget:
         self.max_steps = int(max_steps) if max_steps else 0
         self.train_seconds = 0.0
         self.steps = 0
+        self.step_seconds: list[float] = []
         self._t0 = 0.0
 
     @property
     def seconds_per_step(self) -> float:
         """Mean wall time of a timed training iteration (NaN before any)."""
         return self.train_seconds / self.steps if self.steps else float("nan")
+
+    @property
+    def median_seconds_per_step(self) -> float:
+        """Median wall time of a timed training iteration (NaN before any).
+
+        The robust figure for a short calibration run: the first iterations (allocator warm-up, a neighbour's start
+        on a shared CPU) inflate the mean of a few dozen steps but not the median.
+        """
+        return float(statistics.median(self.step_seconds)) if self.step_seconds else float("nan")
 
     def write(self, path: str, threads: int | None = None) -> None:
         """Write the budget, the steps done and the timed training seconds as JSON (atomically).
@@ -76,6 +87,7 @@ class StepBudget:
             "steps_timed": self.steps,
             "train_seconds": self.train_seconds,
             "seconds_per_step": self.seconds_per_step,
+            "median_seconds_per_step": self.median_seconds_per_step,
             "threads": int(threads or torch.get_num_threads()),
         }
         atomic_write_text(path, json.dumps(record, indent=1), overwrite=True)
@@ -93,7 +105,9 @@ class StepBudget:
         self._t0 = time.perf_counter()
 
     def _stop(self, engine: Engine) -> None:
-        self.train_seconds += time.perf_counter() - self._t0
+        seconds = time.perf_counter() - self._t0
+        self.train_seconds += seconds
+        self.step_seconds.append(seconds)
         self.steps += 1
         engine.state.train_seconds = self.train_seconds
         if self.max_steps and engine.state.iteration >= self.max_steps:
