@@ -19,6 +19,7 @@ from monai_tfm.transforms import (
     InferenceContextd,
     RandContextd,
     SelectContextd,
+    TimeRange,
     draw_context,
     grid_slots,
     make_fixed_draws,
@@ -276,3 +277,56 @@ class TestFollowUp:
             InferenceContextd(target_time="first")
         with pytest.raises(ValueError, match="'next'"):
             InferenceContextd()({**item, "target_time": "next"})
+
+
+class TestInferenceRules:
+    """The strict inference rules of the transforms that every forecast path (command, bundle, server) applies."""
+
+    def test_fixed_grid_context_indices(self, caplog):
+        grid = GridEmbedd(num_slots=4, spacing=0.5, origin=0.0)  # slots 0, 0.5, 1, 1.5; forecasts up to 2
+        assert grid.context_indices([0.0, 0.5, 1.5], 2.0) == [0, 1, 2]
+        with caplog.at_level("WARNING"):
+            assert grid.context_indices([0.0, 0.5, 1.5], 1.0, ["a", "b", "c"]) == [0, 1]
+        assert "after the target time 1 are not used (c)" in caplog.text
+        with pytest.raises(ValueError, match="target time 2.6 lies outside"):
+            grid.context_indices([0.0], 2.6)
+        with pytest.raises(ValueError, match=r"scan 'b' at time -0.3 lies outside the time grid.*\[-0.25, 1.75\)"):
+            grid.context_indices([-0.3, 0.5], 1.0, ["b", "c"])
+        with pytest.raises(ValueError, match="no scan at or before the target time 0.2"):
+            grid.context_indices([0.5], 0.2)
+        with caplog.at_level("WARNING"):
+            assert grid.context_indices([0.4, 0.6], 1.0, ["p", "q"]) == [0, 1]
+        assert "'p' and 'q' fall into the same time slot 1" in caplog.text
+
+    def test_anchored_grid_hides_the_gap_before_the_target(self):
+        # 3 slots ending lead = 3 before the target: at target 10 the slots are 5, 6, 7; scans at 8 and 9 are hidden
+        grid = GridEmbedd(num_slots=3, spacing=1.0, anchor="target", lead=3.0)
+        assert grid.context_indices([float(t) for t in range(10)], 10.0) == list(range(8))
+        with pytest.raises(ValueError, match="outside the hidden gap"):
+            grid.context_indices([8.0, 9.0], 10.0)
+        # the slots the indices go to are the ones __call__ fills (scans older than the grid share the first slot)
+        kept = grid.context_indices([2.0, 6.0, 7.0], 10.0)
+        out = grid(
+            {
+                "context": _frames([2.0, 6.0, 7.0])[kept],
+                "context_time": torch.tensor([2.0, 6.0, 7.0]),
+                "context_mask": torch.ones(3, dtype=torch.bool),
+                "target_time": torch.tensor(10.0),
+            }
+        )
+        assert out["context_time"].tolist() == [5.0, 6.0, 7.0] and out["context"][:, 0, 0, 0, 0].tolist() == [2, 6, 7]
+
+    def test_time_range(self):
+        assert TimeRange.from_config(None) is None
+        rng = TimeRange.from_config([0, 1], 0.25)
+        assert rng == TimeRange(0.0, 1.0, 0.25) and rng.accepted == (-0.25, 1.25)
+        rng.check([0.0, 1.2], 1.25)
+        with pytest.raises(ValueError, match=r"target time 1.3 lies outside the trained times: .* 0..1 .* -0.25..1.25"):
+            rng.check([0.0], 1.3)
+        with pytest.raises(ValueError, match="scan 'late' at time 2 lies outside"):
+            rng.check([0.0, 2.0], 0.5, ["early", "late"])
+        for value, margin in (([1, 0], 0), ([0, float("inf")], 0), ([0, 1], -1)):
+            with pytest.raises(ValueError, match="finite with lo <= hi"):
+                TimeRange.from_config(value, margin)
+        with pytest.raises(ValueError, match=r"must be \[lo, hi\]"):
+            TimeRange.from_config([0, 1, 2])

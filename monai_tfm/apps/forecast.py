@@ -31,7 +31,6 @@ or value; the command line prints it and exits with code 2.
 from __future__ import annotations
 
 import logging
-import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -56,7 +55,8 @@ from monai_tfm.apps.bundle_loading import (
 )
 from monai_tfm.data.scan_table import parse_series, parse_time, read_scan_table
 from monai_tfm.flows.solvers import check_solver
-from monai_tfm.transforms.grid import GridEmbed, GridEmbedd, grid_slots
+from monai_tfm.transforms.context import TimeRange, padded_slots
+from monai_tfm.transforms.grid import GridEmbedd
 from monai_tfm.transforms.intensity import IntensityScaling
 from monai_tfm.transforms.series import SeriesReadError, grid_mismatch, read_volume
 from monai_tfm.utils.display import require_matplotlib, write_forecast_preview
@@ -76,7 +76,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 _NIFTI_SUFFIXES = (".nii", ".nii.gz")
-_TIME_ATOL = 1e-6
 
 
 class ForecastError(MonaiTFMError):
@@ -180,27 +179,6 @@ class ForecastResult:
     metrics: dict[str, float]
 
 
-def _time_range(value: Any, margin: Any) -> tuple[tuple[float, float], tuple[float, float]] | None:
-    """A bundle's ``time_range`` ``[lo, hi]`` and that range widened by ``margin * (hi - lo)`` on both sides.
-
-    Raises:
-        ForecastError: a malformed ``time_range`` or margin in the bundle.
-    """
-    if value is None:
-        return None
-    try:
-        lo, hi = (float(v) for v in value)
-        margin = float(margin)
-    except (TypeError, ValueError):
-        raise ForecastError(
-            f"the bundle's time_range must be [lo, hi] and extrapolation_margin a number, got {value!r}, {margin!r}."
-        ) from None
-    if not (math.isfinite(lo) and math.isfinite(hi) and lo <= hi and margin >= 0):
-        raise ForecastError(f"the bundle's time_range {value!r} must be finite with lo <= hi, the margin >= 0.")
-    pad = margin * (hi - lo)
-    return (lo, hi), (lo - pad, hi + pad)
-
-
 class BundleForecaster:
     """A bundle's network, inferer and transforms, parsed once from its inference configs, for many forecasts.
 
@@ -279,11 +257,12 @@ class BundleForecaster:
         self.num_slots = int(parsed("num_slots"))
         self.variant_transforms = list(parsed("variant_transforms", []))
         self.allow_extrapolation = as_bool(allow_extrapolation, "allow-extrapolation", ForecastError)
-        self.time_range = _time_range(parsed("time_range", None), parsed("extrapolation_margin", 0.0))
+        self.time_range = TimeRange.from_config(
+            parsed("time_range", None), parsed("extrapolation_margin", 0.0), ForecastError
+        )
         self.grid_transform: GridEmbedd | None = next(
             (t for t in self.variant_transforms if isinstance(t, GridEmbedd)), None
         )
-        self.grid: GridEmbed | None = None if self.grid_transform is None else self.grid_transform.embed
         self.normalise = next(
             (t for t in parsed("load_transforms", []) if isinstance(t, ScaleIntensityRangePercentilesd)), None
         )
@@ -314,13 +293,12 @@ class BundleForecaster:
         return 0.0
 
     def select_context(self, times: Sequence[float], target_time: float, names: Sequence[str]) -> list[int]:
-        """Which scans are context for ``target_time``, with the time checks of the variant.
+        """Which scans are context for ``target_time``: the rules of the bundle's own transforms.
 
-        Continuous variant: every scan (the latest ``num_slots``), also after the target time (interpolation).
-        Discrete variant: the scans at or before the target time; every one of them and the target must lie on the
-        bundle's time grid (``num_slots`` slots from ``origin`` every ``spacing``; the target at most one spacing
-        after the last slot). A grid anchored at the target (``GridEmbedd(anchor="target")``, e.g. weeks before a
-        follow-up visit) accepts any target; older scans share its first slot.
+        Discrete variant: :meth:`GridEmbedd.context_indices` (scans on the time grid, at or before the target,
+        outside a hidden gap). Continuous variant: every scan (also after the target: interpolation), the latest
+        ``num_slots`` of them (:func:`padded_slots`), within the bundle's :class:`TimeRange` unless extrapolation is
+        allowed.
 
         Args:
             times: scan times in increasing order.
@@ -331,105 +309,15 @@ class BundleForecaster:
             indices of the context scans.
 
         Raises:
-            ForecastError: a time the grid cannot represent, or no scan at or before the target (discrete variant).
+            ForecastError: a time the model cannot use.
         """
-        idx = list(range(len(times)))
-        if self.grid is None:
-            self._check_time_range(times, target_time, names)
-            if len(idx) > self.num_slots:
-                logger.warning(
-                    "%d scans but the model takes at most %d: using the latest %d",
-                    len(idx),
-                    self.num_slots,
-                    self.num_slots,
-                )
-                idx = idx[-self.num_slots :]
-            return idx
-        g = self.grid
-        anchored = self.grid_transform is not None and self.grid_transform.anchor == "target"
-        # a fixed grid starts at g.origin; a target-anchored one ends `lead` before the target (GridEmbedd)
-        origin = target_time - self.grid_transform.lead - (g.num_slots - 1) * g.spacing if anchored else g.origin
-        first, last = origin, origin + (g.num_slots - 1) * g.spacing
-        grid_text = (
-            f"the discrete model of this bundle places scans on {g.num_slots} time slots {first:g}, "
-            f"{first + g.spacing:g}, ..., {last:g} (spacing {g.spacing:g})"
-        )
-        tol = _TIME_ATOL * max(1.0, abs(g.spacing))
-        if not anchored and (target_time < first - tol or target_time > last + g.spacing + tol):
-            raise ForecastError(
-                f"target time {target_time:g} lies outside what the time grid can represent: {grid_text} and "
-                f"forecasts up to {last + g.spacing:g}."
-            )
-        later = [i for i in idx if times[i] > target_time + tol]
-        if later:
-            logger.warning(
-                "discrete variant: %d scan(s) after the target time %g are not used (%s)",
-                len(later),
-                target_time,
-                ", ".join(names[i] for i in later),
-            )
-        idx = [i for i in idx if times[i] <= target_time + tol]
-        if anchored and self.grid_transform.lead > g.spacing + tol:
-            # the grid ends `lead` before the target on purpose: the protocol hides the frames in between (e.g. ISLES:
-            # 7 frames ending 3 before the target), so the model never saw them; they are left out
-            hidden = [i for i in idx if times[i] >= last + g.spacing / 2 - tol]
-            if hidden:
-                logger.warning(
-                    "%d scan(s) within %g of the target time %g are not used: the model forecasts across that gap (%s)",
-                    len(hidden),
-                    self.grid_transform.lead - g.spacing / 2,
-                    target_time,
-                    ", ".join(names[i] for i in hidden),
-                )
-                idx = [i for i in idx if i not in hidden]
-        if not idx:
-            raise ForecastError(
-                f"no scan at or before the target time {target_time:g}"
-                + (f" outside the hidden gap before it ({grid_text})" if anchored else "")
-                + ": the discrete model forecasts forward in time."
-            )
-        for i in idx:
-            q = math.floor((times[i] - origin) / g.spacing + 0.5)
-            if anchored and not 0 <= q < g.num_slots:
-                # the grid moves with the target: older scans share the first slot, the latest within `lead` of the
-                # target the last one (latest wins), as GridEmbedd does in training
-                logger.info(
-                    "scan '%s' at time %g lies outside the time slots %s: it goes into the %s slot",
-                    names[i],
-                    times[i],
-                    f"{first:g}..{last:g}",
-                    "first" if q < 0 else "last",
-                )
-            elif not 0 <= q < g.num_slots:
-                raise ForecastError(
-                    f"scan '{names[i]}' at time {times[i]:g} lies outside the time grid: {grid_text}, so scan times "
-                    f"must lie in [{first - g.spacing / 2:g}, {last + g.spacing / 2:g})."
-                )
-        slots = grid_slots(torch.tensor([times[i] for i in idx]), origin, g.spacing, g.num_slots).tolist()
-        for a in range(len(idx) - 1):
-            if slots[a] == slots[a + 1]:
-                logger.warning(
-                    "scans '%s' and '%s' fall into the same time slot %d: the later one is used",
-                    names[idx[a]],
-                    names[idx[a + 1]],
-                    slots[a],
-                )
-        return idx
-
-    def _check_time_range(self, times: Sequence[float], target_time: float, names: Sequence[str]) -> None:
-        """Continuous variant: refuse times outside the trained range plus margin (unless extrapolation is allowed)."""
-        if self.time_range is None or self.allow_extrapolation:
-            return
-        (lo, hi), (lo_m, hi_m) = self.time_range
-        text = (
-            f"this model was trained on times {lo:g}..{hi:g} and forecasts within {lo_m:g}..{hi_m:g} (its bundle's "
-            "time_range and extrapolation_margin); pass --allow-extrapolation to forecast anyway"
-        )
-        if not lo_m <= target_time <= hi_m:
-            raise ForecastError(f"target time {target_time:g} lies outside the trained times: {text}.")
-        for name, t in zip(names, times):
-            if not lo_m <= t <= hi_m:
-                raise ForecastError(f"scan '{name}' at time {t:g} lies outside the trained times: {text}.")
+        if self.grid_transform is not None:
+            return self.grid_transform.context_indices(times, target_time, names, ForecastError)
+        if self.time_range is not None and not self.allow_extrapolation:
+            self.time_range.check(times, target_time, names, ForecastError)
+        if len(times) > self.num_slots:
+            logger.warning("%d scans but the model takes at most %d: using the latest ones", len(times), self.num_slots)
+        return padded_slots(range(len(times)), self.num_slots)[0].unique_consecutive().tolist()
 
     @torch.no_grad()
     def predict(
@@ -446,13 +334,11 @@ class BundleForecaster:
             the forecast ``(C, D, H, W)`` and its per-voxel standard deviation (stochastic samples, else None) on the
             normalised scale, and the number of network evaluations.
         """
-        n = len(times)
-        # padding repeats the last scan (docs/method.md section 4.1)
-        slots = list(range(n)) + [n - 1] * max(0, self.num_slots - n)
+        slots, mask = padded_slots(range(len(times)), self.num_slots)  # padding repeats the last scan
         sample: dict[str, Any] = {
             "context": frames[slots],
             "context_time": torch.tensor([float(times[i]) for i in slots], dtype=torch.float32),
-            "context_mask": torch.arange(len(slots)) < n,
+            "context_mask": mask,
             "target_time": torch.tensor(float(target_time), dtype=torch.float32),
         }
         for transform in self.variant_transforms:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -36,6 +37,7 @@ __all__ = [
     "SelectContextd",
     "RandContextd",
     "InferenceContextd",
+    "TimeRange",
 ]
 
 logger = logging.getLogger(__name__)
@@ -518,3 +520,79 @@ class InferenceContextd(SelectContextd):
         for key in self.drop_keys:
             d.pop(key, None)
         return d
+
+
+@dataclass(frozen=True)
+class TimeRange:
+    """The times a continuous-time model was trained on, ``[lo, hi]``, and how far beyond them it may forecast.
+
+    A continuous-time flow (CRONOS appendix B.6) accepts any time, but it has only learnt the times of its training
+    series; a forecast far outside them is an extrapolation with no evidence behind it, so an inference path refuses
+    target and scan times outside ``[lo - pad, hi + pad]`` with ``pad = margin * (hi - lo)`` unless asked not to.
+
+    Args:
+        lo: first training time.
+        hi: last training time.
+        margin: the accepted extrapolation as a fraction of ``hi - lo`` on both sides.
+    """
+
+    lo: float
+    hi: float
+    margin: float = 0.0
+
+    @classmethod
+    def from_config(cls, value: Any, margin: Any = 0.0, error: type[Exception] = MonaiTFMError) -> TimeRange | None:
+        """A bundle's ``time_range`` ``[lo, hi]`` and ``extrapolation_margin``; ``None`` when it has no range.
+
+        Raises:
+            error: a malformed range or margin.
+        """
+        if value is None:
+            return None
+        try:
+            lo, hi = (float(v) for v in value)
+            margin = float(margin)
+        except (TypeError, ValueError):
+            raise error(
+                f"the bundle's time_range must be [lo, hi] and extrapolation_margin a number, got {value!r}, "
+                f"{margin!r}."
+            ) from None
+        if not (math.isfinite(lo) and math.isfinite(hi) and lo <= hi and margin >= 0):
+            raise error(f"the bundle's time_range {value!r} must be finite with lo <= hi, the margin >= 0.")
+        return cls(lo, hi, margin)
+
+    @property
+    def accepted(self) -> tuple[float, float]:
+        """The widened range ``(lo - pad, hi + pad)``."""
+        pad = self.margin * (self.hi - self.lo)
+        return self.lo - pad, self.hi + pad
+
+    def check(
+        self,
+        times: Sequence[float],
+        target_time: float,
+        names: Sequence[str] | None = None,
+        error: type[Exception] = MonaiTFMError,
+    ) -> None:
+        """Refuse a target or scan time outside :attr:`accepted`.
+
+        Args:
+            times: scan times.
+            target_time: the time to forecast.
+            names: scan names for messages.
+            error: the exception class to raise.
+
+        Raises:
+            error: the first time outside the accepted range, named.
+        """
+        lo_m, hi_m = self.accepted
+        text = (
+            f"this model was trained on times {self.lo:g}..{self.hi:g} and forecasts within {lo_m:g}..{hi_m:g} "
+            "(its bundle's time_range and extrapolation_margin); pass --allow-extrapolation to forecast anyway"
+        )
+        if not lo_m <= target_time <= hi_m:
+            raise error(f"target time {target_time:g} lies outside the trained times: {text}.")
+        names = list(names) if names is not None else [f"scan {i}" for i in range(len(times))]
+        for name, t in zip(names, times):
+            if not lo_m <= t <= hi_m:
+                raise error(f"scan '{name}' at time {t:g} lies outside the trained times: {text}.")

@@ -8,7 +8,9 @@ on the batch keys of docs/method.md section 1.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping
+import logging
+import math
+from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -17,6 +19,8 @@ from monai.transforms import MapTransform, Transform
 from monai_tfm.utils.errors import MonaiTFMError
 
 __all__ = ["grid_slots", "GridEmbed", "FillLOCF", "GridEmbedd", "FillLOCFd"]
+
+logger = logging.getLogger(__name__)
 
 
 def grid_slots(times: torch.Tensor, origin: float, spacing: float, num_slots: int) -> torch.Tensor:
@@ -205,6 +209,108 @@ class GridEmbedd(MapTransform):
             d["context"], d["context_time"], d.get("context_mask"), origin=origin
         )
         return d
+
+    def context_indices(
+        self,
+        times: Sequence[float],
+        target_time: float,
+        names: Sequence[str] | None = None,
+        error: type[Exception] = MonaiTFMError,
+        atol: float = 1e-6,
+    ) -> list[int]:
+        """The strict inference rule of this grid: which of a new series' scans are context for ``target_time``.
+
+        Training draws always fit the grid; a user's own scans need not, so before a forecast every time is checked
+        against what the grid can represent: the scans at or before the target time are context (later ones are
+        left out with a warning: the discrete model forecasts forward); on a fixed grid every one of them and the
+        target must lie on the grid (the target at most one spacing after the last slot). A grid anchored at the
+        target accepts any target; older scans share its first slot, and with ``lead`` longer than one spacing the
+        scans within the hidden gap before the target are left out (the model never saw them in training).
+        Two scans in one slot are allowed (the later wins, as in :meth:`__call__`), with a warning.
+
+        Args:
+            times: scan times in increasing order.
+            target_time: the time to forecast.
+            names: scan names for messages (default: ``scan 0``, ``scan 1``, ...).
+            error: the exception class to raise (a subclass of :class:`MonaiTFMError` for a command's own errors).
+            atol: time tolerance, relative to ``max(1, spacing)``.
+
+        Returns:
+            indices of the context scans, in time order.
+
+        Raises:
+            error: a time the grid cannot represent, or no scan usable as context.
+        """
+        g = self.embed
+        names = list(names) if names is not None else [f"scan {i}" for i in range(len(times))]
+        anchored = self.anchor == "target"
+        # a fixed grid starts at g.origin; a target-anchored one ends `lead` before the target (as in __call__)
+        first = target_time - self.lead - (g.num_slots - 1) * g.spacing if anchored else g.origin
+        last = first + (g.num_slots - 1) * g.spacing
+        grid_text = (
+            f"the discrete model of this bundle places scans on {g.num_slots} time slots {first:g}, "
+            f"{first + g.spacing:g}, ..., {last:g} (spacing {g.spacing:g})"
+        )
+        tol = atol * max(1.0, abs(g.spacing))
+        if not anchored and (target_time < first - tol or target_time > last + g.spacing + tol):
+            raise error(
+                f"target time {target_time:g} lies outside what the time grid can represent: {grid_text} and "
+                f"forecasts up to {last + g.spacing:g}."
+            )
+        idx = list(range(len(times)))
+        later = [i for i in idx if times[i] > target_time + tol]
+        if later:
+            logger.warning(
+                "discrete variant: %d scan(s) after the target time %g are not used (%s)",
+                len(later),
+                target_time,
+                ", ".join(names[i] for i in later),
+            )
+        idx = [i for i in idx if times[i] <= target_time + tol]
+        if anchored and self.lead > g.spacing + tol:
+            # the protocol hides the frames between the last slot and the target (e.g. ISLES: 7 frames ending 3
+            # before the target); the model never saw them, so they are left out
+            hidden = [i for i in idx if times[i] >= last + g.spacing / 2 - tol]
+            if hidden:
+                logger.warning(
+                    "%d scan(s) within %g of the target time %g are not used: the model forecasts across that gap (%s)",
+                    len(hidden),
+                    self.lead - g.spacing / 2,
+                    target_time,
+                    ", ".join(names[i] for i in hidden),
+                )
+                idx = [i for i in idx if i not in hidden]
+        if not idx:
+            raise error(
+                f"no scan at or before the target time {target_time:g}"
+                + (f" outside the hidden gap before it ({grid_text})" if anchored else "")
+                + ": the discrete model forecasts forward in time."
+            )
+        for i in idx:
+            q = math.floor((times[i] - first) / g.spacing + 0.5)
+            if anchored and not 0 <= q < g.num_slots:
+                logger.info(
+                    "scan '%s' at time %g lies outside the time slots %s: it goes into the %s slot",
+                    names[i],
+                    times[i],
+                    f"{first:g}..{last:g}",
+                    "first" if q < 0 else "last",
+                )
+            elif not 0 <= q < g.num_slots:
+                raise error(
+                    f"scan '{names[i]}' at time {times[i]:g} lies outside the time grid: {grid_text}, so scan times "
+                    f"must lie in [{first - g.spacing / 2:g}, {last + g.spacing / 2:g})."
+                )
+        slots = grid_slots(torch.tensor([times[i] for i in idx]), first, g.spacing, g.num_slots).tolist()
+        for a in range(len(idx) - 1):
+            if slots[a] == slots[a + 1]:
+                logger.warning(
+                    "scans '%s' and '%s' fall into the same time slot %d: the later one is used",
+                    names[idx[a]],
+                    names[idx[a + 1]],
+                    slots[a],
+                )
+        return idx
 
 
 class FillLOCFd(MapTransform):
