@@ -349,28 +349,8 @@ class Commands:
         """
         from monai_tfm.apps.forecast import forecast
 
-        results = forecast(
-            _default_bundle(bundle),
-            scans=scans,
-            times=times,
-            target_time=target_time,
-            output=output,
-            csv=csv,
-            method=method,
-            weights=weights,
-            device=device,
-            reference=reference,
-            solver=solver,
-            steps=steps,
-            samples=samples,
-            sigma=sigma,
-            seed=seed,
-            preview=preview,
-            truth=truth,
-            overwrite=overwrite,
-            allow_extrapolation=allow_extrapolation,
-            **overrides,
-        )
+        options = {k: v for k, v in locals().items() if k not in ("self", "bundle", "overrides", "forecast")}
+        results = forecast(_default_bundle(bundle), **options, **overrides)
         return "\n".join(str(r.output) for r in results)
 
     def generate(

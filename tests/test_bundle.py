@@ -302,7 +302,7 @@ def test_inference_yaml_and_the_forecast_command_agree_bit_for_bit(tmp_path, met
     inf.run()
     (by_config,) = sorted((tmp_path / "run" / "forecasts").glob("*.nii.gz"))
 
-    model = BundleForecaster(BUNDLE, method, ckpt, overrides={"network_def#channels": 8})
+    model = BundleForecaster(BUNDLE, method=method, weights=ckpt, overrides={"network_def#channels": 8})
     scans = sorted((tmp_path / "data").glob("f*.nii.gz"))
     out = tmp_path / "cli.nii.gz"
     forecast_series(model, scans, [i / 11 for i in range(len(scans))], 0.5, out)

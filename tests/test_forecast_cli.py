@@ -541,7 +541,9 @@ def test_forecast_on_target_anchored_grids(tmp_path, bundle, method, times, targ
     parser["network_def#channels"] = 8
     weights = tmp_path / "w.pt"
     torch.save(parser.get_parsed_content("network_def").state_dict(), weights)  # as built: zero velocity
-    model = BundleForecaster(root, method, weights, overrides={"network_def#channels": 8, "aggregation": "last"})
+    model = BundleForecaster(
+        root, method=method, weights=weights, overrides={"network_def#channels": 8, "aggregation": "last"}
+    )
     names = [f"s{i}" for i in range(len(times))]
     assert model.select_context(times, target, names) == expected
 
@@ -558,3 +560,16 @@ def test_forecast_on_target_anchored_grids(tmp_path, bundle, method, times, targ
     frames = np.stack([np.asarray(nib.load(scans[i]).dataobj) for i in expected])
     lo, hi = np.percentile(frames, percentiles)  # the bundle's normalisation over the used scans
     np.testing.assert_allclose(pred.get_fdata(), np.clip(frames[-1], lo, hi), atol=1e-3 * (hi - lo))
+
+
+def test_forecast_options_are_one_list():
+    """The model options are one dataclass: keyword arguments split into its fields and bundle config overrides."""
+    from monai_tfm.apps.forecast import BundleForecaster, ForecastError, ForecastOptions
+
+    opts = ForecastOptions.from_kwargs({"solver": "euler", "steps": 2, "aggregation": "last", "overrides": {"a": 1}})
+    assert (opts.solver, opts.steps, opts.samples, opts.device) == ("euler", 2, 1, "cpu")
+    assert dict(opts.overrides) == {"a": 1, "aggregation": "last"}
+    with pytest.raises(ForecastError, match="not both"):
+        BundleForecaster(BUNDLE, ForecastOptions(), solver="euler")
+    with pytest.raises(ForecastError, match="unknown forecast option.*colour"):
+        BundleForecaster(BUNDLE, colour="red")

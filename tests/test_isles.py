@@ -349,8 +349,7 @@ def test_the_hidden_gap_is_one_edit(tmp_path, gap):
     torch.save(parser.get_parsed_content("network_def").state_dict(), weights)
     model = BundleForecaster(
         REPO / "bundles" / "isles_ctp_forecasting",
-        None,
-        weights,
+        weights=weights,
         overrides={"protocol#gap": gap, "network_def#channels": 8},
     )
     chosen = model.select_context(list(range(12)), 12.0, [f"s{i}" for i in range(12)])

@@ -33,7 +33,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -67,6 +67,7 @@ from monai_tfm.utils.options import as_bool, positive_int
 __all__ = [
     "BundleForecaster",
     "ForecastError",
+    "ForecastOptions",
     "ForecastResult",
     "forecast",
     "forecast_series",
@@ -179,11 +180,12 @@ class ForecastResult:
     metrics: dict[str, float]
 
 
-class BundleForecaster:
-    """A bundle's network, inferer and transforms, parsed once from its inference configs, for many forecasts.
+@dataclass(frozen=True)
+class ForecastOptions:
+    """How a bundle forecasts: the one list of the model options of ``monai-tfm forecast``, :func:`forecast`,
+    :class:`BundleForecaster` and the MONAI Label task.
 
     Args:
-        bundle: bundle folder (with ``configs/inference.yaml``, read after ``configs/train.yaml``).
         method: method overlay ``configs/methods/<method>.yaml`` (None: the bundle default).
         weights: weights file (default ``<bundle>/models/model.pt``; flat state dict or resume checkpoint, loaded
             with ``weights_only=True``).
@@ -193,31 +195,69 @@ class BundleForecaster:
         samples: number of stochastic samples (> 1: Euler-Maruyama with ``sigma``; mean and standard deviation).
         sigma: SDE noise scale for ``samples > 1`` (default: the bundle's training ``sigma``).
         seed: seed of the stochastic sampler.
-        overrides: further config ids to set, e.g. ``{"aggregation": "last"}``.
+        overrides: further bundle config ids to set, e.g. ``{"aggregation": "last"}``.
         allow_extrapolation: continuous variant: accept target and scan times outside the bundle's ``time_range``
             (the times of its training data, in the bundle's unit) widened by ``extrapolation_margin`` (a fraction
-            of the range's length) on both sides; by default they are refused. Bundles without ``time_range`` check
-            nothing.
+            of the range's length) on both sides; by default they are refused (:class:`TimeRange`). Bundles without
+            ``time_range`` check nothing.
+    """
+
+    method: str | None = None
+    weights: str | os.PathLike | None = None
+    device: str | torch.device = "cpu"
+    solver: str | None = None
+    steps: int | None = None
+    samples: int = 1
+    sigma: float | None = None
+    seed: int | None = 0
+    overrides: Mapping[str, Any] = field(default_factory=dict)
+    allow_extrapolation: bool = False
+
+    @classmethod
+    def from_kwargs(cls, kwargs: Mapping[str, Any]) -> ForecastOptions:
+        """The options among ``kwargs``; every other key is a bundle config override (``aggregation="last"``).
+
+        Args:
+            kwargs: option names and config ids, as a command line gives them.
+
+        Returns:
+            the options, the config ids merged into ``overrides``.
+        """
+        names = {f.name for f in fields(cls)}
+        given = {k: v for k, v in kwargs.items() if k in names}
+        extra = {k: v for k, v in kwargs.items() if k not in names}
+        return cls(**{**given, "overrides": {**dict(given.get("overrides") or {}), **extra}})
+
+
+class BundleForecaster:
+    """A bundle's network, inferer and transforms, parsed once from its inference configs, for many forecasts.
+
+    Args:
+        bundle: bundle folder (with ``configs/inference.yaml``, read after ``configs/train.yaml``).
+        options: the model options (:class:`ForecastOptions`; default: the bundle's own settings).
+        kwargs: :class:`ForecastOptions` fields instead of ``options``, e.g. ``method="tfm"``.
 
     Raises:
         ForecastError: not a bundle, unknown method, option or solver, missing or mismatched weights, an unusable
             device, or ``samples > 1`` with a deterministic model.
     """
 
-    def __init__(
-        self,
-        bundle: str | os.PathLike,
-        method: str | None = None,
-        weights: str | os.PathLike | None = None,
-        device: str | torch.device = "cpu",
-        solver: str | None = None,
-        steps: int | None = None,
-        samples: int = 1,
-        sigma: float | None = None,
-        seed: int | None = 0,
-        overrides: Mapping[str, Any] | None = None,
-        allow_extrapolation: bool = False,
-    ) -> None:
+    def __init__(self, bundle: str | os.PathLike, options: ForecastOptions | None = None, **kwargs: Any) -> None:
+        if options is not None and kwargs:
+            raise ForecastError(f"give the forecast options or {sorted(kwargs)}, not both.")
+        try:
+            options = options or ForecastOptions(**kwargs)
+        except TypeError as e:
+            raise ForecastError(f"unknown forecast option: {one_line(e)}") from None
+        self.options = options
+        method, weights, device, solver, steps = (
+            options.method,
+            options.weights,
+            options.device,
+            options.solver,
+            options.steps,
+        )
+        samples, sigma, seed, overrides = options.samples, options.sigma, options.seed, options.overrides
         self.root = Path(bundle)
         files = bundle_config_files(self.root, method, ForecastError)
         self.device = resolve_device(device, ForecastError)
@@ -256,7 +296,7 @@ class BundleForecaster:
         self.variant = str(parsed("variant", "discrete"))
         self.num_slots = int(parsed("num_slots"))
         self.variant_transforms = list(parsed("variant_transforms", []))
-        self.allow_extrapolation = as_bool(allow_extrapolation, "allow-extrapolation", ForecastError)
+        self.allow_extrapolation = as_bool(options.allow_extrapolation, "allow-extrapolation", ForecastError)
         self.time_range = TimeRange.from_config(
             parsed("time_range", None), parsed("extrapolation_margin", 0.0), ForecastError
         )
@@ -476,20 +516,12 @@ def forecast(
     target_time: float | str | None = None,
     output: str | os.PathLike | None = None,
     csv: str | os.PathLike | None = None,
-    method: str | None = None,
-    weights: str | os.PathLike | None = None,
-    device: str = "cpu",
     reference: str | os.PathLike | None = None,
-    solver: str | None = None,
-    steps: int | None = None,
-    samples: int = 1,
-    sigma: float | None = None,
-    seed: int | None = 0,
     preview: str | os.PathLike | None = None,
     truth: str | os.PathLike | None = None,
     overwrite: bool = False,
-    allow_extrapolation: bool = False,
-    **overrides: Any,
+    options: ForecastOptions | None = None,
+    **kwargs: Any,
 ) -> list[ForecastResult]:
     """Forecast the scan at ``target_time`` from a patient's scans (``scans`` + ``times``) or from a CSV table.
 
@@ -505,21 +537,13 @@ def forecast(
         output: the forecast file (``.nii.gz``) for ``scans``; the output folder for ``csv``.
         csv: a table with ``subject,path,time`` rows (instead of ``scans``/``times``); writes
             ``<output>/<subject>_forecast.nii.gz`` per subject.
-        method: method overlay of the bundle (default: the bundle's method).
-        weights: weights file (default ``<bundle>/models/model.pt``).
-        device: torch device.
         reference: a scan whose grid the forecast is written on (default: the latest scan).
-        solver: ODE solver (default: the bundle's).
-        steps: solver steps (default: the bundle's).
-        samples: stochastic samples (> 1: Euler-Maruyama with ``sigma``); also writes ``<name>_std.nii.gz``.
-        sigma: SDE noise for ``samples`` (default: the bundle's training sigma).
-        seed: seed of the stochastic sampler.
         preview: a PNG panel (``scans``) or a folder for ``<subject>_preview.png`` panels (``csv``).
         truth: the real scan at the target time, shown in the preview with the residual (``scans`` only).
         overwrite: replace existing outputs (default: refuse).
-        allow_extrapolation: continuous variant: also forecast at times outside the bundle's trained range (see
-            :class:`BundleForecaster`).
-        overrides: bundle config ids to set, e.g. ``aggregation="last"``.
+        options: the model options (:class:`ForecastOptions`).
+        kwargs: instead of ``options``: its fields (``method``, ``solver``, ``samples``, ...) and bundle config ids
+            to set, e.g. ``aggregation="last"`` (:meth:`ForecastOptions.from_kwargs`).
 
     Returns:
         one :class:`ForecastResult` per subject.
@@ -527,6 +551,10 @@ def forecast(
     Raises:
         ForecastError: for any problem with the inputs, named in a one-line message.
     """
+    if options is not None and kwargs:
+        raise ForecastError(f"give the forecast options or {sorted(kwargs)}, not both.")
+    options = options or ForecastOptions.from_kwargs(kwargs)
+    samples = positive_int(options.samples, "samples", ForecastError)
     if target_time is None:
         raise ForecastError("--target-time is required.")
     t_target = parse_time(target_time, "--target-time", ForecastError)
@@ -584,9 +612,7 @@ def forecast(
     if preview is not None:
         require_matplotlib("--preview", ForecastError)  # before any output is written
 
-    model = BundleForecaster(
-        bundle, method, weights, device, solver, steps, samples, sigma, seed, overrides, allow_extrapolation
-    )
+    model = BundleForecaster(bundle, options)
     ref = None if reference is None else os.fspath(reference)
     tru = None if truth is None else os.fspath(truth)
     if len(jobs) == 1:

@@ -30,6 +30,7 @@ import tempfile
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,7 @@ import torch
 from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.basic_infer import BasicInferTask
 
-from monai_tfm.apps.forecast import BundleForecaster, ForecastError, forecast_series
+from monai_tfm.apps.forecast import BundleForecaster, ForecastError, ForecastOptions, forecast_series
 from monai_tfm.apps.monailabel.study import find_series
 
 __all__ = ["RESULTS", "ForecastInferTask"]
@@ -120,12 +121,7 @@ class ForecastInferTask(BasicInferTask):
     ) -> None:
         self.bundle = Path(bundle)
         self.studies = Path(studies)
-        self._model_args: dict[str, Any] = {
-            "bundle": self.bundle,
-            "method": method,
-            "weights": weights,
-            "overrides": dict(overrides or {}),
-        }
+        self._options = ForecastOptions(method=method, weights=weights, overrides=dict(overrides or {}))
         self._models: OrderedDict[tuple, BundleForecaster] = OrderedDict()
         self._lock = threading.Lock()
         self._run_lock = threading.Lock()  # a forecaster's inferer keeps per-call state (nfe, std)
@@ -172,18 +168,10 @@ class ForecastInferTask(BasicInferTask):
         with self._lock:
             model = self._models.get(key)
             if model is None:
-                model = BundleForecaster(
-                    self._model_args["bundle"],
-                    self._model_args["method"],
-                    self._model_args["weights"],
-                    device,
-                    solver,
-                    steps,
-                    samples,
-                    sigma,
-                    seed,
-                    self._model_args["overrides"],
+                options = replace(
+                    self._options, device=device, solver=solver, steps=steps, samples=samples, sigma=sigma, seed=seed
                 )
+                model = BundleForecaster(self.bundle, options)
                 self._models[key] = model
                 while len(self._models) > self._max_cached:
                     self._models.popitem(last=False)
@@ -208,7 +196,7 @@ class ForecastInferTask(BasicInferTask):
         return {
             **super().info(),
             "bundle": str(self.bundle),
-            "method": self._model_args["method"],
+            "method": self._options.method,
             "variant": model.variant,
             "num_slots": model.num_slots,
             "studies_layout": 'scans plus a \'<name>.series.json\' sidecar: {"scans": [{"image": FILE, "time": T}]}',
