@@ -45,7 +45,6 @@ import numpy as np
 import torch
 from monai.config import PathLike
 from monai.data import MetaTensor
-from monai.transforms import ResampleToMatch
 from tqdm.auto import tqdm
 
 from monai_tfm.data.datalist import DATALIST_NAME, load_series_datalist, write_series_datalist
@@ -61,7 +60,7 @@ from monai_tfm.data.preparation import (
     split_folds,
 )
 from monai_tfm.data.scan_table import ScanRow, parse_series, read_scan_table
-from monai_tfm.transforms.series import grid_mismatch, read_volume
+from monai_tfm.transforms.series import grid_mismatch, read_volume, resample_to_grid
 from monai_tfm.utils.errors import MonaiTFMError, one_line
 from monai_tfm.utils.io import atomic_save_nifti
 
@@ -136,10 +135,7 @@ def _target_grid(ref: MetaTensor, size: tuple[int, int, int] | None) -> tuple[tu
 def _on_grid(img: MetaTensor, shape: tuple[int, ...], affine: np.ndarray, label: bool) -> np.ndarray:
     """``img`` resampled in world coordinates onto ``(shape, affine)`` (trilinear; labels nearest neighbour)."""
     dst = MetaTensor(torch.zeros((1, *shape)), affine=torch.as_tensor(affine, dtype=torch.float64))
-    if grid_mismatch(img, dst) is not None:
-        mode, padding = ("nearest", "zeros") if label else ("bilinear", "border")
-        img = ResampleToMatch(mode=mode, padding_mode=padding, dtype=np.float32)(img, img_dst=dst)
-    return np.asarray(torch.as_tensor(img).as_subclass(torch.Tensor)[0], dtype=np.float32)
+    return resample_to_grid(img, dst, label)[0].numpy()
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -30,6 +30,7 @@ from .series import (
     dicom_series_count,
     grid_mismatch,
     read_volume,
+    resample_to_grid,
 )
 
 __all__ = [
@@ -61,4 +62,5 @@ __all__ = [
     "dicom_series_count",
     "grid_mismatch",
     "read_volume",
+    "resample_to_grid",
 ]

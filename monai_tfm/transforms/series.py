@@ -27,7 +27,7 @@ import torch
 from monai.config import DtypeLike, KeysCollection
 from monai.data import MetaTensor
 from monai.data.image_reader import ImageReader
-from monai.transforms import LoadImage, MapTransform, Transform
+from monai.transforms import LoadImage, MapTransform, ResampleToMatch, Transform
 from monai.utils import ensure_tuple_rep
 
 from monai_tfm.utils.errors import MonaiTFMError
@@ -42,6 +42,7 @@ __all__ = [
     "SeriesReadError",
     "dicom_series_count",
     "grid_mismatch",
+    "resample_to_grid",
     "read_volume",
 ]
 
@@ -216,6 +217,24 @@ def grid_mismatch(img: MetaTensor, ref: MetaTensor, atol: float = GRID_ATOL) -> 
         diff = float(np.abs(a - b).max()) if a.shape == b.shape else float("inf")
         return f"affines differ by up to {diff:.3g} (tolerance {atol:g})"
     return None
+
+
+def resample_to_grid(img: MetaTensor, ref: MetaTensor, label: bool = False) -> torch.Tensor:
+    """``img`` on the voxel grid of ``ref``: unchanged when :func:`grid_mismatch` finds none, else resampled in world
+    coordinates with MONAI's ``ResampleToMatch`` (trilinear with border padding; labels nearest with zeros).
+
+    Args:
+        img: ``(C, D, H, W)`` volume with its affine.
+        ref: ``(C, D, H, W)`` volume (or an empty one) with the target shape and affine.
+        label: a label map (nearest-neighbour).
+
+    Returns:
+        a plain float32 ``(C, *ref spatial shape)`` tensor.
+    """
+    if grid_mismatch(img, ref) is not None:
+        mode, padding = ("nearest", "zeros") if label else ("bilinear", "border")
+        img = ResampleToMatch(mode=mode, padding_mode=padding, dtype=np.float32)(img, img_dst=ref)
+    return torch.as_tensor(img).as_subclass(torch.Tensor).float()
 
 
 class LoadedSeries(NamedTuple):
