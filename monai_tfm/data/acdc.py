@@ -42,19 +42,19 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 from monai.config import PathLike
-from tqdm.auto import tqdm
 
-from monai_tfm.data.datalist import DATALIST_NAME, write_series_datalist
 from monai_tfm.data.preparation import (
-    assign_folds,
+    PreparedDataset,
+    check_output_folder,
     check_spatial_size,
+    clear_frame_files,
     ensure_prepared,
-    is_within,
     normalise_shared,
     read_nifti_header,
     resample_labels,
     resample_series,
     resampled_affine,
+    write_prepared_dataset,
 )
 from monai_tfm.utils.errors import MonaiTFMError
 from monai_tfm.utils.io import atomic_save_nifti
@@ -278,17 +278,6 @@ def _find_label(patient: ACDCPatient, frame: int, shape: tuple[int, ...]) -> Pat
     return None
 
 
-def _clear_subject_folder(folder: Path) -> None:
-    """Remove only the files this module writes (stale frames of an earlier run with more frames)."""
-    if not folder.is_dir():
-        return
-    for p in folder.iterdir():
-        if p.is_file() and (
-            re.match(r"^frame_\d+\.nii\.gz$", p.name) or p.name in ("label_ed.nii.gz", "label_es.nii.gz")
-        ):
-            p.unlink()
-
-
 def _check_patient(patient: ACDCPatient) -> tuple[Any, tuple[int, ...]]:
     """Read ``Info.cfg`` and the 4D header of a patient, check ED/ES; return the (lazy) image and its shape."""
     cfg = patient.folder / "Info.cfg"
@@ -333,7 +322,7 @@ def _prepare_patient(
     affine = resampled_affine(img.affine, shape[:3], spatial_size)
 
     folder = dst / patient.subject
-    _clear_subject_folder(folder)
+    clear_frame_files(folder, ("label_ed.nii.gz", "label_es.nii.gz"))
     frames = []
     for k in range(num_frames):
         rel = f"{patient.subject}/frame_{k:02d}.nii.gz"
@@ -429,14 +418,8 @@ def prepare_acdc(
         raise MonaiTFMError(f"num_folds must be >= 2, got {num_folds}.")
     size = None if spatial_size is None else check_spatial_size(spatial_size)
     src_dir = Path(src).expanduser()
-    dst_dir = Path(dst).expanduser().absolute()
-    if src_dir.is_dir() and is_within(dst_dir.resolve(), src_dir.resolve()):
-        raise MonaiTFMError(f"the output folder '{dst_dir}' is inside the source folder '{src_dir}'; it is read-only.")
-    datalist = dst_dir / DATALIST_NAME
-    if datalist.exists() and not overwrite:
-        raise FileExistsError(
-            f"'{dst_dir}' already holds a prepared dataset ({datalist.name}); pass overwrite=True to replace it."
-        )
+    datalist = check_output_folder(src_dir, dst, overwrite, "ACDC")
+    dst_dir = datalist.parent
 
     # check every patient before writing anything (a bad Info.cfg fails fast, not after an hour)
     patients = find_acdc_patients(src_dir)
@@ -454,25 +437,6 @@ def prepare_acdc(
         num_frames,
     )
 
-    dst_dir.mkdir(parents=True, exist_ok=True)
-    if datalist.exists():  # overwrite: invalidate the old dataset before touching its files
-        datalist.unlink()
-    entries: dict[str, list[dict]] = {"training": [], "test": []}
-    for patient, (img, shape) in zip(
-        tqdm(patients, desc="ACDC prepare", unit="patient", disable=not progress), headers
-    ):
-        entry = _prepare_patient(patient, img, shape, dst_dir, size, num_frames, include_labels)
-        entries[patient.split].append(entry)
-
-    training = entries["training"]
-    if training:
-        folds = assign_folds(
-            [e["subject"] for e in training], [e["metadata"]["group"] for e in training], num_folds, seed
-        )
-        if len(training) < num_folds:
-            logger.warning("ACDC: %d training patients for %d folds; some folds are empty.", len(training), num_folds)
-        for e in training:
-            e["fold"] = folds[e["subject"]]
     metadata = {
         "dataset": "ACDC",
         "preparer": "monai_tfm.data.acdc",
@@ -486,18 +450,20 @@ def prepare_acdc(
         "frames": "ED..ES, resampled jointly in space (trilinear) and time (linear); time = phase in [0, 1]",
         "intensity": f"per patient: clip to percentiles {list(ACDC_PERCENTILES)} of the series, scale to [0, 1]",
     }
-    sections = {k: v for k, v in entries.items() if v or k == "training"}
-    out = write_series_datalist(
-        datalist, sections, name="ACDC cine MRI", time_unit="cardiac phase", metadata=metadata, overwrite=overwrite
+    headers_of = {patient.subject: header for patient, header in zip(patients, headers)}
+    return write_prepared_dataset(
+        PreparedDataset("ACDC", "ACDC cine MRI", "cardiac phase", num_folds, int(seed), metadata),
+        datalist,
+        patients,
+        lambda patient: _prepare_patient(
+            patient, *headers_of[patient.subject], dst_dir, size, num_frames, include_labels
+        ),
+        test_subjects={patient.subject for patient in patients if patient.split == "test"},
+        group_of=lambda entry: entry["metadata"]["group"],
+        overwrite=overwrite,
+        progress=progress,
+        start=start,
     )
-    logger.info(
-        "ACDC: wrote %s (%d training, %d test) in %.1f s.",
-        out,
-        len(entries["training"]),
-        len(entries["test"]),
-        time.perf_counter() - start,
-    )
-    return out
 
 
 def ensure_acdc_prepared(dataset_dir: PathLike, prepared_dir: PathLike, **kwargs: Any) -> str:

@@ -54,11 +54,9 @@ from typing import Any
 import numpy as np
 from monai.config import PathLike
 from scipy import ndimage
-from tqdm.auto import tqdm
 
-from monai_tfm.data.datalist import write_series_datalist
 from monai_tfm.data.preparation import (
-    assign_folds,
+    PreparedDataset,
     check_output_folder,
     check_spatial_size,
     clear_frame_files,
@@ -68,6 +66,7 @@ from monai_tfm.data.preparation import (
     read_nifti_header,
     resample_spatial,
     resampled_affine,
+    write_prepared_dataset,
 )
 from monai_tfm.utils.errors import MonaiTFMError
 from monai_tfm.utils.io import atomic_save_nifti
@@ -478,22 +477,6 @@ def prepare_isles(
         frame_step,
     )
 
-    dst_dir.mkdir(parents=True, exist_ok=True)
-    if datalist.exists():  # overwrite: invalidate the old dataset before touching its files
-        datalist.unlink()
-    entries: dict[str, list[dict]] = {"training": [], "test": []}
-    for patient, img, shape in tqdm(usable, desc="ISLES prepare", unit="patient", disable=not progress):
-        entry = _prepare_patient(
-            patient, img, shape, dst_dir, size, frame_step, percentiles, brain_window, crop_margin, clip_region
-        )
-        entries["test" if patient.subject in test_subjects else "training"].append(entry)
-
-    training = entries["training"]
-    folds = assign_folds([e["subject"] for e in training], None, num_folds, seed)
-    if len(training) < num_folds:
-        logger.warning("ISLES: %d training patients for %d folds; some folds are empty.", len(training), num_folds)
-    for e in training:
-        e["fold"] = folds[e["subject"]]
     metadata = {
         "dataset": "ISLES 2024",
         "preparer": "monai_tfm.data.isles",
@@ -517,24 +500,20 @@ def prepare_isles(
         "intensity": f"per patient: clip to percentiles {list(percentiles)} of the prepared series ({clip_region}), "
         "scale to [0, 1]",
     }
-    sections = {k: v for k, v in entries.items() if v or k == "training"}
-    out = write_series_datalist(
+    return write_prepared_dataset(
+        PreparedDataset(
+            "ISLES", "ISLES 2024 CT perfusion", "perfusion frame", num_folds, int(seed), metadata, len(skipped)
+        ),
         datalist,
-        sections,
-        name="ISLES 2024 CT perfusion",
-        time_unit="perfusion frame",
-        metadata=metadata,
+        usable,
+        lambda item: _prepare_patient(
+            *item, dst_dir, size, frame_step, percentiles, brain_window, crop_margin, clip_region
+        ),
+        test_subjects=test_subjects,
         overwrite=overwrite,
+        progress=progress,
+        start=start,
     )
-    logger.info(
-        "ISLES: wrote %s (%d training, %d test, %d skipped) in %.1f s.",
-        out,
-        len(entries["training"]),
-        len(entries["test"]),
-        len(skipped),
-        time.perf_counter() - start,
-    )
-    return out
 
 
 def ensure_isles_prepared(dataset_dir: PathLike, prepared_dir: PathLike, **kwargs: Any) -> str:

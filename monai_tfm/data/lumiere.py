@@ -53,11 +53,9 @@ from typing import Any
 
 import numpy as np
 from monai.config import PathLike
-from tqdm.auto import tqdm
 
-from monai_tfm.data.datalist import write_series_datalist
 from monai_tfm.data.preparation import (
-    assign_folds,
+    PreparedDataset,
     check_output_folder,
     check_spatial_size,
     clear_frame_files,
@@ -67,6 +65,7 @@ from monai_tfm.data.preparation import (
     read_nifti_header,
     resample_spatial,
     resampled_affine,
+    write_prepared_dataset,
 )
 from monai_tfm.utils.errors import MonaiTFMError
 from monai_tfm.utils.io import atomic_save_nifti
@@ -484,62 +483,51 @@ def prepare_lumiere(
         size,
     )
 
-    dst_dir.mkdir(parents=True, exist_ok=True)
-    if datalist.exists():  # overwrite: invalidate the old dataset before touching its files
-        datalist.unlink()
-    entries = []
-    for patient, usable, shape in tqdm(todo, desc="LUMIERE prepare", unit="patient", disable=not progress):
-        entry = _prepare_patient(patient, usable, shape, dst_dir, size)
-        if patient.subject in skipped_visits:
-            entry["metadata"]["skipped_visits"] = skipped_visits[patient.subject]
-        entries.append(entry)
+    def prepare_one(item: tuple[LumierePatient, list, tuple[int, ...]]) -> dict:
+        entry = _prepare_patient(*item, dst_dir, size)
+        if item[0].subject in skipped_visits:
+            entry["metadata"]["skipped_visits"] = skipped_visits[item[0].subject]
+        return entry
 
-    subjects = [e["subject"] for e in entries]
-    test = hold_out_subjects(subjects, test_fraction, seed)
-    training = [e for e in entries if e["subject"] not in test]
-    folds = assign_folds([e["subject"] for e in training], None, num_folds, seed)
-    if len(training) < num_folds:
-        logger.warning("LUMIERE: %d training patients for %d folds; some folds are empty.", len(training), num_folds)
-    for e in training:
-        e["fold"] = folds[e["subject"]]
-    metadata = {
-        "dataset": "LUMIERE",
-        "preparer": "monai_tfm.data.lumiere",
-        "preparer_version": LUMIERE_PREPARE_VERSION,
-        "source": str(src_dir.absolute()),
-        "modality": modality,
-        "pattern": pattern,
-        "spatial_size": list(size),
-        "test_fraction": float(test_fraction),
-        "num_folds": num_folds,
-        "seed": int(seed),
-        "same_week_offset": float(same_week_offset),
-        "missing_visits": missing_visits,
-        "max_week": max(e["frames"][-1]["time"] for e in entries),
-        "skipped_subjects": skipped_subjects,
-        "frames": "one per usable visit; time = week of the visit folder (+ r * same_week_offset for its r-th scan)",
-        "intensity": f"per patient: clip to percentiles {list(LUMIERE_PERCENTILES)} of all visits, scale to [0, 1]",
-    }
-    sections = {"training": training}
-    if test:
-        sections["test"] = [e for e in entries if e["subject"] in test]
-    out = write_series_datalist(
+    def metadata(entries: list[dict]) -> dict:
+        return {
+            "dataset": "LUMIERE",
+            "preparer": "monai_tfm.data.lumiere",
+            "preparer_version": LUMIERE_PREPARE_VERSION,
+            "source": str(src_dir.absolute()),
+            "modality": modality,
+            "pattern": pattern,
+            "spatial_size": list(size),
+            "test_fraction": float(test_fraction),
+            "num_folds": num_folds,
+            "seed": int(seed),
+            "same_week_offset": float(same_week_offset),
+            "missing_visits": missing_visits,
+            "max_week": max(e["frames"][-1]["time"] for e in entries),
+            "skipped_subjects": skipped_subjects,
+            "frames": "one per usable visit; time = week of the visit folder (+ r * same_week_offset for its r-th "
+            "scan)",
+            "intensity": f"per patient: clip to percentiles {list(LUMIERE_PERCENTILES)} of all visits, scale to [0, 1]",
+        }
+
+    return write_prepared_dataset(
+        PreparedDataset(
+            "LUMIERE",
+            "LUMIERE glioblastoma follow-up MRI",
+            "weeks",
+            num_folds,
+            int(seed),
+            metadata,
+            len(skipped_subjects),
+        ),
         datalist,
-        sections,
-        name="LUMIERE glioblastoma follow-up MRI",
-        time_unit="weeks",
-        metadata=metadata,
+        todo,
+        prepare_one,
+        test_subjects=hold_out_subjects([patient.subject for patient, _, _ in todo], test_fraction, seed),
         overwrite=overwrite,
+        progress=progress,
+        start=start,
     )
-    logger.info(
-        "LUMIERE: wrote %s (%d training, %d test, %d skipped) in %.1f s.",
-        out,
-        len(training),
-        len(test),
-        len(skipped_subjects),
-        time.perf_counter() - start,
-    )
-    return out
 
 
 def ensure_lumiere_prepared(dataset_dir: PathLike, prepared_dir: PathLike, **kwargs: Any) -> str:

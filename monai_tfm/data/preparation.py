@@ -18,20 +18,25 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+import time
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import nibabel as nib
 import numpy as np
 from monai.config import PathLike
+from tqdm.auto import tqdm
 
-from monai_tfm.data.datalist import DATALIST_NAME, load_series_datalist
+from monai_tfm.data.datalist import DATALIST_NAME, load_series_datalist, write_series_datalist
 from monai_tfm.utils.errors import MonaiTFMError
 
 __all__ = [
     "read_nifti_header",
     "DATALIST_NAME",
+    "PreparedDataset",
+    "write_prepared_dataset",
     "assign_folds",
     "check_output_folder",
     "check_spatial_size",
@@ -439,7 +444,8 @@ def check_output_folder(src: PathLike, dst: PathLike, overwrite: bool, dataset: 
     dst_dir = Path(dst).expanduser().absolute()
     if src_dir.is_dir() and is_within(dst_dir.resolve(), src_dir.resolve()):
         raise MonaiTFMError(
-            f"the output folder '{dst_dir}' is inside the {dataset} source folder '{src_dir}'; the source is read-only."
+            f"the output folder '{dst_dir}' is inside the source folder '{src_dir}' ({dataset}); the source is "
+            "read-only."
         )
     datalist = dst_dir / DATALIST_NAME
     if datalist.exists() and not overwrite:
@@ -447,6 +453,104 @@ def check_output_folder(src: PathLike, dst: PathLike, overwrite: bool, dataset: 
             f"'{dst_dir}' already holds a prepared dataset ({datalist.name}); pass overwrite=True to replace it."
         )
     return datalist
+
+
+_Subject = TypeVar("_Subject")
+
+
+@dataclass(frozen=True)
+class PreparedDataset:
+    """What a preparer writes besides the subjects: the datalist's name, time unit and top-level metadata.
+
+    Args:
+        dataset: short name for messages (``ACDC``).
+        name: the datalist's ``name``.
+        time_unit: the datalist's ``time_unit``.
+        num_folds: cross-validation folds of the training section.
+        seed: seed of the fold assignment.
+        metadata: the datalist's ``metadata``, or a function of the prepared items that returns it (values that
+            depend on the prepared data, e.g. the last visit week).
+        skipped: number of source subjects left out (logged at the end; None: the preparer skips none).
+    """
+
+    dataset: str
+    name: str
+    time_unit: str
+    num_folds: int
+    seed: int
+    metadata: Mapping[str, Any] | Callable[[list[dict]], Mapping[str, Any]]
+    skipped: int | None = None
+
+
+def write_prepared_dataset(
+    info: PreparedDataset,
+    datalist: Path,
+    subjects: Sequence[_Subject],
+    prepare_one: Callable[[_Subject], dict],
+    test_subjects: Collection[str] = (),
+    group_of: Callable[[dict], Any] | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+    start: float | None = None,
+) -> Path:
+    """The skeleton every preparer shares once its inputs are checked: prepare each subject, split, write the
+    datalist last.
+
+    The old datalist (``overwrite``) is removed before any subject file is touched, so an interrupted run never
+    leaves a datalist that names half-written files; items go to the ``test`` section when their subject is in
+    ``test_subjects``, the others get a ``fold`` (:func:`assign_folds`, stratified by ``group_of`` when given); the
+    ``test`` section is written only when it has items.
+
+    Args:
+        info: names, folds and metadata of the dataset.
+        datalist: ``dst/datalist.json`` (from :func:`check_output_folder`).
+        subjects: the checked subjects, in datalist order.
+        prepare_one: writes one subject's files and returns its datalist item (with ``subject``).
+        test_subjects: subjects of the test section.
+        group_of: the stratification group of an item (None: no stratification).
+        overwrite: replace an existing datalist.
+        progress: show a tqdm progress bar over subjects.
+        start: ``time.perf_counter()`` at the start of the preparation, for the final log line.
+
+    Returns:
+        the path of the datalist.
+    """
+    start = time.perf_counter() if start is None else start
+    datalist.parent.mkdir(parents=True, exist_ok=True)
+    if datalist.exists():  # overwrite: invalidate the old dataset before touching its files
+        datalist.unlink()
+    entries = [
+        prepare_one(s) for s in tqdm(subjects, desc=f"{info.dataset} prepare", unit="patient", disable=not progress)
+    ]
+    training = [e for e in entries if e["subject"] not in test_subjects]
+    test = [e for e in entries if e["subject"] in test_subjects]
+    if training:
+        groups = None if group_of is None else [group_of(e) for e in training]
+        folds = assign_folds([e["subject"] for e in training], groups, info.num_folds, info.seed)
+        if len(training) < info.num_folds:
+            logger.warning(
+                "%s: %d training patients for %d folds; some folds are empty.",
+                info.dataset,
+                len(training),
+                info.num_folds,
+            )
+        for e in training:
+            e["fold"] = folds[e["subject"]]
+    metadata = info.metadata(entries) if callable(info.metadata) else info.metadata
+    sections = {"training": training, **({"test": test} if test else {})}
+    out = write_series_datalist(
+        datalist, sections, name=info.name, time_unit=info.time_unit, metadata=dict(metadata), overwrite=overwrite
+    )
+    logger.info(
+        "%s: wrote %s (%d training, %d test%s) in %.1f s.",
+        info.dataset,
+        out,
+        len(training),
+        len(test),
+        "" if info.skipped is None else f", {info.skipped} skipped",
+        time.perf_counter() - start,
+    )
+    return out
 
 
 def clear_frame_files(folder: PathLike, extra_names: Iterable[str] = ()) -> None:
