@@ -199,13 +199,19 @@ def _raw_series(tmp_path: Path) -> tuple[Path, list[np.ndarray], np.ndarray]:
     return datalist, frames, affine
 
 
-def _infer_as_built(tmp_path: Path, files: list[Path], datalist: Path, **overrides):
-    """Save the weights of the network as the configs build it, then run ``inference.yaml`` (target time 0.5) on the
-    datalist with them; returns the parser of that build and the one forecast written."""
+def _infer_as_built(tmp_path: Path, files: list[Path], datalist: Path, perturb: float = 0.0, **overrides):
+    """Save the weights of the network as the configs build it (plus ``perturb`` x seeded Gaussian noise, so that
+    zero-initialised output layers do not hide the network), then run ``inference.yaml`` (target time 0.5) on the
+    datalist with them; returns the parser of that build and the one forecast written (weights: ``model.pt``)."""
     built = ConfigWorkflow(config_file=[str(f) for f in files], workflow_type="infer", **overrides)
     built.initialize()
+    net = built.parser.get_parsed_content("network_def")
+    gen = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(perturb * torch.randn(p.shape, generator=gen))
     ckpt = tmp_path / "model.pt"
-    torch.save(built.parser.get_parsed_content("network_def").state_dict(), ckpt)
+    torch.save(net.state_dict(), ckpt)
     inf = _workflow(
         files,
         "infer",
@@ -279,35 +285,15 @@ def test_inference_yaml_and_the_forecast_command_agree_bit_for_bit(tmp_path, met
 
     files = bundle_config_files(BUNDLE, method, ValueError)
     datalist, frames, affine = _raw_series(tmp_path)
-    built = ConfigWorkflow(config_file=[str(f) for f in files], workflow_type="infer", **{"network_def#channels": 8})
-    built.initialize()
-    net = built.parser.get_parsed_content("network_def")
-    gen = torch.Generator().manual_seed(5)
-    with torch.no_grad():
-        for p in net.parameters():
-            p.add_(0.05 * torch.randn(p.shape, generator=gen))
+    _, by_config = _infer_as_built(tmp_path, files, datalist, perturb=0.05, **{"network_def#channels": 8})
     ckpt = tmp_path / "model.pt"
-    torch.save(net.state_dict(), ckpt)
-    inf = _workflow(
-        files,
-        "infer",
-        "run",
-        bundle_root=str(BUNDLE),
-        datalist=str(datalist),
-        output_dir=str(tmp_path / "run"),
-        ckpt_path=str(ckpt),
-        target_time=0.5,
-        **{"network_def#channels": 8},
-    )
-    inf.run()
-    (by_config,) = sorted((tmp_path / "run" / "forecasts").glob("*.nii.gz"))
 
     model = BundleForecaster(BUNDLE, method=method, weights=ckpt, overrides={"network_def#channels": 8})
     scans = sorted((tmp_path / "data").glob("f*.nii.gz"))
     out = tmp_path / "cli.nii.gz"
     forecast_series(model, scans, [i / 11 for i in range(len(scans))], 0.5, out)
 
-    a, b = nib.load(by_config), nib.load(out)
+    a, b = by_config, nib.load(out)
     np.testing.assert_array_equal(np.asarray(a.dataobj), np.asarray(b.dataobj))
     np.testing.assert_allclose(a.affine, b.affine)
     lci = np.asarray(nib.load(scans[-1]).dataobj)
