@@ -282,6 +282,49 @@ def nfe_quality(run_dirs: list[Path], base_dirs: list[Path] | None = None) -> li
     return out
 
 
+def _wall_clock_section(work: Path, names: list[str], folds: list[int], tag: str, wtag: str, seconds: float) -> list:
+    """Markdown of the main runs trained for ``seconds`` (run tag ``wtag``) next to the reference at ``tag``."""
+    ref_dirs = [work / f"{REFERENCE}{tag}_fold{f}" for f in folds]
+    ref_seconds = [
+        s["training"]["seconds"]
+        for s in (_read_json(d / "summary.json") for d in ref_dirs)
+        if s and s.get("training", {}).get("seconds")
+    ]
+    rows = []
+    for n in names:
+        if n not in MAIN or n == REFERENCE:
+            continue
+        dirs = [work / f"{n}{wtag}_fold{f}" for f in folds if _summary(work / f"{n}{wtag}_fold{f}")]
+        if not dirs:
+            continue
+        steps = sorted(int((_read_json(d / "run_info.json") or {}).get("steps_done") or 0) for d in dirs)
+        per = _per_sample_rows(dirs)
+        gains = " | ".join(_gain_cell(per, m) for m in ("psnr", "ssim", "nrmse"))
+        versus = _gain_cell(_paired_rows(per, _per_sample_rows(ref_dirs)), "psnr")
+        rows.append(f"| {n}{wtag} | {len(dirs)} | {steps[len(steps) // 2]} | {gains} | {versus} |")
+    if not rows:
+        return []
+    ref_text = (
+        f"the authors' CRONOS above needed a median {sorted(ref_seconds)[len(ref_seconds) // 2]:.0f} s of training "
+        f"steps for its budget (folds: {', '.join(f'{x:.0f}' for x in ref_seconds)} s)"
+        if ref_seconds
+        else "the reference's training time is not recorded"
+    )
+    return [
+        f"## At the same wall-clock budget ({seconds:g} s of training steps)",
+        "",
+        f"Our methods trained for {seconds:g} s of training steps per run (`--budget-seconds {seconds:g}`: each "
+        "method's median step time from a 40-step calibration on the same machine and threads, turned into a step "
+        f"budget), the same setting as the table above otherwise; {ref_text}. Gains paired per patient as above; "
+        "the last column pairs each run with `reference_cronos` on the same (patient, draw):",
+        "",
+        "| run | folds | steps (median) | PSNR gain over LCI | SSIM gain | NRMSE decrease | PSNR vs reference_cronos |",
+        "|---|---|---|---|---|---|---|",
+        *rows,
+        "",
+    ]
+
+
 def _gain_cell(rows: list[dict], metric: str) -> str:
     return gain_text(paired_gain(rows, metric), metric) if rows else "-"
 
@@ -347,6 +390,13 @@ def main() -> None:
         choices=("euler", "midpoint", "rk4", "dopri5"),
         help="solver of the reference forecasts: 10 fixed steps (the papers' and the bundle's setting) or the "
         "release's adaptive dopri5 (about 14 s per forecast on 2 CPU threads)",
+    )
+    parser.add_argument(
+        "--wall-clock-rows",
+        type=float,
+        default=None,
+        help="also report the main runs of a finished '--budget-seconds S' invocation (same --work or archive) "
+        "against LCI and against this page's reference_cronos runs",
     )
     parser.add_argument("--reference-tools", default=str(REPO.parent / "shared" / "tools" / "reference"))
     parser.add_argument("--out", default=str(REPO / "docs" / "results" / "acdc.md"))
@@ -484,6 +534,8 @@ def main() -> None:
                 ],
                 "",
             ]
+        if args.wall_clock_rows:
+            md += _wall_clock_section(work, names, folds, tag, f"_sec{args.wall_clock_rows:g}", args.wall_clock_rows)
         if default_results:
             solver = default_solver
             md += [

@@ -87,12 +87,13 @@ def write_results(out: Path, lines: list[str], prov: dict[str, str], args: Any, 
 
 
 def gain_text(g: dict | None, metric: str = "psnr") -> str:
-    """``mean [ci_low, ci_high] (better/subjects)`` of a :func:`monai_tfm.metrics.paired_gain` result ("-" for none);
-    NRMSE with four decimals, other metrics with two."""
+    """``mean [ci_low, ci_high] (median m; better/subjects)`` of a :func:`monai_tfm.metrics.paired_gain` result ("-"
+    for none; results without a median, from older pages, leave it out); NRMSE with four decimals, others with two."""
     if not g:
         return "-"
     f = ".4f" if metric == "nrmse" else ".2f"
-    return f"{g['mean']:+{f}} [{g['ci_low']:+{f}}, {g['ci_high']:+{f}}] ({g['better']}/{g['subjects']})"
+    median = f"median {g['median']:+{f}}; " if "median" in g else ""
+    return f"{g['mean']:+{f}} [{g['ci_low']:+{f}}, {g['ci_high']:+{f}}] ({median}{g['better']}/{g['subjects']})"
 
 
 def run_bundle(run_id: str, config_files: list[str], log_path: Path, **overrides: Any) -> float:

@@ -434,5 +434,11 @@ def test_paired_gain_per_subject_bootstrap():
     same = [{"subject": s, "model_ssim": 80.0 + 1.5, "lci_ssim": 80.0} for s in "abcd"]
     c = paired_gain(same, "ssim")
     assert c["mean"] == c["ci_low"] == c["ci_high"] == pytest.approx(1.5) and c["better"] == 4
+    # the median is over subjects (of their mean gains): 3 subjects with gains 2, -1 and 10 -> median 2, mean 11/3
+    skewed = rows + [{"subject": "c", "model_psnr": 30.0, "lci_psnr": 20.0}]
+    m = paired_gain(skewed, "psnr", resamples=100)
+    assert (
+        m["median"] == pytest.approx(2.0) and m["mean"] == pytest.approx(11 / 3) and g["median"] == pytest.approx(0.5)
+    )
     with pytest.raises(ValueError):
         paired_gain([], "psnr")

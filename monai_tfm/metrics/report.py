@@ -458,7 +458,8 @@ def paired_gain(
         seed: NumPy generator seed.
 
     Returns:
-        ``mean`` (over subjects), ``ci_low``, ``ci_high``, ``subjects``, ``better`` (subjects with a gain > 0;
+        ``mean`` and ``median`` (over subjects), ``ci_low``, ``ci_high`` (of the mean), ``subjects``, ``better``
+        (subjects with a gain > 0;
         for a lower-is-better metric (:data:`~monai_tfm.metrics.forecast.HIGHER_IS_BETTER`) such as ``nrmse`` a
         gain is a decrease, so the sign is flipped: a positive gain is always an improvement).
 
@@ -478,6 +479,7 @@ def paired_gain(
     low, high = np.percentile(boot, [2.5, 97.5])
     return {
         "mean": float(gains.mean()),
+        "median": float(np.median(gains)),
         "ci_low": float(low),
         "ci_high": float(high),
         "subjects": int(gains.size),
