@@ -282,6 +282,36 @@ def nfe_quality(run_dirs: list[Path], base_dirs: list[Path] | None = None) -> li
     return out
 
 
+def _by_target_section(work: Path, names: list[str], folds: list[int], tag: str) -> list:
+    """Markdown: the mean PSNR gain over LCI per target phase (every (patient, draw) of the folds pooled)."""
+    per = {n: _per_sample_rows([work / f"{n}{tag}_fold{f}" for f in folds]) for n in names}
+    per = {n: rows for n, rows in per.items() if rows}
+    if not per:
+        return []
+    phases = sorted({round(float(r["target_time"]) * 11) for rows in per.values() for r in rows})
+    lines = [
+        "### PSNR gain over LCI by target phase",
+        "",
+        "Mean over every (patient, draw) whose target is phase k of 0..11 (time k/11; the context ends at least 4 "
+        "phases earlier: for k = 4 it is ED alone; k = 11 is ES), all folds pooled; the LCI PSNR of the same draws "
+        "for scale.",
+        "",
+        "| target phase | draws | LCI PSNR | " + " | ".join(per) + " |",
+        "|---" * (len(per) + 3) + "|",
+    ]
+    for k in phases:
+        cells, lci, n_draws = [], [], 0
+        for rows in per.values():
+            sel = [r for r in rows if round(float(r["target_time"]) * 11) == k]
+            gains = [float(r["model_psnr"]) - float(r["lci_psnr"]) for r in sel]
+            cells.append(f"{sum(gains) / len(gains):+.2f}" if gains else "-")
+            lci = lci or [float(r["lci_psnr"]) for r in sel]
+            n_draws = n_draws or len(sel)
+        lci_text = f"{sum(lci) / len(lci):.2f}" if lci else "-"
+        lines.append(f"| {k} | {n_draws} | {lci_text} | " + " | ".join(cells) + " |")
+    return [*lines, ""]
+
+
 def _wall_clock_section(work: Path, names: list[str], folds: list[int], tag: str, wtag: str, seconds: float) -> list:
     """Markdown of the main runs trained for ``seconds`` (run tag ``wtag``) next to the reference at ``tag``."""
     ref_dirs = [work / f"{REFERENCE}{tag}_fold{f}" for f in folds]
@@ -506,6 +536,7 @@ def main() -> None:
             _fold_table([n for n in names if n in MAIN], results, folds),
             "",
         ]
+        md += _by_target_section(work, [n for n in names if n in MAIN and results.get(n)], folds, tag)
         rivals = [n for n in names if n in MAIN and n != "reference_cronos" and results.get(n)]
         if results.get("reference_cronos") and rivals:
             ref_dirs = [work / f"reference_cronos{tag}_fold{f}" for f in folds]
