@@ -99,6 +99,23 @@ def test_series_sidecars(tmp_path):
         read_series_sidecar(tmp_path / "d.series.json")
 
 
+def test_a_broken_sidecar_is_warned_about_once_per_change(tmp_path, caplog):
+    """Every request reads every sidecar; a broken one of another series is logged once, again only after it changes."""
+    for name in ("a_t0", "a_t1"):
+        (tmp_path / f"{name}.nii.gz").write_bytes(b"")
+    _sidecar(tmp_path / "a.series.json", [("a_t0.nii.gz", 0.0), ("a_t1.nii.gz", 0.1)])
+    broken = tmp_path / "broken.series.json"
+    broken.write_text("{not json")
+    with caplog.at_level("WARNING", logger="monai_tfm.apps.monailabel.study"):
+        for _ in range(3):
+            find_series(tmp_path, tmp_path / "a_t1.nii.gz")
+        assert caplog.text.count("broken.series.json") == 1
+        broken.write_text('{"scans": 1}')  # another defect: warned about again
+        find_series(tmp_path, tmp_path / "a_t1.nii.gz")
+        find_series(tmp_path, tmp_path / "a_t1.nii.gz")
+    assert caplog.text.count("broken.series.json") == 2
+
+
 # ------------------------------------------------------------------------------------------------ the server
 
 
@@ -226,14 +243,25 @@ def test_forecast_over_http_lci_returns_last_scan(server, tmp_path):
 @pytest.mark.parametrize(
     "model, image, params, code, needles",
     [
-        ("forecast", "nope", {"target_time": 0.5}, 404, ["image 'nope' is not in the studies folder", "p1_t3"]),
+        (
+            "forecast",
+            "nope",
+            {"target_time": 0.5},
+            404,
+            ["image 'nope' is not a scan id of the studies folder", "p1_t3"],
+        ),
+        # a path is never an image id: the same 404 whether the file exists or not (no probing of the server's files)
+        ("forecast", "/etc/passwd", {"target_time": 0.5}, 404, ["image '/etc/passwd' is not a scan id"]),
+        ("forecast", "/etc/no_such_file", {"target_time": 0.5}, 404, ["image '/etc/no_such_file' is not a scan id"]),
+        ("forecast", "p1_t3", {"target_time": 0.5, "steps": 1000}, 400, ["'steps' = 1000 exceeds", "limit of 100"]),
+        ("forecast", "p1_t3", {"target_time": 0.5, "samples": 17}, 400, ["'samples' = 17 exceeds", "limit of 16"]),
         ("nomodel", "p1_t3", {"target_time": 0.5}, 404, ["unknown model 'nomodel'", "forecast"]),
         ("forecast", "p1_t3", {}, 400, ["'target_time' is missing"]),
         ("forecast", "p1_t3", {"target_time": "soon"}, 400, ["target time must be a number, got 'soon'"]),
         ("forecast", "p1_t3", {"target_time": 5.0}, 400, ["target time 5 lies outside"]),
         ("forecast", "p1_t3", {"target_time": 0.5, "steps": "x"}, 400, ["'steps' must be an integer, got 'x'"]),
         ("forecast", "p1_t3", {"target_time": 0.5, "result": "std"}, 400, ["result='std' needs samples > 1"]),
-        ("forecast", "lonely", {"target_time": 0.5}, 400, ["lonely.nii.gz' is listed in no series sidecar"]),
+        ("forecast", "lonely", {"target_time": 0.5}, 400, ["image 'lonely.nii.gz' is listed in no series sidecar"]),
         ("forecast", "p2_b", {"target_time": 0.5}, 400, ["p2.series.json", "have the same time 0"]),
     ],
 )
@@ -244,6 +272,20 @@ def test_bad_requests_give_clear_errors(server, model, image, params, code, need
     assert "\n" not in detail
     for needle in needles:
         assert needle in detail, (needle, detail)
+    assert str(server.studies) not in detail and os.path.realpath(server.studies) not in detail  # no server paths
+
+
+@pytest.mark.parametrize(
+    "raw, needle",
+    [("{not json", "params must be a JSON object, got invalid JSON"), ("[0.5]", "params must be a JSON object such")],
+)
+def test_params_that_are_not_a_json_object_give_400(server, raw, needle):
+    query = urllib.parse.urlencode({"image": "p1_t3", "output": "json"})
+    data = urllib.parse.urlencode({"params": raw}).encode()
+    req = urllib.request.Request(f"{server.url}/infer/forecast?{query}", data=data, method="POST")
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(req, timeout=60)
+    assert err.value.code == 400 and needle in json.loads(err.value.read())["detail"]
 
 
 def test_no_temporary_files_left(server):
@@ -252,3 +294,42 @@ def test_no_temporary_files_left(server):
     while (left := sorted(server.tmp.glob("monai_tfm_forecast_*"))) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not left
+
+
+def test_many_clients_at_once(server):
+    """Forecasts run off the event loop: /info/ answers while they run, answers come back as each one finishes, and a
+    request whose client gave up while it waited is dropped before it is computed."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def forecast(k: int) -> tuple[int, float]:
+        status, _ = server.infer("p1_t3", {"target_time": 0.5, "steps": 100, "solver": "euler"}, output="json")
+        return status, time.monotonic() - t0
+
+    with ThreadPoolExecutor(max_workers=6) as clients:
+        t0 = time.monotonic()
+        jobs = [clients.submit(forecast, k) for k in range(5)]
+        time.sleep(0.5)
+        info_started = time.monotonic()
+        assert _request(f"{server.url}/info/", timeout=30)[0] == 200
+        info_seconds = time.monotonic() - info_started
+        # a client that gives up at once: its request waits behind the others and is dropped, not computed
+        with pytest.raises(OSError):
+            _request(f"{server.url}/infer/forecast?image=p1_t3&output=json", {"target_time": 0.4}, timeout=0.2)
+        done = sorted(job.result() for job in jobs)
+    assert [status for status, _ in done] == [200] * 5
+    finished = sorted(t for _, t in done)
+    assert info_seconds < 1.0, f"/info/ took {info_seconds:.2f} s while forecasts ran"
+    assert finished[0] < 0.7 * finished[-1], f"answers were held back: finished at {finished}"
+    deadline = time.monotonic() + 10
+    while "dropped before it was computed" not in server.log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert "dropped before it was computed" in server.log.read_text()
+
+
+def test_a_target_at_a_scan_time_is_forecast(server):
+    """As with ``monai-tfm forecast``: a target at the time of the series' last scan is allowed (the scan stays
+    context), and the answer names the scans used."""
+    status, body = server.infer("p1_t3", {"target_time": f"{3 * STEP:.6f}"}, output="json")
+    assert status == 200, body[:500]
+    params = json.loads(body)
+    assert params["context_scans"][-1] == "p1_t3.nii.gz" and len(params["context_times"]) == 4

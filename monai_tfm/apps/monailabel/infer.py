@@ -41,11 +41,15 @@ from monailabel.tasks.infer.basic_infer import BasicInferTask
 from monai_tfm.apps.forecast import BundleForecaster, ForecastError, ForecastOptions, forecast_series
 from monai_tfm.apps.monailabel.study import find_series
 
-__all__ = ["RESULTS", "ForecastInferTask"]
+__all__ = ["DEFAULT_MAX_SAMPLES", "DEFAULT_MAX_STEPS", "RESULTS", "ForecastInferTask"]
 
 logger = logging.getLogger(__name__)
 
 RESULTS = ("mean", "std")
+#: the largest ``steps`` / ``samples`` a request may ask for unless the app is configured otherwise (a request's cost
+#: grows with both; the bundles forecast with 2 to 10 steps)
+DEFAULT_MAX_STEPS = 100
+DEFAULT_MAX_SAMPLES = 16
 
 
 def _optional_number(value: Any, key: str, kind: type) -> Any:
@@ -95,7 +99,10 @@ class ForecastInferTask(BasicInferTask):
         sigma: SDE noise for ``samples > 1`` (None: the bundle's training sigma).
         seed: seed of the stochastic sampler.
         overrides: further bundle config ids to set, e.g. ``{"aggregation": "last"}``.
-        max_cached_models: how many differently configured forecasters (device, solver, steps, samples) are kept.
+        max_cached_models: how many differently configured forecasters (device, solver, steps, samples) each worker
+            thread keeps.
+        max_steps: the largest ``steps`` a request may ask for.
+        max_samples: the largest ``samples`` a request may ask for.
         description: the task description shown by ``/info/``.
 
     Raises:
@@ -118,13 +125,15 @@ class ForecastInferTask(BasicInferTask):
         overrides: Mapping[str, Any] | None = None,
         max_cached_models: int = 4,
         description: str | None = None,
+        max_steps: int = DEFAULT_MAX_STEPS,
+        max_samples: int = DEFAULT_MAX_SAMPLES,
     ) -> None:
         self.bundle = Path(bundle)
         self.studies = Path(studies)
         self._options = ForecastOptions(method=method, weights=weights, overrides=dict(overrides or {}))
         self._models: OrderedDict[tuple, BundleForecaster] = OrderedDict()
         self._lock = threading.Lock()
-        self._run_lock = threading.Lock()  # a forecaster's inferer keeps per-call state (nfe, std)
+        self.max_steps, self.max_samples = int(max_steps), int(max_samples)
         self._max_cached = max(1, int(max_cached_models))
         first_device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.default_model = self._model(first_device, solver, steps, samples, sigma, seed)
@@ -162,9 +171,19 @@ class ForecastInferTask(BasicInferTask):
         sigma: float | None,
         seed: int | None,
     ) -> BundleForecaster:
-        """The forecaster for these options, built on first use and cached (least recently used dropped)."""
+        """The forecaster for these options in this thread, built on first use and cached (least recently used
+        dropped). A forecaster's inferer keeps per-call state (NFE, standard deviation), so every worker thread of
+        the server has its own and forecasts run side by side without a lock."""
         samples = int(samples)
-        key = (str(device), solver, steps, samples, sigma if samples > 1 else None, seed if samples > 1 else None)
+        key = (
+            threading.get_ident(),
+            str(device),
+            solver,
+            steps,
+            samples,
+            sigma if samples > 1 else None,
+            seed if samples > 1 else None,
+        )
         with self._lock:
             model = self._models.get(key)
             if model is None:
@@ -173,7 +192,7 @@ class ForecastInferTask(BasicInferTask):
                 )
                 model = BundleForecaster(self.bundle, options)
                 self._models[key] = model
-                while len(self._models) > self._max_cached:
+                while len(self._models) > self._max_cached * len({k[0] for k in self._models}):
                     self._models.popitem(last=False)
             self._models.move_to_end(key)
             return model
@@ -202,9 +221,9 @@ class ForecastInferTask(BasicInferTask):
             "studies_layout": 'scans plus a \'<name>.series.json\' sidecar: {"scans": [{"image": FILE, "time": T}]}',
             "params": {
                 "target_time": "required: the time to forecast (the bundle's time unit)",
-                "steps": "solver steps (default: the bundle's)",
+                "steps": f"solver steps (default: the bundle's; at most {self.max_steps})",
                 "solver": "ODE solver (default: the bundle's)",
-                "samples": "stochastic samples (> 1: Euler-Maruyama; the mean is returned)",
+                "samples": f"stochastic samples (> 1: Euler-Maruyama, mean returned; at most {self.max_samples})",
                 "sigma": "SDE noise for samples > 1",
                 "seed": "seed of the stochastic sampler",
                 "result": "'mean' (default) or 'std' (per-voxel standard deviation of the samples)",
@@ -273,10 +292,14 @@ class ForecastInferTask(BasicInferTask):
             ForecastError: bad request parameters, scans or times (one line naming the value or file).
         """
         samples = _optional_number(data.get("samples"), "samples", int)
+        steps = _optional_number(data.get("steps"), "steps", int)
+        for key, value, bound in (("steps", steps, self.max_steps), ("samples", samples, self.max_samples)):
+            if value is not None and value > bound:
+                raise ForecastError(f"request parameter '{key}' = {value} exceeds this server's limit of {bound}.")
         model = self._model(
             device,
             data.get("solver") or None,
-            _optional_number(data.get("steps"), "steps", int),
+            steps,
             1 if samples is None else samples,
             _optional_number(data.get("sigma"), "sigma", float),
             _optional_number(data.get("seed"), "seed", int),
@@ -286,19 +309,18 @@ class ForecastInferTask(BasicInferTask):
         mean_file = _temp_nifti()
         std_file = _temp_nifti() if model.samples > 1 else None
         try:
-            with self._run_lock:
-                written = forecast_series(
-                    model,
-                    data["series_scans"],
-                    data["series_times"],
-                    data["target_time"],
-                    mean_file,
-                    reference=data["image"],
-                    std_output=std_file,
-                    overwrite=True,
-                    who=f"series '{data['series_sidecar']}'",
-                    subject=f"series {data['series']}",
-                )
+            written = forecast_series(
+                model,
+                data["series_scans"],
+                data["series_times"],
+                data["target_time"],
+                mean_file,
+                reference=data["image"],
+                std_output=std_file,
+                overwrite=True,
+                who=f"series '{Path(data['series_sidecar']).name}'",
+                subject=f"series {data['series']}",
+            )
         except BaseException:
             _remove(mean_file, std_file)
             raise

@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -98,11 +99,29 @@ def read_series_sidecar(path: str | os.PathLike) -> SeriesSidecar:
     return SeriesSidecar(p, paths, times)
 
 
+_WARNED: dict[str, tuple[int, int, str]] = {}  # sidecar -> (mtime_ns, size, message) last warned about
+_WARNED_LOCK = threading.Lock()
+
+
+def _warn_once(sidecar: Path, message: str) -> None:
+    """Log a broken sidecar once per version of the file (a server reads every sidecar at every request)."""
+    try:
+        stat = sidecar.stat()
+        version = (stat.st_mtime_ns, stat.st_size, message)
+    except OSError:
+        version = (0, 0, message)
+    with _WARNED_LOCK:
+        if _WARNED.get(str(sidecar)) == version:
+            return
+        _WARNED[str(sidecar)] = version
+    logger.warning("%s", message)
+
+
 def find_series(studies: str | os.PathLike, image: str | os.PathLike) -> SeriesSidecar:
     """The series whose sidecar (``<studies>/*.series.json``) lists ``image``.
 
     Sidecars are read at every call, so series added to a running server are found. A malformed sidecar that does not
-    concern ``image`` is logged and skipped.
+    concern ``image`` is skipped (and logged once per change of the file).
 
     Args:
         studies: the studies folder.
@@ -123,7 +142,7 @@ def find_series(studies: str | os.PathLike, image: str | os.PathLike) -> SeriesS
         try:
             series = read_series_sidecar(sidecar)
         except ForecastError as e:
-            logger.warning("%s", e)
+            _warn_once(sidecar, str(e))
             broken.append(str(e))
             continue
         if target in series.scans:
@@ -134,7 +153,7 @@ def find_series(studies: str | os.PathLike, image: str | os.PathLike) -> SeriesS
             "each scan in one series only."
         )
     if not found:
-        message = f"image '{image}' is listed in no series sidecar '*{SERIES_SUFFIX}' of studies folder '{folder}'"
+        message = f"image '{image}' is listed in no series sidecar '*{SERIES_SUFFIX}' of the studies folder"
         if broken:
             message += f" (and {len(broken)} sidecar(s) could not be read; first: {broken[0]})"
         raise ForecastError(message + ".")

@@ -9,7 +9,9 @@ MONAI Label loads this file from the ``--app`` folder and instantiates the class
 
 ``--conf`` keys (all optional but ``bundle``): ``bundle``, ``method`` (overlay), ``weights``, ``device``, ``solver``,
 ``steps``, ``samples``, ``sigma``, ``seed``, ``overrides`` (a JSON object of bundle config ids, e.g.
-``'{"aggregation": "last"}'``) and ``model`` (the model name in ``/infer/<model>``, default ``forecast``).
+``'{"aggregation": "last"}'``), ``model`` (the model name in ``/infer/<model>``, default ``forecast``), ``workers``
+(forecasts at once, default: one per GPU, else half the CPU cores up to 4), ``max_steps`` and ``max_samples`` (the
+largest ``steps``/``samples`` a request may ask for, default 100 and 16).
 The studies layout is described in :mod:`monai_tfm.apps.monailabel.study`.
 """
 
@@ -27,7 +29,8 @@ from monailabel.interfaces.tasks.infer_v2 import InferTask
 
 import monai_tfm
 from monai_tfm.apps.forecast import ForecastError
-from monai_tfm.apps.monailabel.infer import ForecastInferTask
+from monai_tfm.apps.monailabel.infer import DEFAULT_MAX_SAMPLES, DEFAULT_MAX_STEPS, ForecastInferTask
+from monai_tfm.apps.monailabel.serving import ForecastQueue, default_workers, install_infer_route
 
 __all__ = ["CONF_KEYS", "ForecastApp"]
 
@@ -45,6 +48,9 @@ CONF_KEYS = (
     "seed",
     "overrides",
     "model",
+    "workers",
+    "max_steps",
+    "max_samples",
 )
 _MONAILABEL_CONF_KEYS = ("server_mode",)  # read by MONAILabelApp itself
 
@@ -111,7 +117,14 @@ class ForecastApp(MONAILabelApp):
             "sigma": _conf_number(conf, "sigma", float, None),
             "seed": _conf_number(conf, "seed", int, 0),
             "overrides": _conf_overrides(conf),
+            "max_steps": _conf_number(conf, "max_steps", int, DEFAULT_MAX_STEPS),
+            "max_samples": _conf_number(conf, "max_samples", int, DEFAULT_MAX_SAMPLES),
         }
+        workers = _conf_number(conf, "workers", int, None) or default_workers(self.task_args["device"])
+        if workers < 1:
+            raise ForecastError(f"--conf workers must be >= 1, got {workers}.")
+        self.queue = ForecastQueue(workers)
+        self._studies_root = os.path.realpath(studies)
         super().__init__(
             app_dir=app_dir,
             studies=studies,
@@ -128,7 +141,11 @@ class ForecastApp(MONAILabelApp):
             ``{model name: task}``.
         """
         logger.info("forecasting app: %s", {k: v for k, v in self.task_args.items() if v is not None})
-        return {self.model_name: ForecastInferTask(studies=self.studies, **self.task_args)}
+        task = ForecastInferTask(studies=self.studies, **self.task_args)
+        import monailabel.app as server  # the running server's FastAPI application
+
+        install_infer_route(server.app, self.queue)
+        return {self.model_name: task}
 
     def infer(self, request: dict[str, Any], datastore: Any = None) -> dict[str, Any]:
         """MONAI Label's inference with the request checked first and expected errors turned into HTTP errors.
@@ -149,18 +166,21 @@ class ForecastApp(MONAILabelApp):
                 status_code=404, detail=f"unknown model {model!r}; this app serves {list(self._infers)}."
             )
         image = request.get("image")
-        if isinstance(image, str) and image and not os.path.exists(image):
-            store = datastore if datastore else self.datastore()
-            if not store.get_image_uri(image):
-                known = sorted(store.list_images())
-                shown = ", ".join(known[:5]) + (", ..." if len(known) > 5 else "")
-                raise HTTPException(
-                    status_code=404,
-                    detail=f"image {image!r} is not in the studies folder '{self.studies}' ({len(known)} images: "
-                    f"{shown or 'none'}).",
-                )
+        store = datastore if datastore else self.datastore()
+        # only scan ids of the studies folder, never paths: the same 404 for an existing and a missing path, so the
+        # server cannot be used to probe its file system
+        if not isinstance(image, str) or not image or os.sep in image or not store.get_image_uri(image):
+            known = sorted(store.list_images())
+            shown = ", ".join(known[:5]) + (", ..." if len(known) > 5 else "")
+            raise HTTPException(
+                status_code=404,
+                detail=f"image {image!r} is not a scan id of the studies folder ({len(known)} scans: "
+                f"{shown or 'none'}).",
+            )
         try:
             return super().infer(request, datastore)
         except ForecastError as e:
             logger.info("forecast request rejected: %s", e)
-            raise HTTPException(status_code=400, detail=str(e)) from e
+            # the message names files relative to the studies folder, not as server paths
+            detail = str(e).replace(self._studies_root + os.sep, "").replace(str(self.studies) + os.sep, "")
+            raise HTTPException(status_code=400, detail=detail) from e
