@@ -119,6 +119,7 @@ def test_a_broken_sidecar_is_warned_about_once_per_change(tmp_path, caplog):
 @dataclass(frozen=True)
 class _Server:
     url: str
+    bundle: Path
     studies: Path
     scans: list[Path]
     log: Path
@@ -144,7 +145,7 @@ def server(tmp_path_factory) -> Iterator[_Server]:
     conf = {"bundle": str(bundle), "device": "cpu", "overrides": '{"aggregation":"last"}'}
     try:
         with local_server(root, studies, conf, start_timeout=START_TIMEOUT_S) as srv:
-            yield _Server(srv.url, studies, scans, srv.log, srv.tmp)
+            yield _Server(srv.url, bundle, studies, scans, srv.log, srv.tmp)
     except MonaiTFMError as e:
         pytest.fail(str(e))
 
@@ -168,6 +169,13 @@ def test_forecast_over_http_lci_returns_last_scan(server, tmp_path):
     np.testing.assert_allclose(pred.affine, ref.affine, rtol=0, atol=1e-5)
     expected, scale = _lci_expected(server.scans)
     np.testing.assert_allclose(pred.get_fdata(), expected, rtol=0, atol=1e-5 * scale)
+    # the same bits as `monai-tfm forecast` on the same scans, times and bundle (one forecast path)
+    from monai_tfm.apps.forecast import BundleForecaster, forecast_series
+
+    cli = tmp_path / "cli.nii.gz"
+    model = BundleForecaster(server.bundle, overrides={"aggregation": "last"}, steps=1)
+    forecast_series(model, server.scans, [f"{k * STEP:.6f}" for k in range(4)], 0.5, cli, reference=server.scans[-1])
+    np.testing.assert_array_equal(np.asarray(pred.dataobj), np.asarray(nib.load(str(cli)).dataobj))
 
     status, body = server.infer("p1_t3", {"target_time": "0.5", "steps": "1"}, output="json")
     assert status == 200, body[:500]
