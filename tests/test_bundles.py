@@ -87,3 +87,21 @@ def test_train_yaml_holds_the_inference_settings(bundle):
         assert key in parser, f"{bundle}: no '{key}'"
     assert float(parser.get_parsed_content("context_lead")) >= 0
     assert parser.get_parsed_content("infer_split") in ("test", "validation", "training")
+
+
+# bundles whose time grid is their own (follow-up visits: LUMIERE; a user's series) have their own variant overlays
+FIXED_GRID = ["acdc_cine_forecasting", "isles_ctp_forecasting", "synthetic_forecasting"]
+PARAMETER_FREE = ("lci", "linear")  # the same in all five bundles
+
+
+@pytest.mark.parametrize("method", sorted({m for _, m in OVERLAYS}))
+def test_method_overlays_are_one_text_where_the_method_is_the_same(method):
+    """A method overlay is the same file in every bundle whose data need nothing of their own (a fix is one edit,
+    copied): in all five bundles for the parameter-free baselines, in the fixed-grid bundles for the others; TFM's
+    overlay states each dataset's width and slice axis."""
+    if method == "tfm":
+        pytest.skip("tfm.yaml holds the dataset's network width and slice axis")
+    have = [b for b in FORECASTING if (BUNDLES / b / "configs" / "methods" / f"{method}.yaml").is_file()]
+    group = have if method in PARAMETER_FREE else [b for b in FIXED_GRID if b in have]
+    texts = {b: (BUNDLES / b / "configs" / "methods" / f"{method}.yaml").read_text() for b in group}
+    assert len(group) >= 2 and len(set(texts.values())) == 1, f"{method}.yaml differs between {sorted(texts)}"
