@@ -361,3 +361,53 @@ def test_bundle_train_evaluate_infer(download, tmp_path, method):
     img, ref = nib.load(outs[0]), nib.load(test_items[0]["frames"][-1]["image"])
     assert img.shape == ref.shape == GRID and np.allclose(img.affine, ref.affine, atol=1e-5)
     assert np.isfinite(img.get_fdata()).all()
+
+
+def test_the_continuous_model_knows_its_training_weeks(prepared, tmp_path):
+    """The bundle's time_range is the training visits' weeks (from the prepared data; nothing without it), and
+    `monai-tfm forecast` refuses a target far beyond them unless extrapolation is allowed."""
+    from monai_tfm.apps.forecaster import BundleForecaster, ForecastError
+    from monai_tfm.data import training_time_range
+
+    dst, _, _ = prepared
+    items = json.loads((dst / "datalist.json").read_text())["training"]
+    weeks = [f["time"] for item in items for f in item["frames"]]
+    assert training_time_range([None, tmp_path / "nothing", dst]) == [min(weeks), max(weeks)]
+    assert training_time_range([tmp_path / "nothing"]) is None
+    parser = ConfigParser()
+    parser.read_config([str(CONFIGS / "train.yaml")])
+    weights = tmp_path / "w.pt"
+    torch.save(parser.get_parsed_content("network_def", instantiate=True).state_dict(), weights)
+    over = {"dataset_dir": str(dst), "prepared_dir": str(tmp_path / "unused")}
+    model = BundleForecaster(REPO / "bundles" / "lumiere_glioma_forecasting", weights=weights, overrides=over)
+    lo, hi = model.time_range.accepted
+    assert (model.time_range.lo, model.time_range.hi) == (min(weeks), max(weeks)) and hi > max(weeks)
+    assert model.select_context([0.0, 10.0], max(weeks), ["a", "b"]) == [0, 1]
+    with pytest.raises(ForecastError, match="lies outside the trained times"):
+        model.select_context([0.0, 10.0], hi + 50.0, ["a", "b"])
+    free = BundleForecaster(
+        REPO / "bundles" / "lumiere_glioma_forecasting", weights=weights, overrides=over, allow_extrapolation=True
+    )
+    assert free.select_context([0.0, 10.0], hi + 50.0, ["a", "b"]) == [0, 1]
+
+
+def test_a_packed_bundle_carries_its_training_weeks(prepared, tmp_path):
+    """`monai-tfm pack --dataset_dir` stores the range, so the unzipped bundle checks forecasts without the data."""
+    import zipfile
+
+    from monai_tfm.apps.forecaster import BundleForecaster
+    from monai_tfm.apps.pack import pack_bundle
+    from monai_tfm.data import training_time_range
+
+    dst, _, _ = prepared
+    parser = ConfigParser()
+    parser.read_config([str(CONFIGS / "train.yaml")])
+    weights = tmp_path / "w.pt"
+    torch.save(parser.get_parsed_content("network_def").state_dict(), weights)
+    bundle = REPO / "bundles" / "lumiere_glioma_forecasting"
+    out = pack_bundle(bundle, tmp_path / "b.zip", weights=weights, dataset_dir=dst)
+    with zipfile.ZipFile(out) as z:
+        z.extractall(tmp_path / "unzipped")
+    (root,) = (tmp_path / "unzipped").iterdir()
+    model = BundleForecaster(root, overrides={"dataset_dir": str(tmp_path / "no_data")})
+    assert [model.time_range.lo, model.time_range.hi] == training_time_range([dst])

@@ -40,7 +40,8 @@ ZIP_DATE = (1980, 1, 1, 0, 0, 0)
 WEIGHTS_ENTRY = "models/model.pt"
 SETTINGS_ENTRY = f"configs/{DATASET_SETTINGS_FILE}"
 # a bundle whose configs call this reads its dataset settings from the prepared folder or from SETTINGS_ENTRY
-SETTINGS_READER = "series_settings("
+SETTINGS_READER = "series_settings("  # a bundle that cannot run without the settings
+RANGE_READER = "training_time_range("  # a bundle that checks forecasts against them when it has them
 
 
 class PackError(MonaiTFMError):
@@ -101,7 +102,8 @@ def _dataset_settings_bytes(
     A text search for the reader's call is enough here: the bundle configs are ours and either call it or not, and
     resolving the whole config would need the data that a packed bundle is meant to do without.
     """
-    reads_settings = any(SETTINGS_READER in p.read_text(encoding="utf-8") for p in (root / "configs").glob("*.yaml"))
+    texts = [p.read_text(encoding="utf-8") for p in (root / "configs").glob("*.yaml")]
+    reads_settings = any(SETTINGS_READER in t for t in texts)
     if dataset_dir is None:
         if reads_settings and not (root / SETTINGS_ENTRY).is_file():
             raise PackError(
@@ -109,8 +111,11 @@ def _dataset_settings_bytes(
                 "(the folder it was trained on) to pack them as " + SETTINGS_ENTRY + "."
             )
         return None
-    if not reads_settings:
-        raise PackError(f"bundle '{bundle}' does not read dataset settings; --dataset_dir is only for series bundles.")
+    if not reads_settings and not any(RANGE_READER in t for t in texts):
+        raise PackError(
+            f"bundle '{bundle}' does not read dataset settings; --dataset_dir is for bundles that read them (series, "
+            "and the time range of LUMIERE and ISLES)."
+        )
     try:
         settings = series_settings(dataset_dir)
     except FileNotFoundError as e:

@@ -10,7 +10,7 @@ from .isles import ensure_isles_prepared, prepare_isles
 from .lumiere import ensure_lumiere_prepared, prepare_lumiere
 from .preparation import fold_split
 from .scan_table import read_scan_table
-from .series import prepare_series, series_datalist, series_folds, series_settings
+from .series import prepare_series, series_datalist, series_folds, series_settings, training_time_range
 from .synthetic import (
     DATALIST_NAME,
     GENERATOR_VERSION,
@@ -36,6 +36,7 @@ __all__ = [
     "series_datalist",
     "series_folds",
     "series_settings",
+    "training_time_range",
     "isles",
     "prepare_isles",
     "lumiere",

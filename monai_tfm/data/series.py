@@ -73,6 +73,7 @@ __all__ = [
     "series_datalist",
     "series_folds",
     "series_settings",
+    "training_time_range",
 ]
 
 logger = logging.getLogger(__name__)
@@ -442,6 +443,37 @@ def series_settings(dataset_dir: PathLike | None, bundle_root: PathLike | None =
         f"configs/{DATASET_SETTINGS_FILE}; run `monai-tfm prepare series --csv scans.csv --dst DIR` and pass "
         "--dataset_dir DIR."
     )
+
+
+def training_time_range(
+    dataset_dirs: Sequence[PathLike | None], bundle_root: PathLike | None = None
+) -> list[float] | None:
+    """``[first, last]`` time of the training series, for a bundle's ``time_range`` (what its continuous model has
+    seen; :class:`monai_tfm.transforms.TimeRange` refuses forecasts far outside it).
+
+    Read from the first of ``dataset_dirs`` that holds a prepared ``datalist.json`` (its training section, or the
+    range :func:`prepare_series` recorded), else from ``<bundle_root>/configs/dataset_settings.json`` (a bundle packed
+    with ``monai-tfm pack --dataset_dir``); with neither (weights shared without their data or settings) there is no
+    range to check, which is logged.
+
+    Args:
+        dataset_dirs: candidate prepared folders, e.g. a bundle's ``dataset_dir`` and ``prepared_dir``.
+        bundle_root: the bundle folder.
+
+    Returns:
+        the range, or None.
+    """
+    for folder in dataset_dirs:
+        if folder is not None and (Path(folder).expanduser() / DATALIST_NAME).is_file():
+            return _settings_from_datalist(Path(folder).expanduser() / DATALIST_NAME)["time_range"]
+    if bundle_root is not None and (Path(bundle_root) / "configs" / DATASET_SETTINGS_FILE).is_file():
+        return [float(v) for v in series_settings(None, bundle_root)["time_range"]]
+    logger.warning(
+        "no prepared data and no configs/%s: the times the model was trained on are unknown, so forecasts are not "
+        "checked against them",
+        DATASET_SETTINGS_FILE,
+    )
+    return None
 
 
 def series_folds(datalist: PathLike, fold: int) -> tuple[list, list]:
