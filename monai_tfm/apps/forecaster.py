@@ -166,11 +166,14 @@ class BundleForecaster:
         self.num_slots = int(parsed("num_slots"))
         self.variant_transforms = list(parsed("variant_transforms", []))
         self.allow_extrapolation = as_bool(options.allow_extrapolation, "allow-extrapolation", ForecastError)
-        self.time_range = TimeRange.from_config(
-            parsed("time_range", None), parsed("extrapolation_margin", 0.0), ForecastError
-        )
         self.grid_transform: GridEmbedd | None = next(
             (t for t in self.variant_transforms if isinstance(t, GridEmbedd)), None
+        )
+        # a time grid states what it can represent itself; the trained range matters to a continuous model only
+        self.time_range = (
+            TimeRange.from_config(parsed("time_range", None), parsed("extrapolation_margin", 0.0), ForecastError)
+            if self.grid_transform is None
+            else None
         )
         self.normalise = next(
             (t for t in parsed("load_transforms", []) if isinstance(t, ScaleIntensityRangePercentilesd)), None
