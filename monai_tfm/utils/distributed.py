@@ -118,8 +118,14 @@ def init_distributed(backend: str | None = None, device: torch.device | str | No
 
 
 def destroy_distributed() -> None:
-    """Destroy the default process group if there is one."""
+    """Destroy the default process group if there is one, after every rank has arrived.
+
+    The barrier keeps a rank that finishes early (rank 0 writes the summaries) from tearing down its process group
+    while another rank still uses it (a two-rank CPU run on a loaded machine once ended, after training, with
+    ``terminate called without an active exception``, exit -6).
+    """
     if dist.is_available() and dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
 
 
