@@ -42,8 +42,10 @@ CLIENT_GONE = 499
 def default_workers(device: str | None) -> int:
     """Forecasts run at once by default: one per GPU on CUDA, else half the CPU cores (1 to 4).
 
-    On a CPU every forecast already uses all of torch's threads, so more workers share the cores rather than add
-    throughput; a few keep the answers flowing (short requests do not wait behind a long one).
+    On a CPU each forecast also uses torch's intra-op threads, so workers and threads share the cores; for small
+    volumes several single-threaded workers give more answers per second than one multi-threaded one
+    (``docs/results/monailabel_load*.md``: 2 cores, 5.6 vs 3.3 answers/s), so set ``--conf workers`` to the cores and
+    ``OMP_NUM_THREADS=1`` there.
 
     Args:
         device: the app's device (None: MONAI Label's default, CUDA when available).
