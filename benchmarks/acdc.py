@@ -320,11 +320,13 @@ def _wall_clock_section(work: Path, names: list[str], folds: list[int], tag: str
         for s in (_read_json(d / "summary.json") for d in ref_dirs)
         if s and s.get("training", {}).get("seconds")
     ]
-    rows = []
+    rows, trained_by = [], set()
     for n in names:
         if n not in MAIN or n == REFERENCE:
             continue
         dirs = [work / f"{n}{wtag}_fold{f}" for f in folds if _summary(work / f"{n}{wtag}_fold{f}")]
+        infos = [_read_json(d / "run_info.json") or {} for d in dirs]
+        trained_by |= {f"{i.get('commit', '?')} on {i.get('device', '?')}" for i in infos}
         if not dirs:
             continue
         steps = sorted(int((_read_json(d / "run_info.json") or {}).get("steps_done") or 0) for d in dirs)
@@ -346,7 +348,8 @@ def _wall_clock_section(work: Path, names: list[str], folds: list[int], tag: str
         f"Our methods trained for {seconds:g} s of training steps per run (`--budget-seconds {seconds:g}`: each "
         "method's median step time from a 40-step calibration on the same machine and threads, turned into a step "
         f"budget), the same setting as the table above otherwise; {ref_text}. Gains paired per patient as above; "
-        "the last column pairs each run with `reference_cronos` on the same (patient, draw):",
+        f"the last column pairs each run with `reference_cronos` on the same (patient, draw). Trained by "
+        f"{'; '.join(sorted(trained_by))}.",
         "",
         "| run | folds | steps (median) | PSNR gain over LCI | SSIM gain | NRMSE decrease | PSNR vs reference_cronos |",
         "|---|---|---|---|---|---|---|",
