@@ -86,6 +86,12 @@ RUNS = {
     "seed1_cronos_continuous": ("cronos_continuous", [], {"train_seed": 1}),
     # in-plane flips of the whole series (the same flip for every frame)
     "recipe_flips": ("cronos_discrete", [], {"train_augmentation": FLIPS}),
+    # 5 % of the training series held still (every frame one frame): a still context should forecast no motion
+    "recipe_still": (
+        "cronos_discrete",
+        [],
+        {"train_augmentation": [{"_target_": "monai_tfm.transforms.RandHoldStilld", "keys": "series", "prob": 0.05}]},
+    ),
 }
 RECIPE_BASE = "cronos_discrete"
 REFERENCE = "reference_cronos"  # the authors' CRONOS through the comparison harness (optional)

@@ -330,3 +330,27 @@ class TestInferenceRules:
                 TimeRange.from_config(value, margin)
         with pytest.raises(ValueError, match=r"must be \[lo, hi\]"):
             TimeRange.from_config([0, 1, 2])
+
+
+def test_rand_hold_still_makes_a_series_still():
+    from monai.data import MetaTensor
+
+    from monai_tfm.transforms import RandHoldStilld
+
+    series = MetaTensor(torch.arange(5.0).reshape(5, 1, 1, 1, 1).expand(5, 1, 2, 3, 2).clone(), affine=torch.eye(4) * 2)
+    t = RandHoldStilld("series", prob=1.0)
+    t.set_random_state(3)
+    out = t({"series": series, "series_time": torch.arange(5.0)})["series"]
+    assert out.shape == series.shape and isinstance(out, MetaTensor) and torch.equal(out.affine, series.affine)
+    k = int(out[0, 0, 0, 0, 0])
+    assert torch.equal(out, series[k : k + 1].expand_as(series)) and 0 <= k < 5
+    same = RandHoldStilld("series", prob=0.0)({"series": series})["series"]
+    assert torch.equal(same, series)
+    # the probability: about 30 % of 400 seeded draws are still
+    still = 0
+    for s in range(400):
+        x = RandHoldStilld("series", prob=0.3).set_random_state(s)({"series": series})["series"]
+        still += bool((x == x[0]).all())
+    assert 80 < still < 160
+    with pytest.raises(ValueError, match="prob must be in"):
+        RandHoldStilld("series", prob=1.5)

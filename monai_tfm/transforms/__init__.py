@@ -32,12 +32,14 @@ from .series import (
     read_volume,
     resample_to_grid,
 )
+from .temporal import RandHoldStilld
 
 __all__ = [
     "ContextDraw",
     "ContextProtocol",
     "InferenceContextd",
     "AsForecastImaged",
+    "RandHoldStilld",
     "IntensityScaling",
     "ScaleSeriesIntensityd",
     "RandContextd",
