@@ -27,7 +27,14 @@ import numpy as np
 import pytest
 
 from monai_tfm.apps.forecast import ForecastError
-from monai_tfm.apps.monailabel.local_server import DEMO_STEP, LocalServer, demo_study, http_request, local_server
+from monai_tfm.apps.monailabel.local_server import (
+    DEMO_STEP,
+    LocalServer,
+    demo_affine,
+    demo_study,
+    http_request,
+    local_server,
+)
 from monai_tfm.apps.monailabel.study import find_series, read_series_sidecar
 from monai_tfm.data.synthetic import make_heart_series
 from monai_tfm.utils.errors import MonaiTFMError
@@ -38,17 +45,8 @@ STEP = DEMO_STEP  # the synthetic bundle's frame spacing
 START_TIMEOUT_S = 120.0
 
 
-def _affine() -> np.ndarray:
-    """Anisotropic spacing, a rotation about z and a translation."""
-    c, s = np.cos(0.4), np.sin(0.4)
-    affine = np.eye(4)
-    affine[:3, :3] = np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]]) @ np.diag([1.5, 1.25, 3.0])
-    affine[:3, 3] = [-20.0, 12.0, 7.0]
-    return affine
-
-
 def _save(path: Path, array: np.ndarray) -> Path:
-    nib.save(nib.Nifti1Image(np.asarray(array, dtype=np.float32), _affine()), str(path))
+    nib.save(nib.Nifti1Image(np.asarray(array, dtype=np.float32), demo_affine()), str(path))
     return path
 
 

@@ -119,25 +119,17 @@ class BundleForecaster:
         except TypeError as e:
             raise ForecastError(f"unknown forecast option: {one_line(e)}") from None
         self.options = options
-        method, weights, device, solver, steps = (
-            options.method,
-            options.weights,
-            options.device,
-            options.solver,
-            options.steps,
-        )
-        samples, sigma, seed, overrides = options.samples, options.sigma, options.seed, options.overrides
+        solver, sigma = options.solver, options.sigma
         self.root = Path(bundle)
-        files = bundle_config_files(self.root, method, ForecastError)
-        self.device = resolve_device(device, ForecastError)
-        samples = positive_int(samples, "samples", ForecastError)
+        files = bundle_config_files(self.root, options.method, ForecastError)
+        self.device = resolve_device(options.device, ForecastError)
+        samples = positive_int(options.samples, "samples", ForecastError)
         if solver is not None:
             check_solver(solver, ForecastError, extra=("euler_maruyama",))
-        if steps is not None:
-            steps = positive_int(steps, "steps", ForecastError)
+        steps = None if options.steps is None else positive_int(options.steps, "steps", ForecastError)
 
         parser = read_bundle_config(self.root, files)
-        apply_overrides(parser, overrides, files, ForecastError, "forecast")
+        apply_overrides(parser, options.overrides, files, ForecastError, "forecast")
         if solver is not None:
             parser["solver"] = solver
         if steps is not None:
@@ -158,7 +150,7 @@ class BundleForecaster:
             inferer_id = "validate#inferer" if "validate#inferer" in parser else "inferer"
             parser[f"{inferer_id}#num_samples"] = samples
             parser[f"{inferer_id}#diffusion"] = sigma
-            parser[f"{inferer_id}#seed"] = seed
+            parser[f"{inferer_id}#seed"] = options.seed
         self.samples = samples
 
         parsed = config_getter(parser, files, ForecastError)
@@ -181,7 +173,7 @@ class BundleForecaster:
         self.prepare_batch = parsed("prepare_batch")
         self.inferer = parsed("inferer")
         self.network = parsed("network_def")
-        self.weights = Path(weights) if weights is not None else self.root / "models" / "model.pt"
+        self.weights = Path(options.weights) if options.weights is not None else self.root / "models" / "model.pt"
         if self.network.state_dict():  # parameter-free baselines need no weights
             load_bundle_weights(self.network, self.weights, files, ForecastError)
         self.network.to(self.device).eval()
@@ -229,7 +221,7 @@ class BundleForecaster:
             self.time_range.check(times, target_time, names, ForecastError)
         if len(times) > self.num_slots:
             logger.warning("%d scans but the model takes at most %d: using the latest ones", len(times), self.num_slots)
-        return padded_slots(range(len(times)), self.num_slots)[0].unique_consecutive().tolist()
+        return list(range(len(times)))[-self.num_slots :]  # the latest ones, the scans predict's padded_slots keeps
 
     @torch.no_grad()
     def predict(

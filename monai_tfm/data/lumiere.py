@@ -489,26 +489,24 @@ def prepare_lumiere(
             entry["metadata"]["skipped_visits"] = skipped_visits[item[0].subject]
         return entry
 
-    def metadata(entries: list[dict]) -> dict:
-        return {
-            "dataset": "LUMIERE",
-            "preparer": "monai_tfm.data.lumiere",
-            "preparer_version": LUMIERE_PREPARE_VERSION,
-            "source": str(src_dir.absolute()),
-            "modality": modality,
-            "pattern": pattern,
-            "spatial_size": list(size),
-            "test_fraction": float(test_fraction),
-            "num_folds": num_folds,
-            "seed": int(seed),
-            "same_week_offset": float(same_week_offset),
-            "missing_visits": missing_visits,
-            "max_week": max(e["frames"][-1]["time"] for e in entries),
-            "skipped_subjects": skipped_subjects,
-            "frames": "one per usable visit; time = week of the visit folder (+ r * same_week_offset for its r-th "
-            "scan)",
-            "intensity": f"per patient: clip to percentiles {list(LUMIERE_PERCENTILES)} of all visits, scale to [0, 1]",
-        }
+    metadata = {
+        "dataset": "LUMIERE",
+        "preparer": "monai_tfm.data.lumiere",
+        "preparer_version": LUMIERE_PREPARE_VERSION,
+        "source": str(src_dir.absolute()),
+        "modality": modality,
+        "pattern": pattern,
+        "spatial_size": list(size),
+        "test_fraction": float(test_fraction),
+        "num_folds": num_folds,
+        "seed": int(seed),
+        "same_week_offset": float(same_week_offset),
+        "missing_visits": missing_visits,
+        "max_week": max(usable[-1][0].time for _, usable, _ in todo),
+        "skipped_subjects": skipped_subjects,
+        "frames": "one per usable visit; time = week of the visit folder (+ r * same_week_offset for its r-th " "scan)",
+        "intensity": f"per patient: clip to percentiles {list(LUMIERE_PERCENTILES)} of all visits, scale to [0, 1]",
+    }
 
     return write_prepared_dataset(
         PreparedDataset(

@@ -468,8 +468,7 @@ class PreparedDataset:
         time_unit: the datalist's ``time_unit``.
         num_folds: cross-validation folds of the training section.
         seed: seed of the fold assignment.
-        metadata: the datalist's ``metadata``, or a function of the prepared items that returns it (values that
-            depend on the prepared data, e.g. the last visit week).
+        metadata: the datalist's ``metadata``.
         skipped: number of source subjects left out (logged at the end; None: the preparer skips none).
     """
 
@@ -478,7 +477,7 @@ class PreparedDataset:
     time_unit: str
     num_folds: int
     seed: int
-    metadata: Mapping[str, Any] | Callable[[list[dict]], Mapping[str, Any]]
+    metadata: Mapping[str, Any]
     skipped: int | None = None
 
 
@@ -536,10 +535,9 @@ def write_prepared_dataset(
             )
         for e in training:
             e["fold"] = folds[e["subject"]]
-    metadata = info.metadata(entries) if callable(info.metadata) else info.metadata
     sections = {"training": training, **({"test": test} if test else {})}
     out = write_series_datalist(
-        datalist, sections, name=info.name, time_unit=info.time_unit, metadata=dict(metadata), overwrite=overwrite
+        datalist, sections, name=info.name, time_unit=info.time_unit, metadata=dict(info.metadata), overwrite=overwrite
     )
     logger.info(
         "%s: wrote %s (%d training, %d test%s) in %.1f s.",

@@ -463,11 +463,11 @@ def training_time_range(
     Returns:
         the range, or None.
     """
-    for folder in dataset_dirs:
-        if folder is not None and (Path(folder).expanduser() / DATALIST_NAME).is_file():
-            return _settings_from_datalist(Path(folder).expanduser() / DATALIST_NAME)["time_range"]
-    if bundle_root is not None and (Path(bundle_root) / "configs" / DATASET_SETTINGS_FILE).is_file():
-        return [float(v) for v in series_settings(None, bundle_root)["time_range"]]
+    prepared = (f for f in dataset_dirs if f is not None and (Path(f).expanduser() / DATALIST_NAME).is_file())
+    try:
+        return [float(v) for v in series_settings(next(prepared, None), bundle_root)["time_range"]]
+    except FileNotFoundError:
+        pass
     logger.warning(
         "no prepared data and no configs/%s: the times the model was trained on are unknown, so forecasts are not "
         "checked against them",

@@ -56,10 +56,14 @@ class StepBudget:
 
     def __init__(self, max_steps: int | None = None) -> None:
         self.max_steps = int(max_steps) if max_steps else 0
-        self.train_seconds = 0.0
-        self.steps = 0
+        self.train_seconds = 0.0  # running sum of step_seconds (the trainer's state reads it at every step)
         self.step_seconds: list[float] = []
         self._t0 = 0.0
+
+    @property
+    def steps(self) -> int:
+        """Training iterations timed so far."""
+        return len(self.step_seconds)
 
     @property
     def seconds_per_step(self) -> float:
@@ -108,7 +112,6 @@ class StepBudget:
         seconds = time.perf_counter() - self._t0
         self.train_seconds += seconds
         self.step_seconds.append(seconds)
-        self.steps += 1
         engine.state.train_seconds = self.train_seconds
         if self.max_steps and engine.state.iteration >= self.max_steps:
             logger.info("step budget of %d optimiser steps reached", self.max_steps)

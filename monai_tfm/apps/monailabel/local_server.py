@@ -25,10 +25,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from monai_tfm.apps.monailabel import app_dir
 from monai_tfm.utils.errors import MonaiTFMError
 
-__all__ = ["LocalServer", "demo_study", "free_port", "http_request", "local_server"]
+__all__ = ["LocalServer", "demo_affine", "demo_study", "free_port", "http_request", "local_server"]
 
 #: the frame spacing of the synthetic bundle's phantom series (12 frames over [0, 1])
 DEMO_STEP = 1.0 / 11
@@ -153,6 +155,15 @@ def local_server(
                 proc.wait(timeout=20)
 
 
+def demo_affine() -> np.ndarray:
+    """The demo scans' grid: anisotropic spacing (1.5, 1.25, 3), a rotation about z and a translation."""
+    c, s = np.cos(0.4), np.sin(0.4)
+    affine = np.eye(4)
+    affine[:3, :3] = np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]]) @ np.diag([1.5, 1.25, 3.0])
+    affine[:3, 3] = [-20.0, 12.0, 7.0]
+    return affine
+
+
 def demo_study(root: str | os.PathLike, bundle: str | os.PathLike, num_scans: int = 4) -> tuple[Path, Path, list[Path]]:
     """A bundle copy whose weights are its freshly built network and a studies folder with one phantom series.
 
@@ -170,7 +181,6 @@ def demo_study(root: str | os.PathLike, bundle: str | os.PathLike, num_scans: in
         the bundle copy, the studies folder and the scan files.
     """
     import nibabel as nib
-    import numpy as np
     import torch
     from monai.bundle import ConfigParser
 
@@ -185,10 +195,7 @@ def demo_study(root: str | os.PathLike, bundle: str | os.PathLike, num_scans: in
     torch.save(parser.get_parsed_content("network_def").state_dict(), copy / "models" / "model.pt")
     studies = root / "studies"
     studies.mkdir()
-    c, s = np.cos(0.4), np.sin(0.4)
-    affine = np.eye(4)
-    affine[:3, :3] = np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]]) @ np.diag([1.5, 1.25, 3.0])
-    affine[:3, 3] = [-20.0, 12.0, 7.0]
+    affine = demo_affine()
     frames, _ = make_heart_series(5, spatial_size=(16, 14, 6), num_frames=12)
     scans = []
     for k in range(num_scans):

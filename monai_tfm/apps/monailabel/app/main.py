@@ -120,7 +120,8 @@ class ForecastApp(MONAILabelApp):
             "max_steps": _conf_number(conf, "max_steps", int, DEFAULT_MAX_STEPS),
             "max_samples": _conf_number(conf, "max_samples", int, DEFAULT_MAX_SAMPLES),
         }
-        workers = _conf_number(conf, "workers", int, None) or default_workers(self.task_args["device"])
+        workers = _conf_number(conf, "workers", int, None)
+        workers = default_workers(self.task_args["device"]) if workers is None else workers
         if workers < 1:
             raise ForecastError(f"--conf workers must be >= 1, got {workers}.")
         self.queue = ForecastQueue(workers)
