@@ -318,9 +318,34 @@ def _by_target_section(work: Path, names: list[str], folds: list[int], tag: str)
     return [*lines, ""]
 
 
+def _head_to_head_section(work: Path, names: list[str], folds: list[int], tag: str) -> list:
+    """Markdown: each method paired with the reference on the same (patient, draw); every run's rows read once."""
+    ref_rows = _per_sample_rows([work / f"{REFERENCE}{tag}_fold{f}" for f in folds])
+    lines = []
+    for n in names:
+        if n == REFERENCE:
+            continue
+        paired = _paired_rows(_per_sample_rows([work / f"{n}{tag}_fold{f}" for f in folds]), ref_rows)
+        lines.append(f"| {n} | " + " | ".join(_gain_cell(paired, m) for m in ("psnr", "ssim", "nrmse")) + " |")
+    if not lines:
+        return []
+    return [
+        "### Head to head with the authors' CRONOS",
+        "",
+        "Each method paired with `reference_cronos` on the same (patient, draw) of the folds both ran; a "
+        "positive gain means this method forecasts better than the authors' code:",
+        "",
+        "| method | PSNR gain | SSIM gain | NRMSE decrease |",
+        "|---|---|---|---|",
+        *lines,
+        "",
+    ]
+
+
 def _wall_clock_section(work: Path, names: list[str], folds: list[int], tag: str, wtag: str, seconds: float) -> list:
     """Markdown of the main runs trained for ``seconds`` (run tag ``wtag``) next to the reference at ``tag``."""
     ref_dirs = [work / f"{REFERENCE}{tag}_fold{f}" for f in folds]
+    ref_rows = _per_sample_rows(ref_dirs)
     ref_seconds = [
         s["training"]["seconds"]
         for s in (_read_json(d / "summary.json") for d in ref_dirs)
@@ -338,7 +363,7 @@ def _wall_clock_section(work: Path, names: list[str], folds: list[int], tag: str
         steps = sorted(int((_read_json(d / "run_info.json") or {}).get("steps_done") or 0) for d in dirs)
         per = _per_sample_rows(dirs)
         gains = " | ".join(_gain_cell(per, m) for m in ("psnr", "ssim", "nrmse"))
-        versus = _gain_cell(_paired_rows(per, _per_sample_rows(ref_dirs)), "psnr")
+        versus = _gain_cell(_paired_rows(per, ref_rows), "psnr")
         rows.append(f"| {n}{wtag} | {len(dirs)} | {steps[len(steps) // 2]} | {gains} | {versus} |")
     if not rows:
         return []
@@ -546,34 +571,8 @@ def main() -> None:
             "",
         ]
         md += _by_target_section(work, [n for n in names if n in MAIN and results.get(n)], folds, tag)
-        rivals = [n for n in names if n in MAIN and n != "reference_cronos" and results.get(n)]
-        if results.get("reference_cronos") and rivals:
-            ref_dirs = [work / f"reference_cronos{tag}_fold{f}" for f in folds]
-            md += [
-                "### Head to head with the authors' CRONOS",
-                "",
-                "Each method paired with `reference_cronos` on the same (patient, draw) of the folds both ran; a "
-                "positive gain means this method forecasts better than the authors' code:",
-                "",
-                "| method | PSNR gain | SSIM gain | NRMSE decrease |",
-                "|---|---|---|---|",
-                *[
-                    f"| {n} | "
-                    + " | ".join(
-                        _gain_cell(
-                            _paired_rows(
-                                _per_sample_rows([work / f"{n}{tag}_fold{f}" for f in folds]),
-                                _per_sample_rows(ref_dirs),
-                            ),
-                            m,
-                        )
-                        for m in ("psnr", "ssim", "nrmse")
-                    )
-                    + " |"
-                    for n in rivals
-                ],
-                "",
-            ]
+        if results.get(REFERENCE):
+            md += _head_to_head_section(work, [n for n in names if n in MAIN and results.get(n)], folds, tag)
         if args.wall_clock_rows:
             md += _wall_clock_section(work, names, folds, tag, f"_sec{args.wall_clock_rows:g}", args.wall_clock_rows)
         if default_results:
