@@ -325,7 +325,16 @@ def test_samples_preview_truth_and_no_overwrite(tmp_path, capsys, weights, scans
     rc, _, err = run_cli(args, capsys)
     assert_one_line_error(rc, err, str(out), "--overwrite")
     assert out.read_bytes() == before
+    # the switch as a user types it: 'false' refuses (fire hands it over as a string), a bad value is one line
+    rc, _, err = run_cli([*args, "--overwrite", "false"], capsys)
+    assert_one_line_error(rc, err, str(out), "--overwrite")
+    assert out.read_bytes() == before
+    rc, _, err = run_cli([*args, "--overwrite", "maybe"], capsys)
+    assert_one_line_error(rc, err, "--overwrite", "'maybe'")
+    assert out.read_bytes() == before
     rc, _, err = run_cli([*args, "--overwrite"], capsys)
+    assert rc == 0, err
+    rc, _, err = run_cli([*args, "--overwrite", "true"], capsys)
     assert rc == 0, err
     # the bundle trains deterministically (sigma 0): samples need an explicit sigma
     args = _forecast_args(BUNDLE, scans[:2], times[:2], 0.5, tmp_path / "x.nii.gz", weights["random"], "--samples", 2)

@@ -44,7 +44,7 @@ from monai_tfm.transforms.intensity import IntensityScaling
 from monai_tfm.transforms.series import SeriesReadError, grid_mismatch, read_volume, resample_to_grid
 from monai_tfm.utils.display import require_matplotlib, write_forecast_preview
 from monai_tfm.utils.io import atomic_save_nifti
-from monai_tfm.utils.options import positive_int
+from monai_tfm.utils.options import as_bool, positive_int
 
 __all__ = [
     "BundleForecaster",
@@ -318,6 +318,7 @@ def forecast(
         raise ForecastError(f"give the forecast options or {sorted(kwargs)}, not both.")
     options = options or ForecastOptions.from_kwargs(kwargs)
     samples = positive_int(options.samples, "samples", ForecastError)
+    overwrite = as_bool(overwrite, "overwrite", ForecastError)  # the command line hands over 'false' as a string
     if target_time is None:
         raise ForecastError("--target-time is required.")
     t_target = parse_time(target_time, "--target-time", ForecastError)
@@ -426,6 +427,7 @@ def forecast_series(
     Raises:
         ForecastError: for any problem with the inputs, named in a one-line message.
     """
+    overwrite = as_bool(overwrite, "overwrite", ForecastError)
     series = parse_series(_as_list(scans, "scans"), _as_list(times, "times"), who, ForecastError)
     t_target = parse_time(target_time, "target time", ForecastError)
     out = Path(output)
