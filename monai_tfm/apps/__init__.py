@@ -3,6 +3,7 @@
 of one application never break another):
 
 * :mod:`monai_tfm.apps.forecast`: forecast a patient's own scans with a trained bundle (``monai-tfm forecast``);
+  the model is :mod:`monai_tfm.apps.forecaster`, the scans as its context :mod:`monai_tfm.apps.scans`;
 * :mod:`monai_tfm.apps.pack`: a reproducible, shareable zip of a bundle with its weights (``monai-tfm pack``);
 * :mod:`monai_tfm.apps.monailabel`: the MONAI Label app;
 * :mod:`monai_tfm.apps.bundle_loading`: loading a trained bundle's config, device and weights, shared by forecast and

@@ -8,16 +8,14 @@ A few scans with their acquisition times in, one forecast volume out::
              output="pred.nii.gz")
 
 The model (:class:`BundleForecaster`, :class:`ForecastOptions`) is :mod:`monai_tfm.apps.forecaster`: everything of
-it comes from the bundle's configs. What is added is what a user's own scans need and a datalist does not have:
+it comes from the bundle's configs. Reading a user's scans onto one grid and intensity scale (the reference grid: the
+latest scan's, or ``reference``) is :mod:`monai_tfm.apps.scans`. What the command adds:
 
-* reading NIfTI files or DICOM series folders (MONAI ``LoadImage``; ITK for folders) with checks that name the file;
-* resampling scans on other grids onto the reference grid (the latest scan's, or ``reference``) with MONAI's
-  ``ResampleToMatch`` (trilinear), with a logged note;
-* one 0.5/99.5-percentile clip/scale over all scans of a patient (the bundle's transform), inverted on the forecast,
-  so the output is in the original intensity scale, on the reference grid with its affine;
-* the time checks of the variant (the discrete variant needs the times on the bundle's grid);
+* scans given as files with their times, or as a ``subject,path,time`` table (every subject checked before the first
+  forecast is written);
+* the forecast in the original intensity scale, on the reference grid with its affine;
 * atomic outputs that never replace an existing file unless ``overwrite``; optional stochastic samples (mean and
-  standard deviation maps) and a PNG preview panel.
+  standard deviation maps), metrics against a real scan at the target time and a PNG preview panel.
 
 Expected input problems raise :class:`ForecastError` (a ``ValueError``) with a one-line message that names the file
 or value; the command line prints it and exits with code 2.
@@ -30,20 +28,16 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
-import torch
-from monai.data import MetaTensor
 from tqdm.auto import tqdm
 
-from monai_tfm.apps.bundle_loading import one_line
 from monai_tfm.apps.forecaster import BundleForecaster, ForecastError, ForecastOptions
+from monai_tfm.apps.scans import on_reference_grid, read_context, read_scan
 from monai_tfm.data.scan_table import parse_series, parse_time, read_scan_table
-from monai_tfm.transforms.intensity import IntensityScaling
-from monai_tfm.transforms.series import SeriesReadError, grid_mismatch, read_volume, resample_to_grid
 from monai_tfm.utils.display import require_matplotlib, write_forecast_preview
-from monai_tfm.utils.io import atomic_save_nifti
+from monai_tfm.utils.io import atomic_save_nifti, check_files_free
 from monai_tfm.utils.options import as_bool, positive_int
 
 __all__ = [
@@ -59,46 +53,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 _NIFTI_SUFFIXES = (".nii", ".nii.gz")
-
-
-# ------------------------------------------------------------------------------------------------------ reading
-
-
-def read_scan(path: str | os.PathLike, what: str = "scan") -> MetaTensor:
-    """Read one scan: a 3D NIfTI file (nibabel), another ITK format, or a folder with one DICOM series (ITK).
-
-    The reading and its checks are :func:`monai_tfm.transforms.read_volume`'s (the same as for datalist frames): the
-    file exists and is readable, it is a single 3D volume, its voxels are finite.
-
-    Args:
-        path: file or DICOM folder.
-        what: how the scan is called in error messages (``scan``, ``reference scan``, ``truth scan``).
-
-    Returns:
-        ``(1, D, H, W)`` float32 ``MetaTensor`` with its affine (RAS, as MONAI's readers give it).
-
-    Raises:
-        ForecastError: a missing or unreadable file, a folder without exactly one DICOM series, an image that is not
-            one 3D volume, or non-finite voxels.
-    """
-    try:
-        return read_volume(path, what=what)
-    except (FileNotFoundError, SeriesReadError, ValueError) as e:
-        raise ForecastError(one_line(e)) from e
-
-
-def _on_grid(img: MetaTensor, ref: MetaTensor, name: str, ref_name: str) -> torch.Tensor:
-    """``img`` on the grid of ``ref`` (trilinear resampling with a logged note when the grids differ)."""
-    if grid_mismatch(img, ref) is not None:
-        logger.info(
-            "'%s' (shape %s) is on another grid than the reference '%s' (shape %s): resampled onto the reference "
-            "grid (trilinear)",
-            name,
-            tuple(img.shape[1:]),
-            ref_name,
-            tuple(ref.shape[1:]),
-        )
-    return resample_to_grid(img, ref)
 
 
 # ------------------------------------------------------------------------------------------------------ arguments
@@ -117,7 +71,7 @@ def _as_list(value: Any, what: str) -> list[Any]:
 
 def _nifti_stem(path: Path) -> str:
     name = path.name
-    for suffix in (".nii.gz", ".nii"):
+    for suffix in sorted(_NIFTI_SUFFIXES, key=len, reverse=True):  # .nii.gz before .nii
         if name.lower().endswith(suffix):
             return name[: -len(suffix)]
     return path.stem
@@ -165,48 +119,6 @@ class _Job:
     preview: Path | None
 
 
-def _check_free(paths: Sequence[Path | None], overwrite: bool) -> None:
-    for p in paths:
-        if p is None:
-            continue
-        if p.is_dir():
-            raise ForecastError(f"output '{p}' is a folder; give a file name.")
-        if p.exists() and not overwrite:
-            raise ForecastError(f"output '{p}' exists; pass --overwrite to replace it.")
-
-
-class _Inputs(NamedTuple):
-    """One job's context, read, on the reference grid and normalised (everything a forecast needs to start)."""
-
-    ref: MetaTensor
-    ref_name: str
-    scaling: IntensityScaling
-    normalised: torch.Tensor
-    times: list[float]
-
-
-def _read_inputs(model: BundleForecaster, job: _Job, target_time: float, reference: str | None) -> _Inputs:
-    """Check the times of ``job``, read its context scans and bring them onto one grid and intensity scale.
-
-    Raises:
-        ForecastError: a time the model cannot use, a scan that cannot be read, or a constant series.
-    """
-    names = [p for p, _ in job.scans]
-    times = [t for _, t in job.scans]
-    context = model.select_context(times, target_time, names)  # time checks before any image is read
-    images = {i: read_scan(names[i]) for i in context}
-    if reference is not None:
-        ref, ref_name = read_scan(reference, "reference scan"), reference
-    else:
-        ref, ref_name = images[context[-1]], names[context[-1]]
-    frames = torch.stack([_on_grid(images[i], ref, names[i], ref_name) for i in context])
-    try:
-        scaling = IntensityScaling.from_series(frames, model.normalise)
-    except ValueError as e:
-        raise ForecastError(one_line(e)) from e
-    return _Inputs(ref, ref_name, scaling, scaling.forward(frames).float(), [times[i] for i in context])
-
-
 def _forecast_one(
     model: BundleForecaster,
     job: _Job,
@@ -215,7 +127,7 @@ def _forecast_one(
     truth: str | None,
     overwrite: bool,
 ) -> ForecastResult:
-    ref, ref_name, scaling, normalised, ctx_times = _read_inputs(model, job, target_time, reference)
+    ref, ref_name, scaling, normalised, ctx_times = read_context(model, job.scans, target_time, reference)
     logger.info(
         "%s: forecasting t=%g from %d scan(s) at t=%s (intensity %.4g..%.4g -> %g..%g)",
         job.subject,
@@ -240,7 +152,7 @@ def _forecast_one(
     if truth is not None:
         from monai_tfm.metrics import compute_forecast_metrics
 
-        truth_norm = scaling.forward(_on_grid(read_scan(truth, "truth scan"), ref, truth, ref_name)).float()
+        truth_norm = scaling.forward(on_reference_grid(read_scan(truth, "truth scan"), ref, truth, ref_name)).float()
         model_m = compute_forecast_metrics(pred, truth_norm, normalised[-1])
         lci_m = compute_forecast_metrics(normalised[-1], truth_norm, normalised[-1])
         metrics = {f"model_{k}": v for k, v in model_m.items()} | {f"lci_{k}": v for k, v in lci_m.items()}
@@ -339,15 +251,9 @@ def forecast(
                 [r.path for r in rows], [r.time for r in rows], f"subject {subject!r} of '{csv}'", ForecastError
             )
             target = out / f"{subject}_forecast.nii.gz"
-            jobs.append(
-                _Job(
-                    subject,
-                    series,
-                    target,
-                    _std_path(target) if samples > 1 else None,
-                    None if preview_dir is None else preview_dir / f"{subject}_preview.png",
-                )
-            )
+            jobs.append(_Job(subject, series, target, _std_path(target) if samples > 1 else None, None))
+            if preview_dir is not None:
+                jobs[-1].preview = preview_dir / f"{subject}_preview.png"
     else:
         paths = _as_list(scans, "scans")
         if not paths:
@@ -355,16 +261,9 @@ def forecast(
         series = parse_series(paths, _as_list(times, "times"), "--scans", ForecastError)
         if not out.name.lower().endswith(_NIFTI_SUFFIXES):
             raise ForecastError(f"output '{out}' must be a NIfTI file name ending in .nii.gz or .nii.")
-        jobs.append(
-            _Job(
-                _nifti_stem(out),
-                series,
-                out,
-                _std_path(out) if samples > 1 else None,
-                None if preview is None else Path(preview),
-            )
-        )
-    _check_free([p for j in jobs for p in (j.output, j.std_output, j.preview)], overwrite)
+        std_out = _std_path(out) if samples > 1 else None
+        jobs.append(_Job(_nifti_stem(out), series, out, std_out, None if preview is None else Path(preview)))
+    check_files_free([p for j in jobs for p in (j.output, j.std_output, j.preview)], overwrite, ForecastError)
     for job in jobs:  # cheap existence checks before the model is built
         for path, _ in job.scans:
             if not Path(path).exists():
@@ -385,7 +284,7 @@ def forecast(
     # its forecast, so that a long table does not hold all its scans in memory)
     for job in tqdm(jobs, desc="checking subjects", unit="subject", leave=False):
         try:
-            _read_inputs(model, job, t_target, ref)
+            read_context(model, job.scans, t_target, ref)
         except ForecastError as e:
             raise ForecastError(f"subject {job.subject!r} of '{csv}': {e}") from e
     results = []
@@ -432,6 +331,6 @@ def forecast_series(
     t_target = parse_time(target_time, "target time", ForecastError)
     out = Path(output)
     std = Path(std_output) if std_output is not None and model.samples > 1 else None
-    _check_free([out, std], overwrite)
+    check_files_free([out, std], overwrite, ForecastError)
     job = _Job(subject or _nifti_stem(out), series, out, std, None)
     return _forecast_one(model, job, t_target, None if reference is None else os.fspath(reference), None, overwrite)

@@ -7,8 +7,9 @@ validation inferer, so that every method overlay applies), the batch preparation
 the intensity normalisation (``load_transforms``) and the sizes (``num_slots``, ``variant``) all come from the bundle's
 ``configs/train.yaml`` + ``configs/inference.yaml`` (plus an optional method overlay), parsed with MONAI's
 ``ConfigParser``. Which scans are context is the rule of the bundle's transforms (:meth:`GridEmbedd.context_indices`
-for a time grid, :class:`TimeRange` for a continuous model); padding is :func:`padded_slots`'. The command around it
-(reading, resampling and writing a user's scans) is :mod:`monai_tfm.apps.forecast`; the MONAI Label task shares both.
+for a time grid, :class:`TimeRange` for a continuous model); padding is :func:`padded_slots`'. A user's scans become its
+input in :mod:`monai_tfm.apps.scans` (reading, resampling, normalising) and the command around it is
+:mod:`monai_tfm.apps.forecast`; the MONAI Label task shares all three.
 """
 
 from __future__ import annotations

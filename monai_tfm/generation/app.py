@@ -45,7 +45,7 @@ from monai_tfm.generation.samplers import DIFFUSION_SCHEDULERS, generate_images
 from monai_tfm.handlers.checkpoint import load_weights
 from monai_tfm.utils.display import require_matplotlib
 from monai_tfm.utils.errors import MonaiTFMError
-from monai_tfm.utils.io import atomic_save_nifti
+from monai_tfm.utils.io import atomic_save_nifti, check_files_free
 from monai_tfm.utils.options import as_bool, positive_int
 
 __all__ = ["BundleGenerator", "GenerationError", "generate", "read_mask", "write_class_samples", "write_samples"]
@@ -287,16 +287,7 @@ def _targets(folder: Path, prefix: str, n: int, preview: bool) -> list[tuple[Pat
 
 
 def _check_free(targets: Sequence[tuple[Path, Path | None]], overwrite: bool) -> None:
-    for pair in targets:
-        for p in pair:
-            if p is None:
-                continue
-            if p.is_dir():
-                raise GenerationError(f"output '{p}' is a folder.")
-            if p.exists() and not overwrite:
-                raise GenerationError(
-                    f"output '{p}' exists; pass --overwrite to replace it or choose another --output."
-                )
+    check_files_free((p for pair in targets for p in pair), overwrite, GenerationError, " or choose another --output")
 
 
 def write_samples(

@@ -7,7 +7,15 @@ from . import distributed
 from .bundle import find_bundle_root, log_forecasts, log_run_summary, setup_logging
 from .display import middle_slice
 from .errors import one_line, user_error_in_chain
-from .io import atomic_path, atomic_save_nifti, atomic_save_torch, atomic_write, atomic_write_text, check_outputs_free
+from .io import (
+    atomic_path,
+    atomic_save_nifti,
+    atomic_save_torch,
+    atomic_write,
+    atomic_write_text,
+    check_files_free,
+    check_outputs_free,
+)
 from .options import as_bool, positive_int
 
 __all__ = [
@@ -19,6 +27,7 @@ __all__ = [
     "atomic_save_torch",
     "atomic_write",
     "atomic_write_text",
+    "check_files_free",
     "check_outputs_free",
     "find_bundle_root",
     "log_forecasts",

@@ -23,7 +23,7 @@ import contextlib
 import logging
 import os
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -39,6 +39,7 @@ __all__ = [
     "atomic_save_torch",
     "atomic_write",
     "atomic_write_text",
+    "check_files_free",
     "check_outputs_free",
 ]
 
@@ -270,3 +271,30 @@ def check_outputs_free(
             f"{folder} already holds {what} ({found[0].name}); pass --overwrite true to replace them or choose "
             "another output folder."
         )
+
+
+def check_files_free(
+    paths: Iterable[PathLike | None], overwrite: bool, error: type[Exception] = MonaiTFMError, hint: str = ""
+) -> None:
+    """Refuse, before any work starts, output files that are folders or that exist (unless ``overwrite``).
+
+    The file-by-file sibling of :func:`check_outputs_free`, for commands that name each output (``monai-tfm
+    forecast``, ``monai-tfm generate``).
+
+    Args:
+        paths: the output files (``None`` entries are skipped).
+        overwrite: replace existing files.
+        error: the exception class to raise.
+        hint: appended to the message about an existing file (e.g. ``" or choose another --output"``).
+
+    Raises:
+        error: an output is a folder, or exists and ``overwrite`` is false; the message names it.
+    """
+    for path in paths:
+        if path is None:
+            continue
+        path = Path(path)
+        if path.is_dir():
+            raise error(f"output '{path}' is a folder; give a file name.")
+        if path.exists() and not overwrite:
+            raise error(f"output '{path}' exists; pass --overwrite to replace it{hint}.")
