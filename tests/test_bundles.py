@@ -6,6 +6,9 @@ training and in inference (the files ``monai-tfm forecast`` reads), so trained w
 
 from __future__ import annotations
 
+import importlib.util
+import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -21,6 +24,10 @@ BUNDLES = REPO / "bundles"
 SCHEMA = BUNDLES / "schema" / "monai_tfm_meta_schema_v1.json"
 ALL = sorted(p.parent.parent.name for p in BUNDLES.glob("*/configs/metadata.json"))
 FORECASTING = sorted(p.parent.parent.name for p in BUNDLES.glob("*_forecasting/configs/methods"))
+_spec = importlib.util.spec_from_file_location("bundle_wiring", REPO / "tools" / "bundle_wiring.py")
+bundle_wiring = importlib.util.module_from_spec(_spec)
+sys.modules["bundle_wiring"] = bundle_wiring  # dataclasses look their module up
+_spec.loader.exec_module(bundle_wiring)
 OVERLAYS = [(b, p.stem) for b in FORECASTING for p in sorted((BUNDLES / b / "configs" / "methods").glob("*.yaml"))]
 
 
@@ -55,25 +62,54 @@ def test_overlay_builds_the_same_network_for_training_and_inference(bundle, meth
     assert served == trained
 
 
-SHARED_MARK = "# ---- shared wiring:"
+PARTS = bundle_wiring.generic_parts()
 
 
-def _shared_part(bundle: str, name: str) -> str:
-    """The part of a config file that must be the same in every forecasting bundle: the whole file, or for
-    ``train.yaml`` everything from its shared-wiring line on (above it: the dataset's own values)."""
-    text = (BUNDLES / bundle / "configs" / name).read_text()
-    if name == "train.yaml":
-        assert text.count(SHARED_MARK) == 1, f"{bundle}/configs/train.yaml has no single '{SHARED_MARK}' line"
-        return text[text.index(SHARED_MARK) :]
-    return text
+def test_the_generic_parts_cover_every_shared_file():
+    """The rule of tools/bundle_wiring.py names the whole files, train.yaml's shared tail and the method overlays."""
+    names = {(p.relpath, p.from_mark) for p in PARTS}
+    for name in ("evaluate.yaml", "inference.yaml", "multi_gpu_train.yaml"):
+        assert (f"configs/{name}", False) in names
+    assert ("configs/train.yaml", True) in names
+    overlays = {p.relpath for p in PARTS if "/methods/" in p.relpath}
+    assert {"configs/methods/lci.yaml", "configs/methods/cronos_discrete.yaml"} <= overlays
+    assert "configs/methods/tfm.yaml" not in overlays  # it holds each dataset's width and slice axis
+    assert all(len(p.bundles) >= 2 for p in PARTS)
 
 
-@pytest.mark.parametrize("name", ["train.yaml", "evaluate.yaml", "inference.yaml", "multi_gpu_train.yaml"])
-def test_forecasting_bundles_share_the_generic_wiring(name):
-    """The generic wiring is the same text everywhere: a fix to it is one edit (copied to every bundle)."""
-    texts = {b: _shared_part(b, name) for b in FORECASTING}
-    first = texts[FORECASTING[0]]
-    assert [b for b, t in texts.items() if t != first] == []
+@pytest.mark.parametrize("part", PARTS, ids=[f"{p.relpath}{'-tail' if p.from_mark else ''}" for p in PARTS])
+def test_forecasting_bundles_share_the_generic_wiring(part):
+    """The generic wiring is the same text everywhere (a fix is one edit, copied by tools/bundle_wiring.py --write)."""
+    assert part.differing() == [], f"{part.relpath} differs: run python tools/bundle_wiring.py --write"
+
+
+def test_bundle_wiring_copies_one_edit_to_every_bundle(tmp_path):
+    """An edit of the generic tail of one bundle's train.yaml and of one shared overlay reaches the others; their
+    dataset parts stay theirs; with two different edits the tool asks which is right and changes nothing."""
+    root = tmp_path / "bundles"
+    for b in FORECASTING:
+        shutil.copytree(BUNDLES / b / "configs", root / b / "configs")
+    edited = root / FORECASTING[0] / "configs"
+    (edited / "train.yaml").write_text((edited / "train.yaml").read_text() + "# a wiring fix\n")
+    (edited / "methods" / "lci.yaml").write_text((edited / "methods" / "lci.yaml").read_text() + "# fix\n")
+    heads = {
+        b: (root / b / "configs" / "train.yaml").read_text().split(bundle_wiring.SHARED_MARK)[0] for b in FORECASTING
+    }
+    assert bundle_wiring.main(["--bundles", str(root)]) == 1  # the check sees the edits
+    assert bundle_wiring.main(["--bundles", str(root), "--write"]) == 0
+    for b in FORECASTING:
+        train = (root / b / "configs" / "train.yaml").read_text()
+        assert train.endswith("# a wiring fix\n") and train.startswith(heads[b])
+        assert (root / b / "configs" / "methods" / "lci.yaml").read_text().endswith("# fix\n")
+    assert bundle_wiring.main(["--bundles", str(root)]) == 0
+    for b, text in ((FORECASTING[0], "# one\n"), (FORECASTING[1], "# two\n")):
+        path = root / b / "configs" / "inference.yaml"
+        path.write_text(path.read_text() + text)
+    before = {b: (root / b / "configs" / "inference.yaml").read_text() for b in FORECASTING}
+    assert bundle_wiring.main(["--bundles", str(root), "--write"]) == 1
+    assert {b: (root / b / "configs" / "inference.yaml").read_text() for b in FORECASTING} == before
+    assert bundle_wiring.main(["--bundles", str(root), "--write", "--source", FORECASTING[1]]) == 0
+    assert all((root / b / "configs" / "inference.yaml").read_text().endswith("# two\n") for b in FORECASTING)
 
 
 @pytest.mark.parametrize("bundle", FORECASTING)
@@ -87,21 +123,3 @@ def test_train_yaml_holds_the_inference_settings(bundle):
         assert key in parser, f"{bundle}: no '{key}'"
     assert float(parser.get_parsed_content("context_lead")) >= 0
     assert parser.get_parsed_content("infer_split") in ("test", "validation", "training")
-
-
-# bundles whose time grid is their own (follow-up visits: LUMIERE; a user's series) have their own variant overlays
-FIXED_GRID = ["acdc_cine_forecasting", "isles_ctp_forecasting", "synthetic_forecasting"]
-PARAMETER_FREE = ("lci", "linear")  # the same in all five bundles
-
-
-@pytest.mark.parametrize("method", sorted({m for _, m in OVERLAYS}))
-def test_method_overlays_are_one_text_where_the_method_is_the_same(method):
-    """A method overlay is the same file in every bundle whose data need nothing of their own (a fix is one edit,
-    copied): in all five bundles for the parameter-free baselines, in the fixed-grid bundles for the others; TFM's
-    overlay states each dataset's width and slice axis."""
-    if method == "tfm":
-        pytest.skip("tfm.yaml holds the dataset's network width and slice axis")
-    have = [b for b in FORECASTING if (BUNDLES / b / "configs" / "methods" / f"{method}.yaml").is_file()]
-    group = have if method in PARAMETER_FREE else [b for b in FIXED_GRID if b in have]
-    texts = {b: (BUNDLES / b / "configs" / "methods" / f"{method}.yaml").read_text() for b in group}
-    assert len(group) >= 2 and len(set(texts.values())) == 1, f"{method}.yaml differs between {sorted(texts)}"
