@@ -86,6 +86,10 @@ RUNS = {
     "seed1_cronos_continuous": ("cronos_continuous", [], {"train_seed": 1}),
     # in-plane flips of the whole series (the same flip for every frame)
     "recipe_flips": ("cronos_discrete", [], {"train_augmentation": FLIPS}),
+    # network capacity: UNet width 32 (the papers' width; about 2.5x the step cost of 16 on a CPU)
+    "recipe_width32": ("cronos_discrete", [], {"network_def#channels": 32}),
+    # twice the samples per optimiser step
+    "recipe_batch4": ("cronos_discrete", [], {"batch_size": 4}),
     # 5 % of the training series held still (every frame one frame): a still context should forecast no motion
     "recipe_still": (
         "cronos_discrete",
@@ -342,29 +346,47 @@ def _head_to_head_section(work: Path, names: list[str], folds: list[int], tag: s
     ]
 
 
-def _wall_clock_section(work: Path, names: list[str], folds: list[int], tag: str, wtag: str, seconds: float) -> list:
-    """Markdown of the main runs trained for ``seconds`` (run tag ``wtag``) next to the reference at ``tag``."""
-    ref_dirs = [work / f"{REFERENCE}{tag}_fold{f}" for f in folds]
-    ref_rows = _per_sample_rows(ref_dirs)
-    ref_seconds = [
-        s["training"]["seconds"]
-        for s in (_read_json(d / "summary.json") for d in ref_dirs)
-        if s and s.get("training", {}).get("seconds")
-    ]
+def _budget_rows(work: Path, names: list[str], folds: list[int], tag: str, btag: str) -> tuple[list[str], set[str]]:
+    """Table rows of the main runs trained at another budget (run tag ``btag``): their gain over LCI, and paired on
+    the same (patient, draw) with ``reference_cronos`` and with the same method at the page's budget (``tag``).
+
+    Returns:
+        the rows and the commits/devices that trained the runs.
+    """
+    ref_rows = _per_sample_rows([work / f"{REFERENCE}{tag}_fold{f}" for f in folds])
     rows, trained_by = [], set()
     for n in names:
         if n not in MAIN or n == REFERENCE:
             continue
-        dirs = [work / f"{n}{wtag}_fold{f}" for f in folds if _summary(work / f"{n}{wtag}_fold{f}")]
-        infos = [_read_json(d / "run_info.json") or {} for d in dirs]
-        trained_by |= {f"{i.get('commit', '?')} on {i.get('device', '?')}" for i in infos}
+        dirs = [work / f"{n}{btag}_fold{f}" for f in folds if _summary(work / f"{n}{btag}_fold{f}")]
         if not dirs:
             continue
-        steps = sorted(int((_read_json(d / "run_info.json") or {}).get("steps_done") or 0) for d in dirs)
+        infos = [_read_json(d / "run_info.json") or {} for d in dirs]
+        trained_by |= {f"{i.get('commit', '?')} on {i.get('device', '?')}" for i in infos}
+        steps = sorted(int(i.get("steps_done") or 0) for i in infos)
         per = _per_sample_rows(dirs)
+        done = [int(d.name.rsplit("_fold", 1)[1]) for d in dirs]
+        base = _per_sample_rows([work / f"{n}{tag}_fold{f}" for f in done])
         gains = " | ".join(_gain_cell(per, m) for m in ("psnr", "ssim", "nrmse"))
-        versus = _gain_cell(_paired_rows(per, ref_rows), "psnr")
-        rows.append(f"| {n}{wtag} | {len(dirs)} | {steps[len(steps) // 2]} | {gains} | {versus} |")
+        versus = " | ".join(_gain_cell(_paired_rows(per, other), "psnr") for other in (ref_rows, base))
+        rows.append(f"| {n}{btag} | {len(dirs)} | {steps[len(steps) // 2]} | {gains} | {versus} |")
+    return rows, trained_by
+
+
+def _budget_table(rows: list[str]) -> list[str]:
+    head = "| run | folds | steps (median) | PSNR gain over LCI | SSIM gain | NRMSE decrease "
+    head += f"| PSNR vs {REFERENCE} (main budget) | PSNR vs the same method (main budget) |"
+    return [head, "|---|---|---|---|---|---|---|---|", *rows, ""]
+
+
+def _wall_clock_section(work: Path, names: list[str], folds: list[int], tag: str, wtag: str, seconds: float) -> list:
+    """Markdown of the main runs trained for ``seconds`` (run tag ``wtag``) next to the reference at ``tag``."""
+    ref_seconds = [
+        s["training"]["seconds"]
+        for s in (_read_json(work / f"{REFERENCE}{tag}_fold{f}" / "summary.json") for f in folds)
+        if s and s.get("training", {}).get("seconds")
+    ]
+    rows, trained_by = _budget_rows(work, names, folds, tag, wtag)
     if not rows:
         return []
     ref_text = (
@@ -379,13 +401,26 @@ def _wall_clock_section(work: Path, names: list[str], folds: list[int], tag: str
         f"Our methods trained for {seconds:g} s of training steps per run (`--budget-seconds {seconds:g}`: each "
         "method's median step time from a 40-step calibration on the same machine and threads, turned into a step "
         f"budget), the same setting as the table above otherwise; {ref_text}. Gains paired per patient as above; "
-        f"the last column pairs each run with `reference_cronos` on the same (patient, draw). Trained by "
-        f"{'; '.join(sorted(trained_by))}.",
+        f"the last columns pair each run with `{REFERENCE}` and with the same method at the main budget on the same "
+        f"(patient, draw). Trained by {'; '.join(sorted(trained_by))}.",
         "",
-        "| run | folds | steps (median) | PSNR gain over LCI | SSIM gain | NRMSE decrease | PSNR vs reference_cronos |",
-        "|---|---|---|---|---|---|---|",
-        *rows,
+        *_budget_table(rows),
+    ]
+
+
+def _step_budget_section(work: Path, names: list[str], folds: list[int], tag: str, steps: int) -> list:
+    """Markdown of the main runs of a finished ``--budget-steps steps`` invocation (a longer CPU budget)."""
+    rows, trained_by = _budget_rows(work, names, folds, tag, f"_steps{steps}")
+    if not rows:
+        return []
+    return [
+        f"## A longer step budget ({steps} optimiser steps)",
         "",
+        f"The same setting as the main table with `--budget-steps {steps}` (the learning-rate schedule spans the "
+        f"longer budget); gains paired per patient as above, the last columns paired with `{REFERENCE}` and with "
+        f"the same method at the main budget on the same (patient, draw). Trained by {'; '.join(sorted(trained_by))}.",
+        "",
+        *_budget_table(rows),
     ]
 
 
@@ -461,6 +496,13 @@ def main() -> None:
         default=None,
         help="also report the main runs of a finished '--budget-seconds S' invocation (same --work or archive) "
         "against LCI and against this page's reference_cronos runs",
+    )
+    parser.add_argument(
+        "--step-budget-rows",
+        type=int,
+        default=None,
+        help="also report the main runs of a finished '--budget-steps N' invocation (same --work or archive) "
+        "against LCI, this page's reference_cronos runs and the same method at this page's budget",
     )
     parser.add_argument("--reference-tools", default=str(REPO.parent / "shared" / "tools" / "reference"))
     parser.add_argument("--out", default=str(REPO / "docs" / "results" / "acdc.md"))
@@ -575,6 +617,8 @@ def main() -> None:
             md += _head_to_head_section(work, [n for n in names if n in MAIN and results.get(n)], folds, tag)
         if args.wall_clock_rows:
             md += _wall_clock_section(work, names, folds, tag, f"_sec{args.wall_clock_rows:g}", args.wall_clock_rows)
+        if args.step_budget_rows:
+            md += _step_budget_section(work, names, folds, tag, args.step_budget_rows)
         if default_results:
             solver = default_solver
             md += [
