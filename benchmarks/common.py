@@ -96,8 +96,18 @@ def gain_text(g: dict | None, metric: str = "psnr") -> str:
     return f"{g['mean']:+{f}} [{g['ci_low']:+{f}}, {g['ci_high']:+{f}}] ({median}{g['better']}/{g['subjects']})"
 
 
-def run_bundle(run_id: str, config_files: list[str], log_path: Path, **overrides: Any) -> float:
+def run_bundle(
+    run_id: str, config_files: list[str], log_path: Path, cwd: Path = REPO, env: dict | None = None, **overrides: Any
+) -> float:
     """Run ``python -m monai.bundle run`` in a subprocess; returns the wall time in seconds.
+
+    Args:
+        run_id: the bundle's run id (``training``, ``evaluating``).
+        config_files: the config files, in reading order.
+        log_path: where the run's output goes.
+        cwd: working folder of the run (another checkout's root for a run of that checkout's code).
+        env: environment of the run (default: this process's).
+        overrides: bundle config ids to set.
 
     Raises:
         RuntimeError: the run failed (the log file holds its output).
@@ -107,7 +117,7 @@ def run_bundle(run_id: str, config_files: list[str], log_path: Path, **overrides
         cmd += [f"--{key}", json.dumps(value) if isinstance(value, (list, dict, bool)) else str(value)]
     t0 = time.perf_counter()
     with open(log_path, "w") as log:
-        proc = subprocess.run(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.run(cmd, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
     if proc.returncode != 0:
         raise RuntimeError(f"{run_id} failed; see {log_path}")
     return time.perf_counter() - t0
