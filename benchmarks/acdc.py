@@ -369,14 +369,14 @@ def _budget_rows(work: Path, names: list[str], folds: list[int], tag: str, btag:
     for n in names:
         if n not in MAIN or n == REFERENCE:
             continue
-        dirs = [work / f"{n}{btag}_fold{f}" for f in folds if _summary(work / f"{n}{btag}_fold{f}")]
-        if not dirs:
+        done = [f for f in folds if _summary(work / f"{n}{btag}_fold{f}")]
+        if not done:
             continue
+        dirs = [work / f"{n}{btag}_fold{f}" for f in done]
         infos = [_read_json(d / "run_info.json") or {} for d in dirs]
         trained_by |= {f"{i.get('commit', '?')} on {i.get('device', '?')}" for i in infos}
         steps = sorted(int(i.get("steps_done") or 0) for i in infos)
         per = _per_sample_rows(dirs)
-        done = [int(d.name.rsplit("_fold", 1)[1]) for d in dirs]
         base = _per_sample_rows([work / f"{n}{tag}_fold{f}" for f in done])
         gains = " | ".join(_gain_cell(per, m) for m in ("psnr", "ssim", "nrmse"))
         versus = " | ".join(_gain_cell(_paired_rows(per, other), "psnr") for other in (ref_rows, base))

@@ -110,6 +110,10 @@ def _means(run: Path) -> dict[str, float]:
     return {m: summary[m]["mean"] for m in ("nrmse", "psnr", "ssim")}
 
 
+def _cell(means: dict[str, float]) -> str:
+    return f"{means['nrmse']:.6f} / {means['psnr']:.6f} / {means['ssim']:.6f}"
+
+
 def _same_voxels(a: Path, b: Path) -> tuple[int, float]:
     """Files compared and the largest voxel or affine difference between two prepared ACDC folders."""
     files = sorted(a.glob("patient*/frame_*.nii.gz"))
@@ -183,9 +187,9 @@ def main() -> None:
         "|---|---|---|---|---|",
     ]
     for r in rows:
-        cell = lambda m: f"{m['nrmse']:.6f} / {m['psnr']:.6f} / {m['ssim']:.6f}"  # noqa: E731
         lines.append(
-            f"| {r['run']} | {cell(r['baseline'])} | {cell(r['this'])} | {r['same_weights']} | {r['same_per_sample']} |"
+            f"| {r['run']} | {_cell(r['baseline'])} | {_cell(r['this'])} | {r['same_weights']} "
+            f"| {r['same_per_sample']} |"
         )
     if voxels is not None:
         lines += [

@@ -23,11 +23,11 @@ REPO = Path(__file__).resolve().parents[1]
 BUNDLES = REPO / "bundles"
 SCHEMA = BUNDLES / "schema" / "monai_tfm_meta_schema_v1.json"
 ALL = sorted(p.parent.parent.name for p in BUNDLES.glob("*/configs/metadata.json"))
-FORECASTING = sorted(p.parent.parent.name for p in BUNDLES.glob("*_forecasting/configs/methods"))
 _spec = importlib.util.spec_from_file_location("bundle_wiring", REPO / "tools" / "bundle_wiring.py")
 bundle_wiring = importlib.util.module_from_spec(_spec)
 sys.modules["bundle_wiring"] = bundle_wiring  # dataclasses look their module up
 _spec.loader.exec_module(bundle_wiring)
+FORECASTING = bundle_wiring.forecasting_bundles(BUNDLES)
 OVERLAYS = [(b, p.stem) for b in FORECASTING for p in sorted((BUNDLES / b / "configs" / "methods").glob("*.yaml"))]
 
 

@@ -251,9 +251,8 @@ def forecast(
                 [r.path for r in rows], [r.time for r in rows], f"subject {subject!r} of '{csv}'", ForecastError
             )
             target = out / f"{subject}_forecast.nii.gz"
-            jobs.append(_Job(subject, series, target, _std_path(target) if samples > 1 else None, None))
-            if preview_dir is not None:
-                jobs[-1].preview = preview_dir / f"{subject}_preview.png"
+            panel = None if preview_dir is None else preview_dir / f"{subject}_preview.png"
+            jobs.append(_Job(subject, series, target, _std_path(target) if samples > 1 else None, panel))
     else:
         paths = _as_list(scans, "scans")
         if not paths:

@@ -504,7 +504,7 @@ def prepare_lumiere(
         "missing_visits": missing_visits,
         "max_week": max(usable[-1][0].time for _, usable, _ in todo),
         "skipped_subjects": skipped_subjects,
-        "frames": "one per usable visit; time = week of the visit folder (+ r * same_week_offset for its r-th " "scan)",
+        "frames": "one per usable visit; time = week of the visit folder (+ r * same_week_offset for its r-th scan)",
         "intensity": f"per patient: clip to percentiles {list(LUMIERE_PERCENTILES)} of all visits, scale to [0, 1]",
     }
 
