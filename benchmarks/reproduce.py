@@ -132,6 +132,11 @@ def main() -> None:
     parser.add_argument("--work", default="runs/reproduce")
     parser.add_argument("--out", default=str(REPO / "docs" / "results" / "reproduce"))
     args = parser.parse_args()
+    if args.epochs < 1:
+        parser.error(f"--epochs must be a positive integer, got {args.epochs}")
+    known = subprocess.run(["git", "rev-parse", "--verify", "--quiet", f"{args.baseline}^{{commit}}"], cwd=REPO)
+    if known.returncode != 0:
+        parser.error(f"--baseline {args.baseline!r} is not a commit of this repository")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     prov = provenance()
     if args.acdc_src:

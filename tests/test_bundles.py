@@ -108,6 +108,10 @@ def test_bundle_wiring_copies_one_edit_to_every_bundle(tmp_path):
     before = {b: (root / b / "configs" / "inference.yaml").read_text() for b in FORECASTING}
     assert bundle_wiring.main(["--bundles", str(root), "--write"]) == 1
     assert {b: (root / b / "configs" / "inference.yaml").read_text() for b in FORECASTING} == before
+    with pytest.raises(SystemExit) as bad:  # a usage error, before anything is written
+        bundle_wiring.main(["--bundles", str(root), "--write", "--source", "no_such_bundle"])
+    assert bad.value.code == 2
+    assert {b: (root / b / "configs" / "inference.yaml").read_text() for b in FORECASTING} == before
     assert bundle_wiring.main(["--bundles", str(root), "--write", "--source", FORECASTING[1]]) == 0
     assert all((root / b / "configs" / "inference.yaml").read_text().endswith("# two\n") for b in FORECASTING)
 

@@ -127,6 +127,8 @@ def main(argv: list[str] | None = None) -> int:
         "--bundles", type=Path, default=BUNDLES, help="folder of the bundles (default: this repository's)"
     )
     args = parser.parse_args(argv)
+    if args.source is not None and args.source not in forecasting_bundles(args.bundles):
+        parser.error(f"--source {args.source!r} is not a forecasting bundle of {args.bundles}")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     status = 0
     for part in generic_parts(args.bundles):
