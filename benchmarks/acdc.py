@@ -357,9 +357,12 @@ def _head_to_head_section(work: Path, names: list[str], folds: list[int], tag: s
     ]
 
 
-def _budget_rows(work: Path, names: list[str], folds: list[int], tag: str, btag: str) -> tuple[list[str], set[str]]:
+def _budget_rows(
+    work: Path, names: list[str], folds: list[int], tag: str, btag: str, others: dict[str, str] | None = None
+) -> tuple[list[str], set[str]]:
     """Table rows of the main runs trained at another budget (run tag ``btag``): their gain over LCI, and paired on
-    the same (patient, draw) with ``reference_cronos`` and with the same method at the page's budget (``tag``).
+    the same (patient, draw) with ``reference_cronos`` and with the same method at the page's budget (``tag``) and
+    at every budget of ``others`` (run tag -> column label).
 
     Returns:
         the rows and the commits/devices that trained the runs.
@@ -377,17 +380,20 @@ def _budget_rows(work: Path, names: list[str], folds: list[int], tag: str, btag:
         trained_by |= {f"{i.get('commit', '?')} on {i.get('device', '?')}" for i in infos}
         steps = sorted(int(i.get("steps_done") or 0) for i in infos)
         per = _per_sample_rows(dirs)
-        base = _per_sample_rows([work / f"{n}{tag}_fold{f}" for f in done])
+        pairs = [ref_rows] + [
+            _per_sample_rows([work / f"{n}{t}_fold{f}" for f in done]) for t in (tag, *(others or {}))
+        ]
         gains = " | ".join(_gain_cell(per, m) for m in ("psnr", "ssim", "nrmse"))
-        versus = " | ".join(_gain_cell(_paired_rows(per, other), "psnr") for other in (ref_rows, base))
+        versus = " | ".join(_gain_cell(_paired_rows(per, other), "psnr") if other else "-" for other in pairs)
         rows.append(f"| {n}{btag} | {len(dirs)} | {steps[len(steps) // 2]} | {gains} | {versus} |")
     return rows, trained_by
 
 
-def _budget_table(rows: list[str]) -> list[str]:
+def _budget_table(rows: list[str], other_labels: tuple[str, ...] = ()) -> list[str]:
     head = "| run | folds | steps (median) | PSNR gain over LCI | SSIM gain | NRMSE decrease "
     head += f"| PSNR vs {REFERENCE} (main budget) | PSNR vs the same method (main budget) |"
-    return [head, "|---|---|---|---|---|---|---|---|", *rows, ""]
+    head += "".join(f" PSNR vs the same method ({label}) |" for label in other_labels)
+    return [head, "|---" * (8 + len(other_labels)) + "|", *rows, ""]
 
 
 def _wall_clock_section(work: Path, names: list[str], folds: list[int], tag: str, wtag: str, seconds: float) -> list:
@@ -419,9 +425,13 @@ def _wall_clock_section(work: Path, names: list[str], folds: list[int], tag: str
     ]
 
 
-def _step_budget_section(work: Path, names: list[str], folds: list[int], tag: str, steps: int) -> list:
-    """Markdown of the main runs of a finished ``--budget-steps steps`` invocation (a longer CPU budget)."""
-    rows, trained_by = _budget_rows(work, names, folds, tag, f"_steps{steps}")
+def _step_budget_section(
+    work: Path, names: list[str], folds: list[int], tag: str, steps: int, wall_clock: float | None = None
+) -> list:
+    """Markdown of the main runs of a finished ``--budget-steps steps`` invocation (a longer CPU budget), paired with
+    the runs at the page's budget and, when the page has them, with the ``wall_clock`` (``--budget-seconds``) runs."""
+    others = {f"_sec{wall_clock:g}": f"{wall_clock:g} s"} if wall_clock else {}
+    rows, trained_by = _budget_rows(work, names, folds, tag, f"_steps{steps}", others)
     if not rows:
         return []
     return [
@@ -429,9 +439,10 @@ def _step_budget_section(work: Path, names: list[str], folds: list[int], tag: st
         "",
         f"The same setting as the main table with `--budget-steps {steps}` (the learning-rate schedule spans the "
         f"longer budget); gains paired per patient as above, the last columns paired with `{REFERENCE}` and with "
-        f"the same method at the main budget on the same (patient, draw). Trained by {'; '.join(sorted(trained_by))}.",
+        f"the same method at the main budget{' and at the wall-clock budget' if others else ''} on the same "
+        f"(patient, draw). Trained by {'; '.join(sorted(trained_by))}.",
         "",
-        *_budget_table(rows),
+        *_budget_table(rows, tuple(others.values())),
     ]
 
 
@@ -629,7 +640,7 @@ def main() -> None:
         if args.wall_clock_rows:
             md += _wall_clock_section(work, names, folds, tag, f"_sec{args.wall_clock_rows:g}", args.wall_clock_rows)
         if args.step_budget_rows:
-            md += _step_budget_section(work, names, folds, tag, args.step_budget_rows)
+            md += _step_budget_section(work, names, folds, tag, args.step_budget_rows, args.wall_clock_rows)
         if default_results:
             solver = default_solver
             md += [
