@@ -88,6 +88,10 @@ RUNS = {
     "recipe_flips": ("cronos_discrete", [], {"train_augmentation": FLIPS}),
     # network capacity: UNet width 32 (the papers' width; about 2.5x the step cost of 16 on a CPU)
     "recipe_width32": ("cronos_discrete", [], {"network_def#channels": 32}),
+    # more training series from the same patients: their diastole (ES -> ED), forward or played backwards (a
+    # contraction like the systole that is forecast); prepared from the download next to the systolic folder
+    "recipe_diastole": ("cronos_discrete", [], {"extra_train_phases": ["diastole"]}),
+    "recipe_diastole_reversed": ("cronos_discrete", [], {"extra_train_phases": ["diastole_reversed"]}),
     # twice the samples per optimiser step
     "recipe_batch4": ("cronos_discrete", [], {"batch_size": 4}),
     # one random gamma (contrast) for the whole training series, half of the time (data-limited: 4000 steps do not

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from . import acdc, isles, lumiere
-from .acdc import ensure_acdc_prepared, prepare_acdc
+from .acdc import ensure_acdc_extra_phases, ensure_acdc_prepared, prepare_acdc
 from .datalist import DatalistError, load_series_datalist, validate_series_item, write_series_datalist
 from .isles import ensure_isles_prepared, prepare_isles
 from .lumiere import ensure_lumiere_prepared, prepare_lumiere
@@ -26,6 +26,7 @@ __all__ = [
     "GENERATOR_VERSION",
     "DatalistError",
     "acdc",
+    "ensure_acdc_extra_phases",
     "ensure_acdc_prepared",
     "ensure_isles_prepared",
     "ensure_lumiere_prepared",

@@ -43,6 +43,7 @@ import nibabel as nib
 import numpy as np
 from monai.config import PathLike
 
+from monai_tfm.data.datalist import DATALIST_NAME
 from monai_tfm.data.preparation import (
     PreparedDataset,
     check_output_folder,
@@ -63,8 +64,11 @@ __all__ = [
     "ACDCPatient",
     "ACDC_DEFAULT_SPATIAL_SIZE",
     "ACDC_DEV_SPATIAL_SIZE",
+    "ACDC_PHASES",
     "ACDC_PREPARE_VERSION",
+    "cycle_frames",
     "default_acdc_spatial_size",
+    "ensure_acdc_extra_phases",
     "ensure_acdc_prepared",
     "find_acdc_patients",
     "prepare_acdc",
@@ -76,6 +80,9 @@ logger = logging.getLogger(__name__)
 
 #: bump when the prepared data change, so that stored datasets can be told apart
 ACDC_PREPARE_VERSION = "1"
+#: the parts of the cardiac cycle a prepared folder can hold (``phases`` of :func:`prepare_acdc`)
+ACDC_PHASES = ("systole", "diastole", "diastole_reversed")
+PHASE_FRAMES = {"systole": "ED..ES", "diastole": "ES..end of cycle, ED", "diastole_reversed": "ED, end of cycle..ES"}
 #: file name of the datalist written by :func:`prepare_acdc`
 #: paper grid (full-size ACDC)
 ACDC_DEFAULT_SPATIAL_SIZE = (128, 128, 32)
@@ -303,6 +310,35 @@ def _check_patient(patient: ACDCPatient) -> tuple[Any, tuple[int, ...]]:
     return img, shape
 
 
+def cycle_frames(ed: int, es: int, n_t: int, phases: str = "systole") -> list[int]:
+    """The 0-based frame indices of one part of a cine cycle, in the order they become the prepared phases.
+
+    * ``"systole"``: ED .. ES (the papers' protocol and the evaluation series);
+    * ``"diastole"``: ES .. the end of the recorded cycle, then ED again (the cycle is periodic: the frame after the
+      last one is the next cycle's ED);
+    * ``"diastole_reversed"``: the same frames from ED back to ES, so that the heart contracts from phase 0 to the
+      last phase as in systole (a training-only series of the same patient: its relaxation played backwards).
+
+    Args:
+        ed: ED frame number (1-based).
+        es: ES frame number (1-based, ``ed < es <= n_t``).
+        n_t: number of frames of the recorded cycle.
+        phases: one of ``ACDC_PHASES``.
+
+    Returns:
+        the frame indices (at least 2).
+
+    Raises:
+        ValueError: an unknown ``phases``.
+    """
+    if phases not in ACDC_PHASES:
+        raise MonaiTFMError(f"phases must be one of {list(ACDC_PHASES)}, got {phases!r}.")
+    if phases == "systole":
+        return list(range(ed - 1, es))
+    diastole = [*range(es - 1, n_t), *range(0, ed)]
+    return diastole[::-1] if phases == "diastole_reversed" else diastole
+
+
 def _prepare_patient(
     patient: ACDCPatient,
     img: Any,
@@ -311,12 +347,13 @@ def _prepare_patient(
     spatial_size: tuple[int, int, int],
     num_frames: int,
     include_labels: bool,
+    phases: str = "systole",
 ) -> dict[str, Any]:
     """Resample, normalise and write one patient; return its datalist entry (without ``fold``)."""
     info = patient.info
     ed, es = patient.ed, patient.es
     n_t = shape[3]
-    series = np.asarray(img.dataobj[..., ed - 1 : es], dtype=np.float32)
+    series = np.asarray(img.dataobj, dtype=np.float32)[..., cycle_frames(ed, es, n_t, phases)]
     resampled = resample_series(series, spatial_size, num_frames)
     normalised, lo, hi = _normalise(resampled, patient.subject)
     affine = resampled_affine(img.affine, shape[:3], spatial_size)
@@ -330,7 +367,7 @@ def _prepare_patient(
         frames.append({"image": rel, "time": k / (num_frames - 1)})
 
     labels = {}
-    if include_labels:
+    if include_labels and phases == "systole":  # the ED/ES masks belong to the first/last systolic frame
         for name, frame, index in (("ed", ed, 0), ("es", es, num_frames - 1)):
             path = _find_label(patient, frame, shape[:3])
             if path is None:
@@ -351,6 +388,7 @@ def _prepare_patient(
         "ed": ed,
         "es": es,
         "nb_frames": n_t,
+        "phases": phases,
         "source": patient.image.relative_to(patient.source_root).as_posix(),
         "source_shape": list(shape),
         "source_spacing": [round(float(s), 6) for s in spacing],
@@ -374,6 +412,7 @@ def prepare_acdc(
     overwrite: bool = False,
     include_labels: bool = True,
     progress: bool = True,
+    phases: str = "systole",
 ) -> Path:
     """Convert an ACDC download into per-frame NIfTI files and a series datalist (docs/method.md section 6).
 
@@ -400,6 +439,10 @@ def prepare_acdc(
         overwrite: replace a dataset already prepared in ``dst``.
         include_labels: also write the ED/ES masks where the download has them.
         progress: show a tqdm progress bar over patients.
+        phases: the part of each cycle to prepare (:func:`cycle_frames`): ``"systole"`` (ED..ES, the papers'
+            series), or a diastolic series of the same patients (``"diastole"``, ``"diastole_reversed"``) as extra
+            training data (:func:`monai_tfm.data.fold_split` ``extra=``; the folds are the systolic folder's, since
+            they are assigned from the same patients, groups and seed). Masks are written for systole only.
 
     Returns:
         the path of ``dst/datalist.json``.
@@ -416,6 +459,8 @@ def prepare_acdc(
         raise MonaiTFMError(f"num_frames must be >= 2 (ED and ES), got {num_frames}.")
     if num_folds < 2:
         raise MonaiTFMError(f"num_folds must be >= 2, got {num_folds}.")
+    if phases not in ACDC_PHASES:
+        raise MonaiTFMError(f"phases must be one of {list(ACDC_PHASES)}, got {phases!r}.")
     size = None if spatial_size is None else check_spatial_size(spatial_size)
     src_dir = Path(src).expanduser()
     datalist = check_output_folder(src_dir, dst, overwrite, "ACDC")
@@ -447,7 +492,9 @@ def prepare_acdc(
         "num_folds": num_folds,
         "seed": int(seed),
         "include_labels": bool(include_labels),
-        "frames": "ED..ES, resampled jointly in space (trilinear) and time (linear); time = phase in [0, 1]",
+        "phases": phases,
+        "frames": f"{PHASE_FRAMES[phases]}, resampled jointly in space (trilinear) and time (linear); time = phase in "
+        "[0, 1]",
         "intensity": f"per patient: clip to percentiles {list(ACDC_PERCENTILES)} of the series, scale to [0, 1]",
     }
     headers_of = {patient.subject: header for patient, header in zip(patients, headers)}
@@ -456,7 +503,7 @@ def prepare_acdc(
         datalist,
         patients,
         lambda patient: _prepare_patient(
-            patient, *headers_of[patient.subject], dst_dir, size, num_frames, include_labels
+            patient, *headers_of[patient.subject], dst_dir, size, num_frames, include_labels, phases
         ),
         test_subjects={patient.subject for patient in patients if patient.split == "test"},
         group_of=lambda entry: entry["metadata"]["group"],
@@ -485,3 +532,44 @@ def ensure_acdc_prepared(dataset_dir: PathLike, prepared_dir: PathLike, **kwargs
         ValueError: ``prepared_dir`` holds data prepared from another source or with other options.
     """
     return ensure_prepared(dataset_dir, prepared_dir, prepare_acdc, "ACDC", **kwargs)
+
+
+def ensure_acdc_extra_phases(
+    dataset_dir: PathLike, prepared_dir: PathLike, phases: Sequence[str], **kwargs: Any
+) -> list[str]:
+    """The datalists of further parts of the cycle (:func:`cycle_frames`), as extra training series of the patients.
+
+    Each part is prepared into its own folder ``<prepared_dir>_<phase>`` from the official download, with the options
+    of the systolic folder (``kwargs``), so that its folds are the systolic folds (same patients, groups and seed);
+    :func:`monai_tfm.data.fold_split` (``extra=``) adds their training items and checks the folds.
+
+    Args:
+        dataset_dir: the ACDC download (a prepared folder holds one part only and is refused).
+        prepared_dir: the systolic folder; each part goes next to it.
+        phases: parts other than ``"systole"`` (``"diastole"``, ``"diastole_reversed"``); empty: none.
+        kwargs: options of :func:`prepare_acdc` (``spatial_size``, ``num_frames``, ...).
+
+    Returns:
+        one datalist path per part.
+
+    Raises:
+        ValueError: an unknown or systolic part, or ``dataset_dir`` that is a prepared folder.
+    """
+    phases = list(phases or [])
+    if not phases:
+        return []
+    for phase in phases:
+        if phase not in ACDC_PHASES or phase == "systole":
+            raise MonaiTFMError(
+                f"extra training phases must be among {[p for p in ACDC_PHASES if p != 'systole']}, got {phase!r}."
+            )
+    if (Path(dataset_dir) / DATALIST_NAME).is_file():
+        raise MonaiTFMError(
+            f"extra training phases {phases} need the ACDC download, but dataset_dir '{dataset_dir}' is a prepared "
+            "folder (it holds one part of the cycle only)."
+        )
+    base = Path(prepared_dir)
+    return [
+        ensure_acdc_prepared(dataset_dir, base.with_name(f"{base.name}_{phase}"), phases=phase, **kwargs)
+        for phase in phases
+    ]

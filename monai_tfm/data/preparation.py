@@ -342,23 +342,50 @@ def split_folds(items: Sequence[Mapping], fold: int) -> tuple[list[Mapping], lis
     return train, val
 
 
-def fold_split(datalist: PathLike, fold: int, section: str = "training", **kwargs: Any) -> tuple[list, list]:
+def fold_split(
+    datalist: PathLike,
+    fold: int,
+    section: str = "training",
+    extra: Sequence[PathLike] | None = None,
+    **kwargs: Any,
+) -> tuple[list, list]:
     """Load a prepared datalist and return fold ``fold``'s ``(train_items, val_items)``.
+
+    ``extra`` datalists add training series only: other series of the same subjects (e.g. the diastole of an ACDC
+    patient, :func:`monai_tfm.data.acdc.cycle_frames`). Each of their subjects must be in ``datalist`` with the same
+    fold, so that no series of a validation subject is trained on; the items of the validation fold are left out.
 
     Args:
         datalist: the ``datalist.json`` written by a preparer.
         fold: the validation fold.
         section: the section holding the folds.
+        extra: further datalists (same section) whose training items are appended to ``train_items``.
         kwargs: further arguments of :func:`monai_tfm.data.load_series_datalist` (``check_files``, ...).
 
     Returns:
         ``(train_items, val_items)`` with absolute frame paths.
 
     Raises:
-        ValueError: see :func:`split_folds` and :func:`monai_tfm.data.load_series_datalist`.
+        ValueError: see :func:`split_folds` and :func:`monai_tfm.data.load_series_datalist`; an ``extra`` subject that
+            is not in ``datalist`` or has another fold there.
         FileNotFoundError: if the datalist (or a frame file) does not exist.
     """
-    return split_folds(load_series_datalist(datalist, section=section, **kwargs), fold)
+    items = load_series_datalist(datalist, section=section, **kwargs)
+    train, val = split_folds(items, fold)
+    fold_of = {item["subject"]: item.get("fold") for item in items}
+    for path in extra or ():
+        more = load_series_datalist(path, section=section, **kwargs)
+        for item in more:
+            sid = item["subject"]
+            if fold_of.get(sid, object()) != item.get("fold"):
+                there = f"fold {fold_of[sid]!r}" if sid in fold_of else "no series"
+                raise MonaiTFMError(
+                    f"datalist '{path}': subject {sid!r} has fold {item.get('fold')!r} here but {there} in "
+                    f"'{datalist}'; extra series must come from the same subjects and folds (prepare them from the "
+                    "same source with the same num_folds and seed)."
+                )
+        train += split_folds(more, fold)[0]
+    return train, val
 
 
 # ---------------------------------------------------------------------------------------------------------------------
