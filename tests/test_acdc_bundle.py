@@ -161,3 +161,20 @@ def test_step_budget(two_patients, tmp_path):
     budget = json.loads((tmp_path / "run" / "budget.json").read_text())
     assert budget["max_steps"] == 3 and budget["steps_timed"] == 3 and budget["threads"] >= 1
     assert budget["seconds_per_step"] > 0
+
+
+@needs_shared
+def test_extra_train_phases(two_patients, tmp_path):
+    """`extra_train_phases` adds the diastole of the training patients to the training items, not to validation."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config([str(CONFIGS / "train.yaml")])
+    for key, value in _small(two_patients, tmp_path, extra_train_phases=["diastole_reversed"]).items():
+        parser[key] = value
+    train, val = parser.get_parsed_content("folds")
+    plain_train, plain_val = fold_split(parser.get_parsed_content("datalist"), 0)
+    assert val == plain_val and train[: len(plain_train)] == plain_train
+    assert [e["subject"] for e in train[len(plain_train) :]] == [e["subject"] for e in plain_train]
+    assert {e["metadata"]["phases"] for e in train[len(plain_train) :]} == {"diastole_reversed"}
+    assert (tmp_path / "prepared_diastole_reversed" / "datalist.json").is_file()

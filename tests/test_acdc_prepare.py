@@ -18,7 +18,10 @@ from monai_tfm.cli import CLIError, Commands
 from monai_tfm.data.acdc import (
     ACDC_DEFAULT_SPATIAL_SIZE,
     ACDC_DEV_SPATIAL_SIZE,
+    cycle_frames,
     default_acdc_spatial_size,
+    ensure_acdc_extra_phases,
+    ensure_acdc_prepared,
     find_acdc_patients,
     prepare_acdc,
     read_info_cfg,
@@ -420,3 +423,69 @@ def test_shared_acdc_two_patients(tmp_path: Path):
         assert max(float(v.max()) for v in vols) == pytest.approx(1.0)
     lab = loader(items[0]["frames"][0]["label"])
     assert tuple(lab.shape) == (1, 32, 32, 8) and set(np.unique(lab.numpy()).tolist()) <= {0, 1, 2, 3}
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# other parts of the cycle as extra training series
+
+
+def test_cycle_frames():
+    # 0-based indices of a 9-frame cycle with ED = 2, ES = 6 (1-based)
+    assert cycle_frames(2, 6, 9) == [1, 2, 3, 4, 5]
+    assert cycle_frames(2, 6, 9, "diastole") == [5, 6, 7, 8, 0, 1]
+    assert cycle_frames(2, 6, 9, "diastole_reversed") == [1, 0, 8, 7, 6, 5]
+    assert cycle_frames(1, 9, 9, "diastole") == [8, 0]  # ES is the last recorded frame: back to ED
+    with pytest.raises(ValueError, match="'systolic'"):
+        cycle_frames(1, 5, 9, "systolic")
+
+
+def test_diastole_is_systole_of_the_rearranged_cycle(tmp_path: Path):
+    """A diastolic folder equals the systolic preparation of a download whose cycle holds those frames in order."""
+    src, rearranged = tmp_path / "src", tmp_path / "rearranged"
+    _write_patient(src, 1, ed=2, es=6, gt_suffix=None)
+    _write_patient(src, 2, ed=1, es=4, group="NOR", gt_suffix=None)
+    for number, (ed, es) in ((1, (2, 6)), (2, (1, 4))):
+        frames = cycle_frames(ed, es, NB_FRAMES, "diastole_reversed")
+        _write_patient(rearranged, number, ed=1, es=len(frames), group="DCM" if number == 1 else "NOR", gt_suffix=None)
+        path = rearranged / f"patient{number:03d}" / f"patient{number:03d}_4d.nii.gz"
+        nib.save(nib.Nifti1Image(_series(number)[..., frames], _affine()), str(path))
+    kw = {"spatial_size": (10, 9, 4), "num_frames": 5, "num_folds": 2, "progress": False}
+    dia = load_series_datalist(prepare_acdc(src, tmp_path / "dia", phases="diastole_reversed", **kw))
+    ref = load_series_datalist(prepare_acdc(rearranged, tmp_path / "ref", **kw))
+    assert [e["subject"] for e in dia] == [e["subject"] for e in ref]
+    for a, b in zip(dia, ref):
+        assert a["metadata"]["phases"] == "diastole_reversed" and b["metadata"]["phases"] == "systole"
+        assert [f["time"] for f in a["frames"]] == [f["time"] for f in b["frames"]]
+        for fa, fb in zip(a["frames"], b["frames"]):
+            np.testing.assert_array_equal(nib.load(fa["image"]).get_fdata(), nib.load(fb["image"]).get_fdata())
+            assert "label" not in fa  # masks belong to the systolic series only
+    with pytest.raises(ValueError, match="phases must be one of"):
+        prepare_acdc(src, tmp_path / "bad", phases="ed_es", **kw)
+
+
+def test_extra_training_series_follow_the_folds(official: Path, tmp_path: Path):
+    kw = {"spatial_size": (8, 8, 4), "num_frames": 3, "progress": False}
+    systole = tmp_path / "prepared"
+    datalist = ensure_acdc_prepared(official, systole, **kw)
+    assert ensure_acdc_extra_phases(official, systole, [], **kw) == []
+    (extra,) = ensure_acdc_extra_phases(official, systole, ["diastole"], **kw)
+    assert Path(extra).parent == tmp_path / "prepared_diastole"
+    items = load_series_datalist(datalist)
+    for fold in sorted({e["fold"] for e in items}):
+        train, val = fold_split(datalist, fold, extra=[extra])
+        plain_train, plain_val = fold_split(datalist, fold)
+        assert val == plain_val  # validation: the systolic series of the fold only
+        added = train[len(plain_train) :]
+        assert train[: len(plain_train)] == plain_train
+        assert sorted(e["subject"] for e in added) == sorted(e["subject"] for e in plain_train)
+        assert all(e["metadata"]["phases"] == "diastole" for e in added)
+    # a diastole whose folds are not the systolic folds (another seed, an edited file) is refused
+    data = json.loads(Path(extra).read_text())
+    data["training"][0]["fold"] = (data["training"][0]["fold"] + 1) % 5
+    Path(extra).write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=rf"{data['training'][0]['subject']}' has fold .* same subjects and folds"):
+        fold_split(datalist, 0, extra=[extra])
+    with pytest.raises(ValueError, match="must be among"):
+        ensure_acdc_extra_phases(official, systole, ["systole"], **kw)
+    with pytest.raises(ValueError, match="is a prepared folder"):
+        ensure_acdc_extra_phases(systole, tmp_path / "again", ["diastole"], **kw)
