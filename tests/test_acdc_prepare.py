@@ -470,6 +470,8 @@ def test_extra_training_series_follow_the_folds(official: Path, tmp_path: Path):
     assert ensure_acdc_extra_phases(official, systole, [], **kw) == []
     (extra,) = ensure_acdc_extra_phases(official, systole, ["diastole"], **kw)
     assert Path(extra).parent == tmp_path / "prepared_diastole"
+    with pytest.raises(ValueError, match="phases='diastole' \\(asked: 'diastole_reversed'\\)"):  # the staleness policy
+        ensure_acdc_prepared(official, tmp_path / "prepared_diastole", phases="diastole_reversed", **kw)
     items = load_series_datalist(datalist)
     for fold in sorted({e["fold"] for e in items}):
         train, val = fold_split(datalist, fold, extra=[extra])
