@@ -81,8 +81,9 @@ logger = logging.getLogger(__name__)
 #: bump when the prepared data change, so that stored datasets can be told apart
 ACDC_PREPARE_VERSION = "1"
 #: the parts of the cardiac cycle a prepared folder can hold (``phases`` of :func:`prepare_acdc`)
-ACDC_PHASES = ("systole", "diastole", "diastole_reversed")
-PHASE_FRAMES = {"systole": "ED..ES", "diastole": "ES..end of cycle, ED", "diastole_reversed": "ED, end of cycle..ES"}
+# part -> its frames, as the datalist metadata states them
+_PHASE_FRAMES = {"systole": "ED..ES", "diastole": "ES..end of cycle, ED", "diastole_reversed": "ED, end of cycle..ES"}
+ACDC_PHASES = tuple(_PHASE_FRAMES)
 #: file name of the datalist written by :func:`prepare_acdc`
 #: paper grid (full-size ACDC)
 ACDC_DEFAULT_SPATIAL_SIZE = (128, 128, 32)
@@ -310,6 +311,11 @@ def _check_patient(patient: ACDCPatient) -> tuple[Any, tuple[int, ...]]:
     return img, shape
 
 
+def _check_phases(phases: str) -> None:
+    if phases not in ACDC_PHASES:
+        raise MonaiTFMError(f"phases must be one of {list(ACDC_PHASES)}, got {phases!r}.")
+
+
 def cycle_frames(ed: int, es: int, n_t: int, phases: str = "systole") -> list[int]:
     """The 0-based frame indices of one part of a cine cycle, in the order they become the prepared phases.
 
@@ -331,8 +337,7 @@ def cycle_frames(ed: int, es: int, n_t: int, phases: str = "systole") -> list[in
     Raises:
         ValueError: an unknown ``phases``.
     """
-    if phases not in ACDC_PHASES:
-        raise MonaiTFMError(f"phases must be one of {list(ACDC_PHASES)}, got {phases!r}.")
+    _check_phases(phases)
     if phases == "systole":
         return list(range(ed - 1, es))
     diastole = [*range(es - 1, n_t), *range(0, ed)]
@@ -353,7 +358,9 @@ def _prepare_patient(
     info = patient.info
     ed, es = patient.ed, patient.es
     n_t = shape[3]
-    series = np.asarray(img.dataobj, dtype=np.float32)[..., cycle_frames(ed, es, n_t, phases)]
+    order = cycle_frames(ed, es, n_t, phases)
+    first, last = min(order), max(order)  # read only the frames' span (systole: ED..ES) from the compressed file
+    series = np.asarray(img.dataobj[..., first : last + 1], dtype=np.float32)[..., [k - first for k in order]]
     resampled = resample_series(series, spatial_size, num_frames)
     normalised, lo, hi = _normalise(resampled, patient.subject)
     affine = resampled_affine(img.affine, shape[:3], spatial_size)
@@ -459,8 +466,7 @@ def prepare_acdc(
         raise MonaiTFMError(f"num_frames must be >= 2 (ED and ES), got {num_frames}.")
     if num_folds < 2:
         raise MonaiTFMError(f"num_folds must be >= 2, got {num_folds}.")
-    if phases not in ACDC_PHASES:
-        raise MonaiTFMError(f"phases must be one of {list(ACDC_PHASES)}, got {phases!r}.")
+    _check_phases(phases)
     size = None if spatial_size is None else check_spatial_size(spatial_size)
     src_dir = Path(src).expanduser()
     datalist = check_output_folder(src_dir, dst, overwrite, "ACDC")
@@ -493,7 +499,7 @@ def prepare_acdc(
         "seed": int(seed),
         "include_labels": bool(include_labels),
         "phases": phases,
-        "frames": f"{PHASE_FRAMES[phases]}, resampled jointly in space (trilinear) and time (linear); time = phase in "
+        "frames": f"{_PHASE_FRAMES[phases]}, resampled jointly in space (trilinear) and time (linear); time = phase in "
         "[0, 1]",
         "intensity": f"per patient: clip to percentiles {list(ACDC_PERCENTILES)} of the series, scale to [0, 1]",
     }
