@@ -469,6 +469,7 @@ def test_extra_training_series_follow_the_folds(official: Path, tmp_path: Path):
     datalist = ensure_acdc_prepared(official, systole, **kw)
     assert ensure_acdc_extra_phases(official, systole, [], **kw) == []
     (extra,) = ensure_acdc_extra_phases(official, systole, ["diastole"], **kw)
+    assert ensure_acdc_extra_phases(official, systole, "diastole", **kw) == [extra]  # one name, not its letters
     assert Path(extra).parent == tmp_path / "prepared_diastole"
     with pytest.raises(ValueError, match="phases='diastole' \\(asked: 'diastole_reversed'\\)"):  # the staleness policy
         ensure_acdc_prepared(official, tmp_path / "prepared_diastole", phases="diastole_reversed", **kw)

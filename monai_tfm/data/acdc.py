@@ -541,7 +541,7 @@ def ensure_acdc_prepared(dataset_dir: PathLike, prepared_dir: PathLike, **kwargs
 
 
 def ensure_acdc_extra_phases(
-    dataset_dir: PathLike, prepared_dir: PathLike, phases: Sequence[str], **kwargs: Any
+    dataset_dir: PathLike, prepared_dir: PathLike, phases: str | Sequence[str], **kwargs: Any
 ) -> list[str]:
     """The datalists of further parts of the cycle (:func:`cycle_frames`), as extra training series of the patients.
 
@@ -552,7 +552,8 @@ def ensure_acdc_extra_phases(
     Args:
         dataset_dir: the ACDC download (a prepared folder holds one part only and is refused).
         prepared_dir: the systolic folder; each part goes next to it.
-        phases: parts other than ``"systole"`` (``"diastole"``, ``"diastole_reversed"``); empty: none.
+        phases: parts other than ``"systole"`` (``"diastole"``, ``"diastole_reversed"``), or one such name; empty:
+            none.
         kwargs: options of :func:`prepare_acdc` (``spatial_size``, ``num_frames``, ...).
 
     Returns:
@@ -561,7 +562,7 @@ def ensure_acdc_extra_phases(
     Raises:
         ValueError: an unknown or systolic part, or ``dataset_dir`` that is a prepared folder.
     """
-    phases = list(phases or [])
+    phases = [phases] if isinstance(phases, str) else list(phases or [])  # one name (`--extra_train_phases diastole`)
     if not phases:
         return []
     for phase in phases:
