@@ -92,6 +92,9 @@ RUNS = {
     # contraction like the systole that is forecast); prepared from the download next to the systolic folder
     "recipe_diastole": ("cronos_discrete", [], {"extra_train_phases": ["diastole"]}),
     "recipe_diastole_reversed": ("cronos_discrete", [], {"extra_train_phases": ["diastole_reversed"]}),
+    # the network is told the target time (gamma(t_target) in its FiLM code): on the fixed grid of the discrete
+    # variant nothing else says which of the phases 4..11 a draw forecasts
+    "recipe_target_time": ("cronos_discrete", [], {"network_def#use_target_time": True}),
     # twice the samples per optimiser step
     "recipe_batch4": ("cronos_discrete", [], {"batch_size": 4}),
     # one random gamma (contrast) for the whole training series, half of the time (data-limited: 4000 steps do not

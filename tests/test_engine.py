@@ -49,7 +49,8 @@ class TestPrepareBatch:
         torch.testing.assert_close(kwargs["tau"], tau)
         torch.testing.assert_close(x_tau, interpolate(batch["context"], x1, tau))
         torch.testing.assert_close(targets["velocity"], x1 - batch["context"])
-        assert targets["weight"].tolist() == [[1.0] * 4] * 2 and args == () and set(kwargs) == {"tau"}
+        assert targets["weight"].tolist() == [[1.0] * 4] * 2 and args == () and set(kwargs) == {"tau", "target_time"}
+        torch.testing.assert_close(kwargs["target_time"], batch["target_time"])
         _, real, _, _ = FlowMatchingPrepareBatch("discrete", loss_frames="real")(batch)
         assert real["weight"].tolist() == batch["context_mask"].float().tolist()
 
@@ -151,6 +152,32 @@ class TestInfererWithNetwork:
         one = ForecastInferer("euler", 1)
         with torch.no_grad():
             assert (one(x0, net, **kw) - one(x0, net, **{**kw, "target_time": kw["target_time"] + 0.5})).abs().max() > 0
+
+    def test_discrete_forecast_follows_target_time_only_when_encoded(self):
+        # the discrete prepare-batch hands the target time to the inferer; a discrete network forecasts from it only
+        # with use_target_time (the papers' discrete network, the default, is the same at every target time)
+        batch = _batch()
+        x0, _, _, kw = ForecastPrepareBatch("discrete")(batch)
+        assert set(kw) == {"count_mask", "target_time"}
+        later = {**kw, "target_time": kw["target_time"] + 0.3}
+        inferer = ForecastInferer("euler", 1)
+        torch.manual_seed(0)
+        blind = _net("discrete")
+        torch.manual_seed(0)
+        timed = CronosUNet(
+            num_frames=4,
+            in_channels=1,
+            channels=8,
+            attention=False,
+            time_mode="discrete",
+            cond_dim=32,
+            use_target_time=True,
+        )
+        with torch.no_grad():
+            for p in timed.out_conv.parameters():
+                p.normal_(0, 0.05)
+            assert torch.equal(inferer(x0, blind, **kw), inferer(x0, blind, **later))
+            assert (inferer(x0, timed.eval(), **kw) - inferer(x0, timed, **later)).abs().max() > 1e-4
 
 
 class _Engine:

@@ -208,6 +208,23 @@ def test_discrete_mode_ignores_frame_times(cls):
 
 
 @pytest.mark.parametrize("cls", NETS)
+def test_discrete_mode_with_target_time(cls):
+    # use_target_time in discrete mode: the target time changes the velocity (frame times still do not), the code
+    # has one more block, the target time is required, and the network still compiles with TorchScript
+    net = perturb_head(make_net(cls, time_mode="discrete", use_target_time=True)).eval()
+    assert net.time_cond.in_dim == 2 * TimeConditioning(mode="discrete").in_dim
+    x = torch.randn(2, 2, 1, *ODD)
+    tau, tt = torch.zeros(2), torch.tensor([0.5, 0.9])
+    with torch.no_grad():
+        base = net(x, tau, target_time=tt)
+        assert not torch.allclose(base, net(x, tau, target_time=tt + 0.2))
+        assert torch.equal(base, net(x, tau, torch.rand(2, 2), None, tt))
+        torch.testing.assert_close(torch.jit.script(net)(x, tau, None, None, tt), base)
+    with pytest.raises(ValueError, match="target_time"):
+        net(x, tau)
+
+
+@pytest.mark.parametrize("cls", NETS)
 @pytest.mark.parametrize("time_mode", ["discrete", "continuous"])
 def test_batch_independence(cls, time_mode):
     net = perturb_head(make_net(cls, num_frames=3, time_mode=time_mode)).eval()

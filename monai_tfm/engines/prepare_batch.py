@@ -238,9 +238,10 @@ class FlowMatchingPrepareBatch(_FlowBatchBase):
         }
         if self.prediction == "endpoint":
             targets["scale"] = endpoint_loss_weight(tau).to(x0.dtype)
-        net_kwargs: dict[str, Any] = {"tau": tau}
+        # the target time goes to every network (a discrete one uses it only with ``use_target_time``)
+        net_kwargs: dict[str, Any] = {"tau": tau, "target_time": tgt_t}
         if self.variant == "continuous":
-            net_kwargs.update(frame_times=flowed_times(ctx_t, tgt_t, tau), frame_mask=mask, target_time=tgt_t)
+            net_kwargs.update(frame_times=flowed_times(ctx_t, tgt_t, tau), frame_mask=mask)
         return x_tau, targets, (), net_kwargs
 
 
@@ -278,7 +279,10 @@ class ForecastPrepareBatch(_FlowBatchBase):
         if not has_target:
             data["target"] = torch.zeros_like(torch.as_tensor(_get(data, "context"))[:, 0])
         x0, target, ctx_t, tgt_t, mask = self._unpack(data, device, non_blocking)
-        inf_kwargs: dict[str, Any] = {"count_mask": counted_frames(mask, self.variant, self.loss_frames)}
+        inf_kwargs: dict[str, Any] = {
+            "count_mask": counted_frames(mask, self.variant, self.loss_frames),
+            "target_time": tgt_t,
+        }
         if self.variant == "continuous":
-            inf_kwargs.update(frame_times=ctx_t, frame_mask=mask, target_time=tgt_t)
+            inf_kwargs.update(frame_times=ctx_t, frame_mask=mask)
         return x0, (target if has_target else None), (), inf_kwargs

@@ -86,7 +86,7 @@ class ForecastInferer(Inferer):
             args: unused positional arguments (MONAI passes the prepare-batch ``args``).
             frame_times: ``(B, K)`` scaled context times (continuous variant), else ``None``.
             frame_mask: ``(B, K)`` real frames (continuous variant).
-            target_time: ``(B,)`` scaled target time (continuous variant).
+            target_time: ``(B,)`` scaled target time (continuous variant, or a discrete network that encodes it).
             count_mask: ``(B, K)`` frames that enter the aggregation (``None``: all).
             kwargs: extra keyword arguments passed to the network.
 
@@ -103,7 +103,7 @@ class ForecastInferer(Inferer):
         def velocity(tau: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
             tau_b = tau.to(x.dtype).expand(b)
             if frame_times is None:
-                return network(x, tau_b, **kwargs)
+                return network(x, tau_b, target_time=target_time, **kwargs)
             times = flowed_times(frame_times, target_time, tau_b)
             if frame_mask is not None:
                 x = tie_padding(x, frame_mask)

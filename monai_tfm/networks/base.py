@@ -99,7 +99,7 @@ class FrameVelocityNet(nn.Module):
             tau: flow step `(B,)` (or a number / 0-d tensor, broadcast to the batch).
             frame_times: `(B, K)` flowed, scaled frame times (continuous mode; ignored in discrete mode).
             frame_mask: `(B, K)` bool, real frames (continuous mode time code).
-            target_time: `(B,)` scaled target time (continuous mode).
+            target_time: `(B,)` scaled target time (continuous mode, or a network with ``use_target_time``).
 
         Returns:
             the velocity, `(B, K, C, *S)`.

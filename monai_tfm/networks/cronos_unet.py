@@ -67,7 +67,8 @@ class CronosUNet(FrameVelocityNet):
         time_mode: `"discrete"` (tau only) or `"continuous"` (tau, frame times, target time).
         fourier_features: Fourier frequencies per time code.
         cond_dim: size of the conditioning vector.
-        use_target_time: continuous mode: also encode the target time.
+        use_target_time: also encode the target time (``None``: in continuous mode only; in discrete mode it
+            tells the network the time to forecast, which the slots of a fixed grid do not).
         max_freq: highest Fourier frequency.
         min_size: an axis is downsampled only while it stays at least this large.
         slice_axis: a spatial axis that is never downsampled (e.g. ``2``, the slice axis of an ``(x, y, z)``
@@ -97,7 +98,7 @@ class CronosUNet(FrameVelocityNet):
         time_mode: str = "discrete",
         fourier_features: int = 16,
         cond_dim: int = 128,
-        use_target_time: bool = True,
+        use_target_time: bool | None = None,
         max_freq: float = 32.0,
         min_size: int = 4,
         spatial_size: Sequence[int] | None = None,

@@ -134,7 +134,8 @@ class TFMUNet(FrameVelocityNet):
         time_mode: `"discrete"` or `"continuous"` (see `TimeConditioning`).
         fourier_features: Fourier frequencies per time code.
         cond_dim: size of the time embedding.
-        use_target_time: continuous mode: also encode the target time.
+        use_target_time: also encode the target time (``None``: in continuous mode only; in discrete mode it
+            tells the network the time to forecast, which the slots of a fixed grid do not).
         max_freq: highest Fourier frequency.
         min_size: an in-plane axis is downsampled only while it stays at least this large.
         slice_axis: the spatial axis that is never downsampled (TFM keeps the slice axis at full size). Volumes
@@ -161,7 +162,7 @@ class TFMUNet(FrameVelocityNet):
         time_mode: str = "discrete",
         fourier_features: int = 16,
         cond_dim: int = 128,
-        use_target_time: bool = True,
+        use_target_time: bool | None = None,
         max_freq: float = 32.0,
         min_size: int = 4,
         slice_axis: int | None = -1,

@@ -116,17 +116,21 @@ class TimeConditioning(nn.Module):
     * `gamma(tau)`, the Fourier features of the flow step (always);
     * in `"continuous"` mode, the mean of `gamma(t_i)` over the real frames (CRONOS eq. 11; frames with
       `frame_mask` False are excluded; a row without any real frame contributes zeros);
-    * in `"continuous"` mode with `use_target_time`, `gamma(target_time)`. Without it a one-step solver would
-      not see the target time at `tau = 0` (all flowed frame times still equal the context times);
+    * with `use_target_time`, `gamma(target_time)`. In `"continuous"` mode (on by default) a one-step solver would
+      not see the target time without it at `tau = 0` (all flowed frame times still equal the context times). In
+      `"discrete"` mode (off by default, the papers' discrete CRONOS and TFM) it tells the network which time to
+      forecast: on a fixed grid the slots carry the context times but nothing carries the target's, so a protocol
+      that draws the target among several times (ACDC: any phase 4..11 after a gap of 3) leaves a time-blind
+      network to forecast the average over the targets its context allows;
 
-    followed by an MLP `Linear - SiLU - Linear` to `cond_dim`. In `"discrete"` mode time enters only through the
-    slot position and `tau`, so `frame_times` and `target_time` are ignored.
+    followed by an MLP `Linear - SiLU - Linear` to `cond_dim`. In `"discrete"` mode the context times enter only
+    through the slot position, so `frame_times` is ignored (and `target_time` unless `use_target_time`).
 
     Args:
         cond_dim: size of the conditioning vector.
         num_features: number of Fourier frequencies `K_f` per time.
         mode: `"discrete"` (tau only) or `"continuous"` (tau, frame times and target time).
-        use_target_time: in continuous mode, also encode `target_time`.
+        use_target_time: also encode `target_time` (``None``: in continuous mode only).
         max_freq: highest Fourier frequency.
         min_freq: lowest Fourier frequency.
         hidden_dim: width of the MLP's hidden layer (default `cond_dim`).
@@ -140,7 +144,7 @@ class TimeConditioning(nn.Module):
         cond_dim: int = 128,
         num_features: int = 16,
         mode: str = "discrete",
-        use_target_time: bool = True,
+        use_target_time: bool | None = None,
         max_freq: float = 32.0,
         min_freq: float = 1.0,
         hidden_dim: int | None = None,
@@ -149,12 +153,10 @@ class TimeConditioning(nn.Module):
         if mode not in _MODES:
             raise MonaiTFMError(f"mode must be one of {_MODES}, got {mode!r}.")
         self.mode = mode
-        self.use_target_time = use_target_time
+        self.use_target_time = mode == "continuous" if use_target_time is None else bool(use_target_time)
         self.cond_dim = cond_dim
         self.fourier = FourierFeatures(num_features=num_features, max_freq=max_freq, min_freq=min_freq)
-        n_codes = 1
-        if mode == "continuous":
-            n_codes += 2 if use_target_time else 1
+        n_codes = 1 + int(mode == "continuous") + int(self.use_target_time)
         self.in_dim = n_codes * self.fourier.out_dim
         hidden_dim = hidden_dim or cond_dim
         self.mlp = nn.Sequential(nn.Linear(self.in_dim, hidden_dim), nn.SiLU(), nn.Linear(hidden_dim, cond_dim))
@@ -173,8 +175,7 @@ class TimeConditioning(nn.Module):
             tau: flow step, `(B,)`, or a number / one-element tensor broadcast to the batch.
             frame_times: `(B, K)` (flowed, scaled) frame times; required in continuous mode, ignored in discrete.
             frame_mask: `(B, K)` bool, True for real frames; default all real. Continuous mode only.
-            target_time: `(B,)` (or a number) scaled target time; required in continuous mode when
-                `use_target_time`.
+            target_time: `(B,)` (or a number) scaled target time; required when `use_target_time`.
             batch_size: `B`, needed only when it cannot be read from `tau` or `frame_times`.
 
         Returns:
@@ -201,12 +202,10 @@ class TimeConditioning(nn.Module):
         codes = [self.fourier(tau_b)]
         if self.mode == "continuous":
             codes.append(self._frame_code(frame_times, frame_mask, b))
-            if self.use_target_time:
-                if target_time is None:
-                    raise MonaiTFMError(
-                        "continuous time conditioning with use_target_time=True needs target_time (B,)."
-                    )
-                codes.append(self.fourier(broadcast_tau(target_time, b, device=device, dtype=dtype)))
+        if self.use_target_time:
+            if target_time is None:
+                raise MonaiTFMError(f"{self.mode} time conditioning with use_target_time=True needs target_time (B,).")
+            codes.append(self.fourier(broadcast_tau(target_time, b, device=device, dtype=dtype)))
         return self.mlp(torch.cat(codes, dim=-1))
 
     def _frame_code(
