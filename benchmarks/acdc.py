@@ -95,6 +95,16 @@ RUNS = {
     # the network is told the target time (gamma(t_target) in its FiLM code): on the fixed grid of the discrete
     # variant nothing else says which of the phases 4..11 a draw forecasts
     "recipe_target_time": ("cronos_discrete", [], {"network_def#use_target_time": True}),
+    # ... and, told the target time, trained on targets at every gap 0..3 (validation keeps the protocol's gap 3)
+    "recipe_target_time_all_gaps": (
+        "cronos_discrete",
+        [],
+        {"network_def#use_target_time": True, "train_protocol": {**TRAIN_PROTOCOL, "min_gap": 0}},
+    ),
+    # the loss of each sample in the log domain (mean of log MSE_b, like the mean per-sample PSNR of the evaluation)
+    "recipe_log_loss": ("cronos_discrete", [], {"train#loss#sample_reduction": "log"}),
+    # TFM's UNet told the target time
+    "recipe_tfm_target_time": ("tfm", [], {"network_def#use_target_time": True}),
     # twice the samples per optimiser step
     "recipe_batch4": ("cronos_discrete", [], {"batch_size": 4}),
     # one random gamma (contrast) for the whole training series, half of the time (data-limited: 4000 steps do not

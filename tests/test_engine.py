@@ -110,6 +110,25 @@ class TestLoss:
             FlowMatchingPrepareBatch(prediction="x0")
 
 
+    def test_log_reduction_is_mean_log_of_sample_errors(self):
+        # by hand: each sample's MSE over its counted frames, then the mean of the logs; a sample with no counted
+        # frame is left out; a bad name or eps is refused
+        gen = torch.Generator().manual_seed(4)
+        v, u = torch.randn((3, 3, 1, 4, 4, 2), generator=gen), torch.randn((3, 3, 1, 4, 4, 2), generator=gen)
+        w = torch.tensor([[1.0, 1.0, 0.0], [0.0, 0.0, 1.0], [0.0, 0.0, 0.0]])
+        sq = (v - u) ** 2
+        expected = (torch.log(sq[0, :2].mean() + 1e-3) + torch.log(sq[1, 2].mean() + 1e-3)) / 2
+        loss = FlowMatchingLoss("log", eps=1e-3)(v, {"velocity": u, "weight": w})
+        torch.testing.assert_close(loss, expected)
+        # a plain velocity tensor: every frame of every sample counts
+        plain = FlowMatchingLoss("log")(v, u)
+        assert float(plain) == pytest.approx(float(torch.log(sq.flatten(1).mean(1) + 1e-6).mean()), rel=1e-6)
+        with pytest.raises(ValueError, match="sample_reduction"):
+            FlowMatchingLoss("sum")
+        with pytest.raises(ValueError, match="eps"):
+            FlowMatchingLoss("log", eps=-1.0)
+
+
 class TestInfererWithNetwork:
     def test_continuous_padding_does_not_change_forecast(self):
         net = _net("continuous")

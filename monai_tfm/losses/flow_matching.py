@@ -10,7 +10,10 @@ from torch.nn.modules.loss import _Loss
 
 from monai_tfm.utils.errors import MonaiTFMError
 
-__all__ = ["FlowMatchingLoss"]
+__all__ = ["SAMPLE_REDUCTIONS", "FlowMatchingLoss"]
+
+
+SAMPLE_REDUCTIONS = ("mean", "log")
 
 
 class FlowMatchingLoss(_Loss):
@@ -18,7 +21,32 @@ class FlowMatchingLoss(_Loss):
 
     MONAI's MSE losses have no per-frame mask over a ``(B, K, ...)`` stack, hence this class. The target is the
     dict produced by :class:`monai_tfm.engines.FlowMatchingPrepareBatch`.
+
+    Two reductions over the batch:
+
+    * ``"mean"`` (default; Lipman et al., eq. 23 of TFM): the squared error averaged over every counted frame and
+      voxel of the batch, so samples with much change (a large ``u``) dominate the gradient;
+    * ``"log"``: the mean over samples of ``log(MSE_b + eps)``, ``MSE_b`` the sample's error over its counted frames.
+      The gradient of a sample is its MSE gradient divided by ``MSE_b + eps``: every sample weighs by its relative
+      error, as in the per-sample PSNR (``-10 log10 MSE``) that the evaluation averages, so samples with little
+      change (a pause of the heart, a still series) are not drowned by those with much.
+
+    Args:
+        sample_reduction: ``"mean"`` or ``"log"`` (see above).
+        eps: ``"log"`` only: added to every sample's MSE (bounds the weight of an already perfect sample).
+
+    Raises:
+        ValueError: an unknown reduction or a negative ``eps``.
     """
+
+    def __init__(self, sample_reduction: str = "mean", eps: float = 1e-6) -> None:
+        super().__init__()
+        if sample_reduction not in SAMPLE_REDUCTIONS:
+            raise MonaiTFMError(f"sample_reduction must be one of {SAMPLE_REDUCTIONS}, got {sample_reduction!r}.")
+        if not eps >= 0:
+            raise MonaiTFMError(f"eps must be >= 0, got {eps!r}.")
+        self.sample_reduction = sample_reduction
+        self.eps = float(eps)
 
     def forward(self, input: torch.Tensor, target: Mapping[str, torch.Tensor] | torch.Tensor) -> torch.Tensor:
         """Compute the loss.
@@ -45,10 +73,15 @@ class FlowMatchingLoss(_Loss):
         per_frame = (input.float() - u.float()).pow(2).flatten(2).mean(dim=2)  # (B, K)
         if scale is not None:
             per_frame = per_frame * scale.to(per_frame.dtype).reshape(-1, 1)
-        if w is None:
+        if w is None and self.sample_reduction == "mean":
             return per_frame.mean()
-        w = w.to(per_frame.dtype)
+        w = torch.ones_like(per_frame) if w is None else w.to(per_frame.dtype)
         total = w.sum()
         if float(total) <= 0:
             raise MonaiTFMError("no frame counts for the loss in this batch (all weights are zero).")
-        return (per_frame * w).sum() / total
+        if self.sample_reduction == "mean":
+            return (per_frame * w).sum() / total
+        counted = w.sum(dim=1)  # (B,)
+        has = counted > 0
+        per_sample = (per_frame * w).sum(dim=1)[has] / counted[has]
+        return torch.log(per_sample + self.eps).mean()
