@@ -8,6 +8,7 @@ application's own one-line error class (``error``), so that its command line can
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -20,23 +21,147 @@ from monai_tfm.handlers.checkpoint import load_weights
 from monai_tfm.utils.errors import one_line
 
 __all__ = [
+    "RUNS",
+    "SHARED_CONFIGS_KEY",
     "apply_overrides",
+    "assembled_configs",
     "bundle_config_files",
+    "bundle_methods",
+    "bundle_run_files",
+    "config_names",
+    "config_parts",
     "config_getter",
     "load_bundle_weights",
     "one_line",
     "read_bundle_config",
     "resolve_device",
+    "shared_config_folders",
 ]
+
+# the metadata.json key of a repository bundle that names the shared config folders it is assembled from
+SHARED_CONFIGS_KEY = "shared_configs"
+RUNS = ("train", "evaluate", "inference", "multi_gpu_train")
+
+
+def shared_config_folders(root: str | os.PathLike) -> list[Path]:
+    """The shared config folders a repository bundle is assembled from, most specific first.
+
+    A bundle of this repository names them in its ``configs/metadata.json`` as ``"shared_configs"`` (paths relative
+    to the bundle folder, e.g. ``["../_shared/forecasting_fixed_grid", "../_shared/forecasting"]``); a packed bundle
+    (``monai-tfm pack``) or a bundle without that key is self-contained and has none.
+
+    Args:
+        root: bundle folder.
+
+    Returns:
+        absolute folder paths (each mirrors a bundle's ``configs/`` folder).
+    """
+    meta = Path(root) / "configs" / "metadata.json"
+    if not meta.is_file():
+        return []
+    names = json.loads(meta.read_text(encoding="utf-8")).get(SHARED_CONFIGS_KEY, [])
+    return [(Path(root) / name).resolve() for name in names]
+
+
+def config_parts(root: str | os.PathLike, name: str) -> list[Path]:
+    """The files that make up the config ``name`` of a bundle, in reading order.
+
+    The bundle's own ``configs/<name>`` (its dataset values), then ``<folder>/<name>`` of each shared folder
+    (:func:`shared_config_folders`), those that exist. The parts of one config define disjoint ids
+    (``tests/test_bundles.py``), so their order changes no value and their concatenation is the same config
+    (:func:`assembled_configs`).
+
+    Args:
+        root: bundle folder.
+        name: config path relative to ``configs/`` (``train.yaml``, ``methods/lci.yaml``).
+
+    Returns:
+        the existing parts (empty: the bundle has no such config).
+    """
+    candidates = [Path(root) / "configs" / name] + [folder / name for folder in shared_config_folders(root)]
+    return [c for c in candidates if c.is_file()]
+
+
+def config_names(root: str | os.PathLike) -> list[str]:
+    """Every YAML config of a bundle (its own and its shared ones), relative to ``configs/``, sorted."""
+    folders = [Path(root) / "configs"] + shared_config_folders(root)
+    return sorted({p.relative_to(f).as_posix() for f in folders if f.is_dir() for p in f.rglob("*.yaml")})
+
+
+def bundle_methods(root: str | os.PathLike) -> list[str]:
+    """The method overlays of a bundle (``configs/methods/<name>.yaml``, its own or shared), sorted."""
+    return sorted(Path(n).stem for n in config_names(root) if n.startswith("methods/"))
+
+
+def bundle_run_files(
+    root: str | os.PathLike,
+    run: str = "train",
+    method: str | None = None,
+    overlays: Sequence[str | os.PathLike] = (),
+    base: str = "train.yaml",
+    error: type[Exception] = ValueError,
+) -> list[Path]:
+    """The config files of bundle ``root``'s run ``run`` with method ``method``, in reading order.
+
+    The one rule of which files make up a run (``monai-tfm train/evaluate/forecast/pack``, MONAI Label, tests and
+    benchmarks use it). Each config below is all of its parts (:func:`config_parts`: the bundle's own file, then the
+    shared ones):
+
+    * ``train``: ``base`` (``train.yaml``), the method overlay ``methods/<method>.yaml``, then ``overlays``;
+    * ``evaluate``, ``multi_gpu_train``: the same followed by ``evaluate.yaml`` / ``multi_gpu_train.yaml``;
+    * ``inference``: ``base``, ``inference.yaml``, then the method overlay and ``overlays`` (so that a forecast uses
+      the network, transforms, prepare-batch and inferer of training).
+
+    For a bundle of this repository, e.g. the synthetic bundle's evaluation of ``lci``:
+    ``["bundles/synthetic_forecasting/configs/train.yaml", "bundles/_shared/forecasting/train.yaml",
+    "bundles/_shared/forecasting/methods/lci.yaml", "bundles/_shared/forecasting/evaluate.yaml"]``; for a packed
+    bundle every part is its own (``configs/train.yaml``, ``configs/methods/lci.yaml``, ``configs/evaluate.yaml``).
+
+    Args:
+        root: bundle folder.
+        run: ``train``, ``evaluate``, ``inference`` or ``multi_gpu_train``.
+        method: method overlay name (``None``/empty: the bundle default).
+        overlays: further configs, relative to ``configs/`` (``protocols/continuous_time.yaml``, ``volumes_3d.yaml``)
+            or absolute paths (another bundle's overlay), in order.
+        base: the bundle's base config (``finetune.yaml`` of the SSL bundle).
+        error: the exception class to raise.
+
+    Returns:
+        the config files, in reading order.
+
+    Raises:
+        error: an unknown run, a bundle without ``base`` or the run's config, an unknown method (the message lists the
+            available ones) or overlay.
+    """
+    if run not in RUNS:
+        raise error(f"unknown bundle run {run!r}; one of {list(RUNS)}.")
+    files = config_parts(root, base)
+    if not files:
+        raise error(f"'{root}' is not a monai_tfm bundle: '{Path(root) / 'configs' / base}' does not exist.")
+    run_files = [] if run == "train" else config_parts(root, f"{run}.yaml")
+    if run != "train" and not run_files:
+        raise error(
+            f"'{root}' is not a monai_tfm bundle with {run}: '{Path(root) / 'configs' / run}.yaml' does not exist."
+        )
+    tail = []
+    if method:
+        tail = config_parts(root, f"methods/{method}.yaml")
+        if not tail:
+            raise error(f"unknown method {method!r} for bundle '{root}'; available: {bundle_methods(root)}.")
+    for overlay in overlays:
+        parts = [Path(overlay)] if Path(overlay).is_absolute() else config_parts(root, str(overlay))
+        if not parts or not parts[0].is_file():
+            raise error(f"no config overlay '{overlay}' in bundle '{root}'.")
+        tail += parts
+    return files + run_files + tail if run == "inference" else files + tail + run_files
 
 
 def bundle_config_files(root: Path, method: str | None, error: type[Exception]) -> list[Path]:
-    """The config files of a bundle's inference, in reading order.
+    """The config files of a bundle's inference, in reading order: :func:`bundle_run_files` with ``run="inference"``.
 
-    ``configs/train.yaml`` (when the bundle has one: a forecasting bundle's ``inference.yaml`` is an overlay on it,
-    and the standalone ``inference.yaml`` of a generation bundle re-defines every id it uses, so reading it first
-    changes nothing there), ``configs/inference.yaml`` and, if ``method`` is given, ``configs/methods/<method>.yaml``.
-    The same order as ``python -m monai.bundle run --config_file "['configs/train.yaml','configs/inference.yaml']"``.
+    The same order as ``python -m monai.bundle run --config_file "[<train.yaml parts>, <inference.yaml parts>]"``
+    (a forecasting bundle's ``inference.yaml`` is an overlay on ``train.yaml``; a generation bundle's re-defines every
+    id it uses, so reading ``train.yaml`` first changes nothing there).
 
     Args:
         root: bundle folder.
@@ -47,20 +172,35 @@ def bundle_config_files(root: Path, method: str | None, error: type[Exception]) 
         the config files, in reading order.
 
     Raises:
-        error: no ``configs/inference.yaml``, or an unknown method (the message lists the available ones).
+        error: no ``inference.yaml``, or an unknown method (the message lists the available ones).
     """
-    configs = root / "configs"
-    inference = configs / "inference.yaml"
-    if not inference.is_file():
-        raise error(f"'{root}' is not a monai_tfm bundle: '{inference}' does not exist.")
-    files = [f for f in (configs / "train.yaml", inference) if f.is_file()]
-    if method:
-        overlay = configs / "methods" / f"{method}.yaml"
-        if not overlay.is_file():
-            known = sorted(p.stem for p in (configs / "methods").glob("*.yaml"))
-            raise error(f"unknown method {method!r} for bundle '{root}'; available: {known}.")
-        files.append(overlay)
-    return files
+    return bundle_run_files(root, "inference", method=method, error=error)
+
+
+def assembled_configs(root: str | os.PathLike) -> dict[str, bytes]:
+    """The configs of a self-contained copy of a bundle: ``configs/<name>`` -> its bytes.
+
+    Each YAML config is its parts (:func:`config_parts`) joined in reading order, so that it is read as one file with
+    the same result; ``configs/metadata.json`` loses its ``"shared_configs"`` key (the copy has nothing to share).
+    ``monai-tfm pack`` and the MONAI Label demo write them; a self-contained bundle gives its own files back.
+
+    Args:
+        root: bundle folder.
+
+    Returns:
+        relative path (under the bundle folder) -> content.
+    """
+    out = {}
+    for name in config_names(root):
+        texts = [p.read_text(encoding="utf-8") for p in config_parts(root, name)]
+        out[f"configs/{name}"] = "".join(t if t.endswith("\n") else t + "\n" for t in texts).encode("utf-8")
+    meta_path = Path(root) / "configs" / "metadata.json"
+    if meta_path.is_file():
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        if SHARED_CONFIGS_KEY in meta:
+            del meta[SHARED_CONFIGS_KEY]
+            out["configs/metadata.json"] = (json.dumps(meta, indent=4, ensure_ascii=False) + "\n").encode("utf-8")
+    return out
 
 
 def read_bundle_config(root: Path, files: Sequence[Path]) -> ConfigParser:
