@@ -33,6 +33,7 @@ from pathlib import Path
 from common import REPO, gain_text, provenance, run_bundle
 from monai.bundle import ConfigParser
 
+from monai_tfm.apps.bundle_loading import bundle_run_files
 from monai_tfm.data import ensure_acdc_prepared
 from monai_tfm.metrics import aggregate_runs, paired_gain, read_per_sample_csv
 from monai_tfm.utils.io import atomic_write_text
@@ -148,16 +149,15 @@ NFE = {
 
 
 def _files(method: str, extra: list[str], evaluate: bool = False) -> list[str]:
-    files = [str(CONFIGS / "train.yaml"), str(CONFIGS / "methods" / f"{method}.yaml")]
-    files += [str(CONFIGS / e) for e in extra]
-    return files + ([str(CONFIGS / "evaluate.yaml")] if evaluate else [])
+    files = bundle_run_files(BUNDLE, "evaluate" if evaluate else "train", method, overlays=extra)
+    return [str(f) for f in files]
 
 
 def bundle_solver() -> dict:
     """The solver and steps of the ACDC bundle's ``train.yaml`` (its validation and, through inference.yaml, the
     forecast command's default)."""
     parser = ConfigParser()
-    parser.read_config(str(CONFIGS / "train.yaml"))
+    parser.read_config([str(f) for f in bundle_run_files(BUNDLE)])
     return {"solver": parser["solver"], "solver_steps": int(parser["solver_steps"])}
 
 

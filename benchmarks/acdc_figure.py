@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from monai.bundle import ConfigParser
 
+from monai_tfm.apps.bundle_loading import bundle_run_files
 from monai_tfm.flows import last_context_image
 from monai_tfm.handlers import load_weights
 
@@ -31,7 +32,7 @@ def make_figure(run_dir: Path, out_png: str, overrides: dict[str, Any], fold: in
     import matplotlib.pyplot as plt
 
     parser = ConfigParser()
-    parser.read_config([str(CONFIGS / "train.yaml"), str(CONFIGS / "methods" / "cronos_discrete.yaml")])
+    parser.read_config([str(f) for f in bundle_run_files(CONFIGS.parent, method="cronos_discrete")])
     for key, value in {**overrides, "fold": fold, "output_dir": str(run_dir), "device": "$torch.device('cpu')"}.items():
         parser[key] = value
     dataset = parser.get_parsed_content("validate#dataset")

@@ -41,6 +41,7 @@ from typing import Any
 import torch
 from common import REPO, provenance, run_bundle
 
+from monai_tfm.apps.bundle_loading import bundle_methods, bundle_run_files
 from monai_tfm.utils.io import atomic_write_text
 
 logger = logging.getLogger("benchmarks.baselines")
@@ -56,14 +57,8 @@ TABLE2 = (
 CONTEXT_SIZES = (3, 5, 7, 11, 16)
 
 
-def _configs(bundle: Path) -> Path:
-    return bundle / "configs"
-
-
 def _files(bundle: Path, method: str, evaluate: bool = False) -> list[str]:
-    cfg = _configs(bundle)
-    files = [str(cfg / "train.yaml"), str(cfg / "methods" / f"{method}.yaml")]
-    return files + ([str(cfg / "evaluate.yaml")] if evaluate else [])
+    return [str(f) for f in bundle_run_files(bundle, "evaluate" if evaluate else "train", method)]
 
 
 def _parser(files: list[str], **overrides: Any):
@@ -104,14 +99,14 @@ def _parse_sets(items: list[str]) -> dict[str, Any]:
 
 
 def _methods(bundle: Path, wanted: str) -> list[str]:
-    available = sorted(p.stem for p in (_configs(bundle) / "methods").glob("*.yaml"))
+    available = bundle_methods(bundle)
     if wanted == "all":
         chosen = available
     else:
         chosen = [m.strip() for m in wanted.split(",") if m.strip()]
         missing = [m for m in chosen if m not in available]
         if missing:
-            raise SystemExit(f"no overlay for {missing} in {_configs(bundle) / 'methods'} (available: {available}).")
+            raise SystemExit(f"no method overlay for {missing} in bundle {bundle} (available: {available}).")
     rank = {m: i for i, m in enumerate(ORDER)}
     return sorted(chosen, key=lambda m: (rank.get(m, len(ORDER)), m))
 

@@ -24,6 +24,8 @@ from pathlib import Path
 import torch
 from monai.bundle import ConfigParser
 
+from monai_tfm.apps.bundle_loading import bundle_run_files
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import page_header, parse_overrides, provenance, write_results  # noqa: E402
@@ -37,11 +39,11 @@ SETTINGS = {
 }
 
 
-def measure(config: Path, overrides: dict, dataset: str, workers: int, pin: bool, persistent: bool, passes: int):
+def measure(config: list[Path], overrides: dict, dataset: str, workers: int, pin: bool, persistent: bool, passes: int):
     """Time ``passes`` full passes over the bundle's training loader with one setting.
 
     Args:
-        config: the bundle's ``train.yaml``.
+        config: the config files of the bundle's training (:func:`~monai_tfm.apps.bundle_loading.bundle_run_files`).
         overrides: config ids and values (``dataset_dir``, ``spatial_size``, ...).
         dataset: ``Dataset`` or ``CacheDataset``.
         workers: loader worker processes.
@@ -54,7 +56,7 @@ def measure(config: Path, overrides: dict, dataset: str, workers: int, pin: bool
         first) and the batch shape.
     """
     parser = ConfigParser()
-    parser.read_config(str(config))
+    parser.read_config([str(f) for f in config])
     parser.update(overrides)
     parser["num_workers"] = workers
     parser["pin_memory"] = pin
@@ -97,9 +99,10 @@ def main() -> None:
     p.add_argument("--out", default="docs/results/data_pipeline")
     args = p.parse_args()
     overrides = parse_overrides(p, args.set)
-    config = Path(args.bundle) / "configs" / "train.yaml"
-    if not config.is_file():
-        p.error(f"no configs/train.yaml in bundle {args.bundle!r}")
+    try:
+        config = bundle_run_files(Path(args.bundle))
+    except ValueError as e:
+        p.error(str(e))
     torch.manual_seed(0)
     rows = []
     for name, (dataset, workers, pin, persistent) in SETTINGS.items():

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from common import REPO, provenance, run_bundle
 
+from monai_tfm.apps.bundle_loading import bundle_run_files
 from monai_tfm.utils.io import atomic_write_text
 
 CONFIGS = REPO / "bundles" / "acdc_cine_generation" / "configs"
@@ -48,8 +49,7 @@ def diffusion_samplers(num_small: int) -> list[dict]:
 
 
 def _files(method: str, evaluate: bool = False) -> list[str]:
-    files = [str(CONFIGS / "train.yaml"), str(CONFIGS / "methods" / f"{method}.yaml")]
-    return files + ([str(CONFIGS / "evaluate.yaml")] if evaluate else [])
+    return [str(f) for f in bundle_run_files(CONFIGS.parent, "evaluate" if evaluate else "train", method)]
 
 
 def _timed(path: Path, fn, *args, **kwargs) -> float:

@@ -29,11 +29,12 @@ from pathlib import Path
 
 from common import REPO, provenance, run_bundle
 
+from monai_tfm.apps.bundle_loading import bundle_run_files
 from monai_tfm.data import ensure_acdc_prepared, fold_split
 from monai_tfm.utils.io import atomic_write_text
 
 SSL = REPO / "bundles" / "acdc_cine_longitudinal_ssl" / "configs"
-FORECAST = REPO / "bundles" / "acdc_cine_forecasting" / "configs"
+FORECAST = REPO / "bundles" / "acdc_cine_forecasting"
 EVAL_PATIENTS = [f"patient{i:03d}" for i in range(4, 11)]
 SETTINGS = {"one_shot": ["patient001"], "few_shot": ["patient001", "patient002", "patient003"]}
 # name -> (pretrained, consistency weight)
@@ -176,7 +177,8 @@ def main() -> None:
 
     def forecast(n: int, pretrained: bool) -> None:
         out = work / f"forecast_{n}_{'ssl' if pretrained else 'random'}"
-        files = [str(FORECAST / "train.yaml"), str(SSL / "forecasting_encoder_init.yaml")]
+        init = [SSL / "forecasting_encoder_init.yaml"]
+        files = [str(f) for f in bundle_run_files(FORECAST, overlays=init)]
         kw = {
             **common,
             "output_dir": str(out),
@@ -189,7 +191,8 @@ def main() -> None:
             "val_draws": 1,
         }
         run_bundle("training", files, work / f"{out.name}_train.log", **kw)
-        run_bundle("evaluating", files + [str(FORECAST / "evaluate.yaml")], work / f"{out.name}_eval.log", **kw)
+        files = [str(f) for f in bundle_run_files(FORECAST, "evaluate", overlays=init)]
+        run_bundle("evaluating", files, work / f"{out.name}_eval.log", **kw)
 
     def seg_summary(setting: str, variant: str) -> dict | None:
         p = work / f"{setting}_{variant}" / "eval" / "summary.json"

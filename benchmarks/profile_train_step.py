@@ -27,6 +27,8 @@ from ignite.engine import Events
 from ignite.handlers import BasicTimeProfiler
 from monai.bundle import ConfigParser
 
+from monai_tfm.apps.bundle_loading import bundle_run_files
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import REPO, page_header, parse_overrides, provenance, write_results  # noqa: E402
@@ -37,7 +39,7 @@ CONFIGS = REPO / "bundles" / "acdc_cine_forecasting" / "configs"
 def build_trainer(method: str, overrides: dict, output_dir: str):
     """The bundle's trainer with ``overrides`` (validation pushed beyond the run, output in ``output_dir``)."""
     parser = ConfigParser()
-    parser.read_config([str(CONFIGS / "train.yaml"), str(CONFIGS / "methods" / f"{method}.yaml")])
+    parser.read_config([str(f) for f in bundle_run_files(CONFIGS.parent, "train", method)])
     for key, value in {**overrides, "output_dir": output_dir, "val_interval": 10**6}.items():
         parser[key] = value
     parser.get_parsed_content("initialize")  # determinism + logging, as a bundle run does

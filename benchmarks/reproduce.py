@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from common import REPO, page_header, provenance, run_bundle, write_results
 
+from monai_tfm.apps.bundle_loading import bundle_run_files
 from monai_tfm.data import ensure_acdc_prepared
 
 logger = logging.getLogger("reproduce")
@@ -41,19 +42,24 @@ logger = logging.getLogger("reproduce")
 SPATIAL = [64, 64, 8]
 
 
-def _jobs(tree: Path, work: Path, prepared: Path, acdc_src: str | None, epochs: int) -> list[tuple[str, list, dict]]:
-    """(name, config files, overrides) of the runs, with ``tree``'s bundles."""
-    syn = tree / "bundles" / "synthetic_forecasting" / "configs"
+def _files(bundle: Path, method: str, run: str) -> list[str]:
+    """The config files of a run of ``bundle`` (a tree's bundle folder): this checkout's file rule, which also reads
+    a baseline's one-folder-per-bundle layout (no shared folders: ``configs/train.yaml``, the overlay, ...)."""
+    return [str(f) for f in bundle_run_files(bundle, run, method)]
+
+
+Job = tuple[str, Path, str, dict]
+
+
+def _jobs(tree: Path, work: Path, prepared: Path, acdc_src: str | None, epochs: int) -> list[Job]:
+    """(name, bundle folder, method, overrides) of the runs, with ``tree``'s bundles."""
+    syn = tree / "bundles" / "synthetic_forecasting"
     jobs = [
-        (
-            f"synthetic_{method}",
-            [str(syn / "train.yaml"), str(syn / "methods" / f"{method}.yaml")],
-            {"dataset_dir": str(work / "synthetic_data")},
-        )
+        (f"synthetic_{method}", syn, method, {"dataset_dir": str(work / "synthetic_data")})
         for method in ("cronos_continuous", "cronos_discrete")  # the quickstart's model first
     ]
     if acdc_src:
-        acdc = tree / "bundles" / "acdc_cine_forecasting" / "configs"
+        acdc = tree / "bundles" / "acdc_cine_forecasting"
         kw = {
             "dataset_dir": acdc_src,
             "prepared_dir": str(prepared),
@@ -65,7 +71,7 @@ def _jobs(tree: Path, work: Path, prepared: Path, acdc_src: str | None, epochs: 
             "solver": "euler",
             "solver_steps": 10,
         }
-        jobs.append(("acdc_fold0", [str(acdc / "train.yaml"), str(acdc / "methods" / "cronos_discrete.yaml")], kw))
+        jobs.append(("acdc_fold0", acdc, "cronos_discrete", kw))
     return jobs
 
 
@@ -74,18 +80,17 @@ def _run_tree(tree: Path, work: Path, prepared: Path, acdc_src: str | None, epoc
     env = {**os.environ, "PYTHONPATH": str(tree), "OMP_NUM_THREADS": "1"}
     evals = {}
     work.mkdir(parents=True, exist_ok=True)
-    for name, files, kw in _jobs(tree, work, prepared, acdc_src, epochs):
+    for name, bundle, method, kw in _jobs(tree, work, prepared, acdc_src, epochs):
         out = work / name
         evals[name] = out
         if (out / "eval" / "summary.json").is_file():  # finished by an earlier invocation
             continue
         kw = {**kw, "output_dir": str(out), "overwrite": True}
         logger.info("%s: training %s", work.name, name)
-        run_bundle("training", files, work / f"{name}_train.log", cwd=tree, env=env, **kw)
-        evaluate = str(Path(files[0]).with_name("evaluate.yaml"))
+        run_bundle("training", _files(bundle, method, "train"), work / f"{name}_train.log", cwd=tree, env=env, **kw)
         run_bundle(
             "evaluating",
-            files + [evaluate],
+            _files(bundle, method, "evaluate"),
             work / f"{name}_eval.log",
             cwd=tree,
             env=env,

@@ -19,18 +19,17 @@ from pathlib import Path
 
 from common import REPO, gain_text, page_header, provenance, run_bundle, write_results
 
+from monai_tfm.apps.bundle_loading import bundle_run_files
 from monai_tfm.data import generate_synthetic_dataset, prepare_series
 from monai_tfm.metrics import paired_gain, read_per_sample_csv
 
-BUNDLE = REPO / "bundles" / "series_forecasting" / "configs"
+BUNDLE = REPO / "bundles" / "series_forecasting"
 METRICS = ("nrmse", "psnr", "ssim")
 BASELINES = ("linear",)  # evaluated without training; LCI is in every evaluation table
 
 
 def _files(method: str, evaluate: bool) -> list[str]:
-    return [str(BUNDLE / "train.yaml"), str(BUNDLE / "methods" / f"{method}.yaml")] + (
-        [str(BUNDLE / "evaluate.yaml")] if evaluate else []
-    )
+    return [str(f) for f in bundle_run_files(BUNDLE, "evaluate" if evaluate else "train", method)]
 
 
 def _rows(run: Path) -> dict[str, dict]:

@@ -11,6 +11,7 @@ import json
 
 from common import REPO, provenance, run_bundle
 
+from monai_tfm.apps.bundle_loading import bundle_run_files
 from monai_tfm.utils.io import atomic_write_text
 
 CONFIGS = REPO / "bundles" / "synthetic_forecasting" / "configs"
@@ -29,11 +30,11 @@ def main() -> None:
     lines = []
     for method in args.methods.split(","):
         out = work / method
-        files = [str(CONFIGS / "train.yaml"), str(CONFIGS / "methods" / f"{method}.yaml")]
+        files = [str(f) for f in bundle_run_files(CONFIGS.parent, "train", method)]
         t_train = run_bundle("training", files, work / f"{method}_train.log", output_dir=str(out), overwrite=True)
         t_eval = run_bundle(
             "evaluating",
-            files + [str(CONFIGS / "evaluate.yaml")],
+            [str(f) for f in bundle_run_files(CONFIGS.parent, "evaluate", method)],
             work / f"{method}_eval.log",
             output_dir=str(out),
             overwrite=True,

@@ -1,9 +1,10 @@
 # Copyright (c) monai_tfm contributors. Licensed under the Apache License, Version 2.0.
 """``monai-tfm`` command line (python-fire): thin wrappers around ``monai.bundle run`` and the data tools.
 
-Every command that trains or evaluates builds the bundle's config list (``train.yaml``, a method overlay,
+Every command that trains or evaluates builds the bundle's config list with
+:func:`monai_tfm.apps.bundle_loading.bundle_run_files` (``train.yaml`` with its shared part, a method overlay,
 ``evaluate.yaml``) and calls MONAI's bundle runner, so ``monai-tfm train`` and
-``python -m monai.bundle run training --config_file ...`` do the same thing.
+``python -m monai.bundle run training --config_file "$(monai-tfm configs BUNDLE)"`` do the same thing.
 """
 
 from __future__ import annotations
@@ -25,34 +26,32 @@ class CLIError(MonaiTFMError):
     """An expected user error: printed as one line, exit code 2, no traceback."""
 
 
-def bundle_configs(bundle: str | Path, method: str | None = None, evaluate: bool = False) -> list[str]:
-    """The config files of a bundle run: ``train.yaml`` [+ ``methods/<method>.yaml``] [+ ``evaluate.yaml``].
+def bundle_configs(
+    bundle: str | Path,
+    method: str | None = None,
+    evaluate: bool = False,
+    run: str | None = None,
+    overlays: tuple[str, ...] | list[str] = (),
+) -> list[str]:
+    """The config files of a bundle run (:func:`monai_tfm.apps.bundle_loading.bundle_run_files`), as strings.
 
     Args:
         bundle: bundle folder.
         method: method overlay name (``None``: the bundle default).
-        evaluate: add ``evaluate.yaml``.
+        evaluate: the evaluation (``run="evaluate"``).
+        run: ``train`` (default), ``evaluate``, ``inference`` or ``multi_gpu_train``.
+        overlays: further overlays, relative to ``configs/`` (``protocols/continuous_time.yaml``).
 
     Returns:
         list of config file paths.
 
     Raises:
-        CLIError: the bundle or the overlay does not exist (the message lists the available methods).
+        CLIError: the bundle, run or an overlay does not exist (the message lists the available methods).
     """
-    root = Path(bundle)
-    configs = root / "configs"
-    if not (configs / "train.yaml").is_file():
-        raise CLIError(f"{root} is not a monai_tfm bundle: {configs / 'train.yaml'} does not exist.")
-    files = [str(configs / "train.yaml")]
-    if method:
-        overlay = configs / "methods" / f"{method}.yaml"
-        if not overlay.is_file():
-            known = sorted(p.stem for p in (configs / "methods").glob("*.yaml"))
-            raise CLIError(f"unknown method {method!r} for bundle {root}; available: {known}.")
-        files.append(str(overlay))
-    if evaluate:
-        files.append(str(configs / "evaluate.yaml"))
-    return files
+    from monai_tfm.apps.bundle_loading import bundle_run_files
+
+    run = run or ("evaluate" if evaluate else "train")
+    return [str(f) for f in bundle_run_files(Path(bundle), run, method=method, overlays=overlays, error=CLIError)]
 
 
 def _default_bundle(bundle: str | None) -> Path:
@@ -218,6 +217,34 @@ class Commands:
         summary = Path(output_dir) / "eval_test" / "summary.md"
         if summary.is_file():
             sys.stdout.write(f"{summary}\n")
+
+    def configs(
+        self, bundle: str | None = None, run: str = "train", method: str | None = None, overlays: Any = ()
+    ) -> str:
+        """Print the config files of a bundle run as MONAI's ``--config_file`` list.
+
+        A bundle of this repository is its own files plus shared ones (``bundles/_shared/``), so a plain MONAI run
+        lists them: ``python -m monai.bundle run evaluating --config_file "$(monai-tfm configs
+        bundles/synthetic_forecasting --run evaluate --method lci)"``. A packed bundle's list is its own files.
+
+        Args:
+            bundle: bundle folder (default: the built-in synthetic bundle).
+            run: ``train``, ``evaluate``, ``inference`` or ``multi_gpu_train``.
+            method: method overlay.
+            overlays: further overlays relative to ``configs/`` (one name, or a list), e.g.
+                ``protocols/continuous_time.yaml``.
+
+        Returns:
+            the files as a Python list literal (paths relative to the current folder where they lie under it).
+        """
+        import os
+
+        overlays = [overlays] if isinstance(overlays, str) else list(overlays)
+        files = bundle_configs(_default_bundle(bundle), method, run=str(run), overlays=overlays)
+        shown = [
+            os.path.relpath(f) if not os.path.relpath(f).startswith("..") else str(Path(f).resolve()) for f in files
+        ]
+        return "[" + ",".join(repr(f) for f in shown) + "]"
 
     def synthetic(self, out: str, kind: str = "heart", overwrite: bool = False, **kwargs: Any) -> str:
         """Generate a synthetic phantom dataset (NIfTI frames + datalist.json).

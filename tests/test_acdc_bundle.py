@@ -17,9 +17,11 @@ import torch
 from helpers import REPO, SHARED_ACDC, lci_metrics_from_draws, workflow
 from monai.bundle import verify_metadata
 
+from monai_tfm.apps.bundle_loading import bundle_run_files
 from monai_tfm.data import fold_split
 
-CONFIGS = REPO / "bundles" / "acdc_cine_forecasting" / "configs"
+BUNDLE = REPO / "bundles" / "acdc_cine_forecasting"
+CONFIGS = BUNDLE / "configs"
 META = CONFIGS / "metadata.json"
 
 needs_shared = pytest.mark.skipif(not SHARED_ACDC.is_dir(), reason="../shared/data/acdc_cine is not available")
@@ -59,10 +61,10 @@ def _small(src: Path, tmp: Path, **extra) -> dict:
 
 @needs_shared
 def test_properties(two_patients, tmp_path):
-    train = workflow([CONFIGS / "train.yaml"], "train", "training", META, **_small(two_patients, tmp_path))
+    train = workflow(bundle_run_files(BUNDLE), "train", "training", META, **_small(two_patients, tmp_path))
     assert train.check_properties() == []
     infer = workflow(
-        [CONFIGS / "train.yaml", CONFIGS / "inference.yaml"],
+        bundle_run_files(BUNDLE, "inference"),
         "infer",
         "run",
         META,
@@ -77,7 +79,7 @@ def test_properties(two_patients, tmp_path):
 @needs_shared
 @pytest.mark.parametrize("method", ["cronos_discrete", "cronos_continuous"])
 def test_prepare_train_evaluate(two_patients, tmp_path, method):
-    files = [CONFIGS / "train.yaml", CONFIGS / "methods" / f"{method}.yaml"]
+    files = bundle_run_files(BUNDLE, method=method)
     over = _small(two_patients, tmp_path)
     wf = workflow(files, "train", "training", META, **over)
     wf.run()
@@ -86,7 +88,7 @@ def test_prepare_train_evaluate(two_patients, tmp_path, method):
     datalist = tmp_path / "prepared" / "datalist.json"
     train_items, val_items = fold_split(datalist, 0)
     assert len(train_items) == 1 and len(val_items) == 1
-    ev = workflow(files + [CONFIGS / "evaluate.yaml"], "train", "evaluating", META, **over)
+    ev = workflow(bundle_run_files(BUNDLE, "evaluate", method), "train", "evaluating", META, **over)
     ev.run()
     rows = list(csv.DictReader(open(run / "eval_validation" / "per_sample.csv")))
     assert len(rows) == 2 and {r["subject"] for r in rows} == {val_items[0]["subject"]}
@@ -104,7 +106,7 @@ def test_prepare_train_evaluate(two_patients, tmp_path, method):
     assert all(torch.is_tensor(v) for v in state.values())
     # inference on the same official-layout folder: ES forecast from the earlier phases, on the prepared grid
     inf = workflow(
-        [CONFIGS / "train.yaml", CONFIGS / "inference.yaml", CONFIGS / "methods" / f"{method}.yaml"],
+        bundle_run_files(BUNDLE, "inference", method),
         "infer",
         "run",
         META,
@@ -130,11 +132,7 @@ def test_prepare_train_evaluate(two_patients, tmp_path, method):
 
 @needs_shared
 def test_continuous_time_protocol_overlay(two_patients, tmp_path):
-    files = [
-        CONFIGS / "train.yaml",
-        CONFIGS / "methods" / "cronos_continuous.yaml",
-        CONFIGS / "protocols" / "continuous_time.yaml",
-    ]
+    files = bundle_run_files(BUNDLE, method="cronos_continuous", overlays=["protocols/continuous_time.yaml"])
     over = _small(two_patients, tmp_path)
     over.pop("output_dir")  # the overlay names the run folder; keep it under tmp_path, not in the repository
     over["bundle_root"] = str(tmp_path)
@@ -151,7 +149,7 @@ def test_continuous_time_protocol_overlay(two_patients, tmp_path):
 def test_step_budget(two_patients, tmp_path):
     """``max_steps`` overrides the epoch budget: training stops at that many optimiser steps, the lr schedule spans
     them, and ``budget.json`` records the steps and the threads."""
-    files = [CONFIGS / "train.yaml", CONFIGS / "methods" / "cronos_discrete.yaml"]
+    files = bundle_run_files(BUNDLE, method="cronos_discrete")
     wf = workflow(files, "train", "training", META, **_small(two_patients, tmp_path, max_steps=3, val_interval=100))
     wf.run()
     wf.finalize()  # `monai.bundle run` calls it after the run: it writes budget.json
@@ -169,7 +167,7 @@ def test_extra_train_phases(two_patients, tmp_path):
     from monai.bundle import ConfigParser
 
     parser = ConfigParser()
-    parser.read_config([str(CONFIGS / "train.yaml")])
+    parser.read_config([str(f) for f in bundle_run_files(BUNDLE)])
     for key, value in _small(two_patients, tmp_path, extra_train_phases=["diastole_reversed"]).items():
         parser[key] = value
     train, val = parser.get_parsed_content("folds")

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from monai.bundle import ConfigWorkflow
 
+from monai_tfm.apps.bundle_loading import bundle_run_files
 from monai_tfm.engines import DirectPrepareBatch, require_trainable
 from monai_tfm.handlers import WeightsLoader
 from monai_tfm.inferers import DirectInferer
@@ -228,8 +229,7 @@ def _overrides(run: Path, data: Path, method: str) -> dict:
 
 
 def _workflow(method: str, run_id: str, run: Path, data: Path, evaluate: bool = False) -> ConfigWorkflow:
-    files = [CONFIGS / "train.yaml", CONFIGS / "methods" / f"{method}.yaml"]
-    files += [CONFIGS / "evaluate.yaml"] if evaluate else []
+    files = bundle_run_files(BUNDLE, "evaluate" if evaluate else "train", method)
     wf = ConfigWorkflow(
         config_file=[str(f) for f in files],
         meta_file=str(CONFIGS / "metadata.json"),

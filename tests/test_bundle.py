@@ -17,12 +17,13 @@ import torch
 from helpers import lci_metrics_from_draws, workflow
 from monai.bundle import ConfigWorkflow, verify_metadata
 
+from monai_tfm.apps.bundle_loading import bundle_run_files
 from monai_tfm.data import load_series_datalist, write_series_datalist
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLE = REPO / "bundles" / "synthetic_forecasting"
 CONFIGS = BUNDLE / "configs"
-INFERENCE = [CONFIGS / "train.yaml", CONFIGS / "inference.yaml"]  # inference.yaml is an overlay on train.yaml
+INFERENCE = bundle_run_files(BUNDLE, "inference")  # inference.yaml is an overlay on train.yaml
 SCHEMA = REPO / "bundles" / "schema" / "monai_tfm_meta_schema_v1.json"
 METHODS = ("cronos_discrete", "cronos_continuous", "tfm")
 
@@ -49,8 +50,8 @@ def _workflow(files, workflow_type, run_id, **overrides) -> ConfigWorkflow:
     return workflow(files, workflow_type, run_id, CONFIGS / "metadata.json", **overrides)
 
 
-def _files(method: str, *more: str) -> list[Path]:
-    return [CONFIGS / "train.yaml", CONFIGS / "methods" / f"{method}.yaml", *(CONFIGS / m for m in more)]
+def _files(method: str, run: str = "train") -> list[Path]:
+    return bundle_run_files(BUNDLE, run, method)
 
 
 def test_metadata_verifies(tmp_path):
@@ -63,7 +64,7 @@ def test_metadata_verifies(tmp_path):
 
 
 def test_property_checks(tmp_path):
-    train = _workflow([CONFIGS / "train.yaml"], "train", "training", **_small(tmp_path / "r", tmp_path / "d"))
+    train = _workflow(bundle_run_files(BUNDLE), "train", "training", **_small(tmp_path / "r", tmp_path / "d"))
     assert train.check_properties() == []
     infer = _workflow(INFERENCE, "infer", "run", bundle_root=str(BUNDLE), dataset_dir=str(tmp_path / "d"))
     assert infer.check_properties() == []
@@ -82,7 +83,7 @@ def test_train_evaluate_infer(tmp_path, method):
     weights = torch.load(run / "models" / "model.pt", weights_only=True)
     assert all(torch.is_tensor(v) for v in weights.values())
 
-    ev = _workflow(_files(method, "evaluate.yaml"), "train", "evaluating", **_small(run, data))
+    ev = _workflow(_files(method, "evaluate"), "train", "evaluating", **_small(run, data))
     ev.run()
     rows = list(csv.DictReader(open(run / "eval_test" / "per_sample.csv")))
     assert len(rows) == 2 * 2  # 2 test subjects x 2 fixed draws
@@ -100,7 +101,7 @@ def test_train_evaluate_infer(tmp_path, method):
     assert "| model |" in summary and "| lci |" in summary and "network evaluations per forecast" in summary
 
     inf = _workflow(
-        [*INFERENCE, CONFIGS / "methods" / f"{method}.yaml"],
+        bundle_run_files(BUNDLE, "inference", method),
         "infer",
         "run",
         bundle_root=str(BUNDLE),
@@ -150,7 +151,8 @@ def test_monai_bundle_command_line(tmp_path):
     for key, value in _small(tmp_path / "run", tmp_path / "data").items():
         args += [f"--{key}", json.dumps(value) if isinstance(value, list) else str(value)]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(CONFIGS / "train.yaml"), *args]
+    files = json.dumps([str(f) for f in bundle_run_files(BUNDLE)])
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", files, *args]
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (tmp_path / "run" / "models" / "model.pt").is_file()
@@ -260,7 +262,7 @@ def test_inference_with_a_direct_baseline_overlay(tmp_path, method):
     from monai_tfm.engines import DirectPrepareBatch
     from monai_tfm.inferers import DirectInferer
 
-    files = [*INFERENCE, CONFIGS / "methods" / f"{method}.yaml"]
+    files = bundle_run_files(BUNDLE, "inference", method)
     datalist, frames, affine = _raw_series(tmp_path)
     parser, out = _infer_as_built(tmp_path, files, datalist)
     assert isinstance(parser.get_parsed_content("prepare_batch"), DirectPrepareBatch)
@@ -298,3 +300,49 @@ def test_inference_yaml_and_the_forecast_command_agree_bit_for_bit(tmp_path, met
     np.testing.assert_allclose(a.affine, b.affine)
     lci = np.asarray(nib.load(scans[-1]).dataobj)
     assert not np.allclose(np.asarray(b.dataobj), np.clip(lci, *np.percentile(np.stack(frames), [0.5, 99.5])))
+
+
+@pytest.mark.slow
+def test_the_packed_bundle_trains_and_evaluates_from_its_own_configs(tmp_path):
+    """``monai-tfm pack`` of the repository bundle (its own files plus bundles/_shared/) is self-contained: unzipped
+    elsewhere, ``python -m monai.bundle run training --config_file <unzipped>/configs/train.yaml`` trains, a shared
+    method overlay is ``configs/methods/<method>.yaml`` there, and the metadata names no shared folder."""
+    import zipfile
+
+    from monai_tfm.apps.pack import pack_bundle
+
+    weights = tmp_path / "w.pt"
+    parser = _workflow(bundle_run_files(BUNDLE, "inference"), "infer", "run").parser
+    torch.save(parser.get_parsed_content("network_def").state_dict(), weights)
+    zipped = pack_bundle(BUNDLE, tmp_path / "b.zip", weights=weights)
+    with zipfile.ZipFile(zipped) as zf:
+        names = set(zf.namelist())
+        zf.extractall(tmp_path / "unzipped")
+    root = tmp_path / "unzipped" / BUNDLE.name
+    for name in ("train.yaml", "evaluate.yaml", "inference.yaml", "multi_gpu_train.yaml", "methods/lci.yaml"):
+        assert f"{BUNDLE.name}/configs/{name}" in names
+    assert "shared_configs" not in json.loads((root / "configs" / "metadata.json").read_text())
+    verify_metadata(meta_file=str(root / "configs" / "metadata.json"), filepath=str(SCHEMA))
+    args = []
+    for key, value in _small(root / "runs" / "x", root / "data").items():
+        if key != "bundle_root":  # found from the working folder, as a user running inside the bundle would
+            args += [f"--{key}", json.dumps(value) if isinstance(value, list) else str(value)]
+    env = {k: v for k, v in os.environ.items() if k != "MONAI_TFM_BUNDLES"} | {"PYTHONPATH": str(REPO)}
+    train = [
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "run",
+        "training",
+        "--config_file",
+        str(root / "configs" / "train.yaml"),
+    ]
+    proc = subprocess.run([*train, *args], cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (root / "runs" / "x" / "models" / "model.pt").is_file()
+    configs = [str(root / "configs" / n) for n in ("train.yaml", "methods/lci.yaml", "evaluate.yaml")]
+    evaluate = [sys.executable, "-m", "monai.bundle", "run", "evaluating", "--config_file", json.dumps(configs)]
+    args = [a for i, a in enumerate(args) if "network_def#channels" not in args[i - (i % 2)]]  # LCI has no width
+    proc = subprocess.run([*evaluate, *args], cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (root / "runs" / "x" / "eval_test" / "summary.md").is_file()

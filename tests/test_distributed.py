@@ -21,10 +21,12 @@ import torch
 import torch.distributed as dist
 from helpers import workflow
 
+from monai_tfm.apps.bundle_loading import bundle_run_files
 from monai_tfm.utils.distributed import gather_rows
 
 REPO = Path(__file__).resolve().parents[1]
-CONFIGS = REPO / "bundles" / "synthetic_forecasting" / "configs"
+BUNDLE = REPO / "bundles" / "synthetic_forecasting"
+CONFIGS = BUNDLE / "configs"
 
 # deterministic training data: one fixed context draw per training subject, selected like validation samples
 DETERMINISTIC = """
@@ -81,7 +83,7 @@ def test_two_rank_ddp_equals_single_process(tmp_path):
     # reference: one process, global batch 4 (this also generates the phantoms that the DDP run reuses)
     single = tmp_path / "single"
     wf = workflow(
-        [CONFIGS / "train.yaml", tmp_path / "det.yaml"],
+        [*bundle_run_files(BUNDLE), tmp_path / "det.yaml"],
         "train",
         "training",
         CONFIGS / "metadata.json",
@@ -91,7 +93,7 @@ def test_two_rank_ddp_equals_single_process(tmp_path):
     wf.finalize()
 
     ddp = tmp_path / "ddp"
-    files = [str(CONFIGS / "train.yaml"), str(CONFIGS / "multi_gpu_train.yaml"), str(tmp_path / "ddp.yaml")]
+    files = [str(f) for f in [*bundle_run_files(BUNDLE, "multi_gpu_train"), tmp_path / "ddp.yaml"]]
     args = ["--backend", "gloo"]
     for key, value in _overrides(ddp, data, 2).items():
         args += [f"--{key}", json.dumps(value) if isinstance(value, list) else str(value)]
@@ -124,7 +126,7 @@ def test_two_rank_ddp_equals_single_process(tmp_path):
     moved = False
     init = (
         workflow(
-            [CONFIGS / "train.yaml"],
+            bundle_run_files(BUNDLE),
             "train",
             "training",
             CONFIGS / "metadata.json",

@@ -21,7 +21,7 @@ import torch
 from helpers import assert_one_line_error, run_cli
 from monai.bundle import ConfigParser, ckpt_export, verify_net_in_out
 
-from monai_tfm.apps.bundle_loading import bundle_config_files
+from monai_tfm.apps.bundle_loading import bundle_config_files, copy_bundle_configs
 from monai_tfm.cli import _group_list_flags
 from monai_tfm.data.synthetic import make_heart_series
 
@@ -35,15 +35,9 @@ STEP = 1.0 / 11  # the synthetic bundle's frame spacing (12 frames over [0, 1])
 pytestmark = pytest.mark.usefixtures("fresh_log_handler")  # conftest.py
 
 
-def _network(*overlays: str) -> torch.nn.Module:
+def _network(method: str | None = None) -> torch.nn.Module:
     parser = ConfigParser()
-    parser.read_config(
-        [
-            str(CONFIGS / "train.yaml"),
-            str(CONFIGS / "inference.yaml"),
-            *(str(CONFIGS / "methods" / f"{m}.yaml") for m in overlays),
-        ]
-    )
+    parser.read_config([str(f) for f in bundle_config_files(BUNDLE, method, ValueError)])
     return parser.get_parsed_content("network_def")
 
 
@@ -380,7 +374,7 @@ def _bad_case(name: str, tmp: Path, scans: list[str], weights: dict[str, Path]) 
         needles = ["cine.nii.gz", "4D image"]
     elif name == "bundle without weights":
         bundle = tmp / "no_weights_bundle"
-        shutil.copytree(CONFIGS, bundle / "configs")
+        copy_bundle_configs(BUNDLE, bundle)
         needles = [str(bundle / "models" / "model.pt"), "no weights"]
     elif name == "target outside the time grid":
         target, needles = "2.5", ["target time 2.5", "outside"]
@@ -448,9 +442,7 @@ def test_bad_input_one_line_error_and_no_output(tmp_path, capsys, weights, scans
 
 @pytest.mark.parametrize("method", [None, "cronos_continuous"])
 def test_torchscript_export_matches_eager(tmp_path, weights, method):
-    files = [str(CONFIGS / "train.yaml"), str(CONFIGS / "inference.yaml")] + (
-        [str(CONFIGS / "methods" / f"{method}.yaml")] if method else []
-    )
+    files = [str(f) for f in bundle_config_files(BUNDLE, method, ValueError)]
     ckpt = weights["continuous" if method else "random"]
     ts_file = tmp_path / "model.ts"
     ckpt_export(
@@ -463,7 +455,7 @@ def test_torchscript_export_matches_eager(tmp_path, weights, method):
     extra = {"metadata.json": "", "inference.json": ""}
     scripted = torch.jit.load(str(ts_file), _extra_files=extra)
     assert extra["metadata.json"] and extra["inference.json"]
-    eager = _network(*([method] if method else []))
+    eager = _network(method)
     eager.load_state_dict(torch.load(ckpt, weights_only=True))
     eager.eval()
     gen = torch.Generator().manual_seed(3)
@@ -492,7 +484,7 @@ def test_torchscript_export_matches_eager(tmp_path, weights, method):
 
 def test_pack_is_reproducible_and_runs_offline(tmp_path, capsys, monkeypatch, weights, scans):
     bundle = tmp_path / "src" / "synthetic_forecasting"
-    shutil.copytree(CONFIGS, bundle / "configs")
+    copy_bundle_configs(BUNDLE, bundle)  # a self-contained copy (the repository bundle: tests/test_bundle.py)
     shutil.copy(BUNDLE / "LICENSE", bundle / "LICENSE")
     for junk in (
         "data/heart_000/frame_00.nii.gz",

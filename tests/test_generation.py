@@ -17,6 +17,7 @@ from monai.data import DataLoader, Dataset
 from monai.engines import SupervisedTrainer
 from monai.networks.schedulers import DDPMScheduler
 
+from monai_tfm.apps.bundle_loading import bundle_run_files
 from monai_tfm.flows import interpolate, noise_source, sample_tau, target_velocity
 from monai_tfm.generation import (
     ConditionalDiffusionUNet,
@@ -361,7 +362,7 @@ def test_metadata_verifies(bundle):
 )
 def test_acdc_inference_config_builds(overlays, dims, sampler):
     parser = ConfigParser()
-    parser.read_config([str(ACDC / "configs" / "inference.yaml"), *(str(ACDC / "configs" / o) for o in overlays)])
+    parser.read_config([str(f) for f in bundle_run_files(ACDC, "inference", overlays=overlays)])
     parser["bundle_root"] = str(ACDC)
     net = parser.get_parsed_content("network_def")
     assert net.spatial_dims == dims and net.num_classes == 5 and net.mask_channels == 3
@@ -387,7 +388,7 @@ def _small(out: Path) -> dict:
 @pytest.mark.parametrize("method", ["flow", "ddpm"])
 def test_synthetic_bundle_one_epoch(tmp_path, method):
     meta = SYN / "configs" / "metadata.json"
-    files = [SYN / "configs" / "train.yaml", SYN / "configs" / "methods" / f"{method}.yaml"]
+    files = bundle_run_files(SYN, method=method)
     run = tmp_path / "run"
     wf = workflow(files, "train", "training", meta, **_small(run))
     assert wf.check_properties() == []
@@ -401,7 +402,7 @@ def test_synthetic_bundle_one_epoch(tmp_path, method):
         return
     sampler = {"name": "euler_2", "kind": "flow", "solver": "euler", "steps": 2}
     ev = workflow(
-        [*files, SYN / "configs" / "evaluate.yaml"],
+        bundle_run_files(SYN, "evaluate", method),
         "train",
         "evaluating",
         meta,
@@ -422,7 +423,7 @@ def test_synthetic_bundle_one_epoch(tmp_path, method):
     assert "| euler_2 | 2 | 2 | 3 |" in (run / "eval" / "summary.md").read_text()
     assert (run / "eval" / "samples_euler_2.png").is_file() and (run / "judges" / "classifier.pt").is_file()
     inf = workflow(
-        [SYN / "configs" / "inference.yaml", SYN / "configs" / "methods" / "flow.yaml"],
+        bundle_run_files(SYN, "inference", "flow"),
         "infer",
         "run",
         meta,
@@ -464,7 +465,7 @@ def test_acdc_generation_items(tmp_path):
 def syn_weights(tmp_path_factory) -> Path:
     """Weights of the synthetic bundle's inference network (as configured, with perturbed parameters)."""
     parser = ConfigParser()
-    parser.read_config(str(SYN / "configs" / "inference.yaml"))
+    parser.read_config([str(f) for f in bundle_run_files(SYN, "inference")])
     parser["bundle_root"] = str(SYN)
     path = tmp_path_factory.mktemp("gen_weights") / "model.pt"
     torch.save(_randomise(parser.get_parsed_content("network_def"), scale=0.05).state_dict(), path)

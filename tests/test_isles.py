@@ -19,6 +19,7 @@ from monai.bundle import ConfigParser, verify_metadata
 from monai.transforms import Compose
 from scipy import ndimage
 
+from monai_tfm.apps.bundle_loading import bundle_methods, bundle_run_files
 from monai_tfm.cli import Commands
 from monai_tfm.data import ensure_isles_prepared, fold_split, load_series_datalist, prepare_isles
 from monai_tfm.data.isles import brain_bounding_box, brain_mask, find_isles_patients
@@ -276,7 +277,7 @@ def _parser(*files: Path) -> ConfigParser:
 
 
 def test_protocol_7_consecutive_context_target_3_after():
-    parser = _parser(CONFIGS / "train.yaml")
+    parser = _parser(*bundle_run_files(BUNDLE))
     protocol = parser.get_parsed_content("protocol")
     rng = np.random.default_rng(0)
     kept = []
@@ -307,7 +308,7 @@ def test_protocol_7_consecutive_context_target_3_after():
 
 def test_inference_context_hides_the_gap():
     """Inference: target = last frame, context = the 7 frames ending 3 frames before it (as in training)."""
-    parser = _parser(CONFIGS / "train.yaml", CONFIGS / "inference.yaml")
+    parser = _parser(*bundle_run_files(BUNDLE, "inference"))
     transforms = parser.get_parsed_content("preprocessing").transforms
     times = torch.arange(12, dtype=torch.float32)
     d = {"subject": "s", "series": times.reshape(-1, 1, 1, 1, 1).expand(-1, 1, 2, 2, 2), "series_time": times}
@@ -324,7 +325,7 @@ def test_the_hidden_gap_is_one_edit(tmp_path, gap):
     from monai_tfm.apps.forecast import BundleForecaster
     from monai_tfm.transforms import draw_context
 
-    files = [CONFIGS / "train.yaml", CONFIGS / "inference.yaml"]
+    files = bundle_run_files(BUNDLE, "inference")
     parser = _parser(*files)
     parser["protocol#gap"] = gap
     parser["network_def#channels"] = 8
@@ -364,15 +365,15 @@ def test_metadata_verifies():
     verify_metadata(meta_file=str(META), filepath=str(REPO / "bundles" / "schema" / "monai_tfm_meta_schema_v1.json"))
 
 
-@pytest.mark.parametrize("method", sorted(p.stem for p in (CONFIGS / "methods").glob("*.yaml")))
+@pytest.mark.parametrize("method", bundle_methods(BUNDLE))
 def test_method_overlays_build(method):
-    parser = _parser(CONFIGS / "train.yaml", CONFIGS / "methods" / f"{method}.yaml")
+    parser = _parser(*bundle_run_files(BUNDLE, "train", method))
     net = parser.get_parsed_content("network_def")
     assert isinstance(net, torch.nn.Module) and parser["method"] == method
 
 
 def test_multi_gpu_overlay_prepares_isles():
-    parser = _parser(CONFIGS / "train.yaml", CONFIGS / "multi_gpu_train.yaml")
+    parser = _parser(*bundle_run_files(BUNDLE, "multi_gpu_train"))
     assert "ensure_isles_prepared" in parser["datalist"] and "DistributedSampler" in str(parser["train#sampler"])
 
 
@@ -394,7 +395,7 @@ def _small(download: Path, tmp: Path, **extra) -> dict:
 
 @pytest.mark.parametrize("method", ["cronos_discrete", "cronos_continuous"])
 def test_bundle_train_evaluate_infer(download, tmp_path, method):
-    files = [CONFIGS / "train.yaml", CONFIGS / "methods" / f"{method}.yaml"]
+    files = bundle_run_files(BUNDLE, "train", method)
     over = _small(download, tmp_path)
     train = workflow(files, "train", "training", META, **over)
     assert train.check_properties() == []
@@ -405,7 +406,9 @@ def test_bundle_train_evaluate_infer(download, tmp_path, method):
     datalist = tmp_path / "prepared" / "datalist.json"
     _, val_items = fold_split(datalist, 0)
 
-    ev = workflow(files + [CONFIGS / "evaluate.yaml"], "train", "evaluating", META, eval_split="validation", **over)
+    ev = workflow(
+        bundle_run_files(BUNDLE, "evaluate", method), "train", "evaluating", META, eval_split="validation", **over
+    )
     ev.run()
     rows = list(csv.DictReader(open(run / "eval_validation" / "per_sample.csv")))
     draws = json.loads((run / "eval_validation" / "draws.json").read_text())["draws"]
@@ -420,7 +423,7 @@ def test_bundle_train_evaluate_infer(download, tmp_path, method):
         assert float(r["lci_nrmse"]) == pytest.approx(ref["nrmse"], rel=1e-4)
 
     inf = workflow(
-        [CONFIGS / "train.yaml", CONFIGS / "inference.yaml", CONFIGS / "methods" / f"{method}.yaml"],
+        bundle_run_files(BUNDLE, "inference", method),
         "infer",
         "run",
         META,
@@ -441,7 +444,7 @@ def test_bundle_train_evaluate_infer(download, tmp_path, method):
 
 
 def test_bundle_lci_baseline_evaluates_without_training(download, tmp_path):
-    files = [CONFIGS / "train.yaml", CONFIGS / "methods" / "lci.yaml", CONFIGS / "evaluate.yaml"]
+    files = bundle_run_files(BUNDLE, "evaluate", "lci")
     over = _small(download, tmp_path)
     over.pop("network_def#channels")  # LCI has no parameters
     ev = workflow(files, "train", "evaluating", META, **over)

@@ -17,6 +17,7 @@ import torch
 from helpers import REPO, workflow
 from monai.bundle import ConfigParser, verify_metadata
 
+from monai_tfm.apps.bundle_loading import bundle_methods, bundle_run_files
 from monai_tfm.cli import Commands
 from monai_tfm.data import ensure_lumiere_prepared, fold_split, load_series_datalist, prepare_lumiere
 from monai_tfm.data.lumiere import (
@@ -30,7 +31,8 @@ from monai_tfm.data.lumiere import (
 )
 from monai_tfm.data.preparation import resampled_affine
 
-CONFIGS = REPO / "bundles" / "lumiere_glioma_forecasting" / "configs"
+BUNDLE = REPO / "bundles" / "lumiere_glioma_forecasting"
+CONFIGS = BUNDLE / "configs"
 META = CONFIGS / "metadata.json"
 SCHEMA = REPO / "bundles" / "schema" / "monai_tfm_meta_schema_v1.json"
 
@@ -287,11 +289,11 @@ def test_metadata_verifies():
     verify_metadata(meta_file=str(META), filepath=str(SCHEMA))
 
 
-@pytest.mark.parametrize("method", sorted(p.stem for p in (CONFIGS / "methods").glob("*.yaml")))
+@pytest.mark.parametrize("method", bundle_methods(BUNDLE))
 def test_method_overlays_build(method):
     """Every overlay builds its network and batch preparation; the flow methods see K context slots."""
     parser = ConfigParser()
-    parser.read_config([str(CONFIGS / "train.yaml"), str(CONFIGS / "methods" / f"{method}.yaml")])
+    parser.read_config([str(f) for f in bundle_run_files(BUNDLE, "train", method)])
     assert parser["method"] == method
     assert isinstance(parser.get_parsed_content("network_def"), torch.nn.Module)
     parser.get_parsed_content("validate#prepare_batch")
@@ -317,7 +319,7 @@ def _small(src: Path, tmp: Path, **extra) -> dict:
 
 @pytest.mark.parametrize("method", ["cronos_continuous", "cronos_discrete"])
 def test_bundle_train_evaluate_infer(download, tmp_path, method):
-    files = [CONFIGS / "train.yaml", CONFIGS / "methods" / f"{method}.yaml"]
+    files = bundle_run_files(BUNDLE, "train", method)
     over = _small(download, tmp_path)
     wf = workflow(files, "train", "training", META, **over)
     assert wf.check_properties() == []
@@ -334,7 +336,7 @@ def test_bundle_train_evaluate_infer(download, tmp_path, method):
     assert draw["subject"] == val_items[0]["subject"]
     assert draw["target_index"] == n - 1 and draw["context_indices"] == list(range(n - 1))
     # evaluation on the test split: last visit at its real week
-    ev = workflow(files + [CONFIGS / "evaluate.yaml"], "train", "evaluating", META, **over)
+    ev = workflow(bundle_run_files(BUNDLE, "evaluate", method), "train", "evaluating", META, **over)
     ev.run()
     rows = list(csv.DictReader(open(run / "eval_test" / "per_sample.csv")))
     test_items = load_series_datalist(datalist, "test")
@@ -343,7 +345,7 @@ def test_bundle_train_evaluate_infer(download, tmp_path, method):
     assert 0 < float(rows[0]["model_nrmse"]) < 1 and 0 < float(rows[0]["lci_nrmse"]) < 1
     # inference: each test patient's last visit, written on the prepared grid
     inf = workflow(
-        [CONFIGS / "train.yaml", CONFIGS / "inference.yaml", CONFIGS / "methods" / f"{method}.yaml"],
+        bundle_run_files(BUNDLE, "inference", method),
         "infer",
         "run",
         META,
@@ -375,7 +377,7 @@ def test_the_continuous_model_knows_its_training_weeks(prepared, tmp_path):
     assert training_time_range([None, tmp_path / "nothing", dst]) == [min(weeks), max(weeks)]
     assert training_time_range([tmp_path / "nothing"]) is None
     parser = ConfigParser()
-    parser.read_config([str(CONFIGS / "train.yaml")])
+    parser.read_config([str(f) for f in bundle_run_files(BUNDLE)])
     weights = tmp_path / "w.pt"
     torch.save(parser.get_parsed_content("network_def", instantiate=True).state_dict(), weights)
     over = {"dataset_dir": str(dst), "prepared_dir": str(tmp_path / "unused")}
@@ -401,7 +403,7 @@ def test_a_packed_bundle_carries_its_training_weeks(prepared, tmp_path):
 
     dst, _, _ = prepared
     parser = ConfigParser()
-    parser.read_config([str(CONFIGS / "train.yaml")])
+    parser.read_config([str(f) for f in bundle_run_files(BUNDLE)])
     weights = tmp_path / "w.pt"
     torch.save(parser.get_parsed_content("network_def").state_dict(), weights)
     bundle = REPO / "bundles" / "lumiere_glioma_forecasting"

@@ -12,6 +12,7 @@ import pytest
 import torch
 from helpers import workflow
 
+from monai_tfm.apps.bundle_loading import bundle_run_files
 from monai_tfm.engines import FlowMatchingPrepareBatch, configure_network
 from monai_tfm.losses import FlowMatchingLoss
 from monai_tfm.networks import CronosUNet
@@ -161,7 +162,7 @@ def test_config_wiring(tmp_path):
         "sample_seed": 3,
         "fused_optimizer": True,
     }
-    wf = workflow([CONFIGS / "train.yaml"], "train", "training", CONFIGS / "metadata.json", **overrides)
+    wf = workflow(bundle_run_files(CONFIGS.parent), "train", "training", CONFIGS / "metadata.json", **overrides)
     trainer = wf.parser.get_parsed_content("train#trainer")
     assert trainer.amp and trainer.amp_kwargs["dtype"] == torch.bfloat16 and trainer.compile
     net = wf.parser.get_parsed_content("network")

@@ -18,6 +18,7 @@ from monai.bundle import verify_metadata
 from monai.losses import DiceCELoss
 from monai.transforms import Compose, RandAffine, RandFlip, RandSpatialCrop
 
+from monai_tfm.apps.bundle_loading import bundle_run_files
 from monai_tfm.networks import CronosUNet, TFMUNet
 from monai_tfm.ssl import (
     ConsistencyLoss,
@@ -47,7 +48,7 @@ from monai_tfm.ssl import (
 
 CONFIGS = REPO / "bundles" / "acdc_cine_longitudinal_ssl" / "configs"
 META = CONFIGS / "metadata.json"
-FORECAST = REPO / "bundles" / "acdc_cine_forecasting" / "configs"
+FORECAST = REPO / "bundles" / "acdc_cine_forecasting"
 needs_shared = pytest.mark.skipif(not SHARED_ACDC.is_dir(), reason="../shared/data/acdc_cine is not available")
 
 # ------------------------------------------------------------------------------------------------ losses
@@ -499,7 +500,7 @@ def test_bundle_pretrain_finetune_evaluate(three_patients, tmp_path):
 
     # forecasting overlay: the CRONOS encoder starts from the pretrained UNet; few training patients
     fc = workflow(
-        [FORECAST / "train.yaml", CONFIGS / "forecasting_encoder_init.yaml"],
+        bundle_run_files(FORECAST, overlays=[CONFIGS / "forecasting_encoder_init.yaml"]),
         "train",
         "training",
         REPO / "bundles" / "acdc_cine_forecasting" / "configs" / "metadata.json",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from monai_tfm.utils.errors import one_line
 __all__ = [
     "RUNS",
     "SHARED_CONFIGS_KEY",
+    "WIRING_SUFFIX",
     "apply_overrides",
     "assembled_configs",
     "bundle_config_files",
@@ -30,6 +32,7 @@ __all__ = [
     "bundle_run_files",
     "config_names",
     "config_parts",
+    "copy_bundle_configs",
     "config_getter",
     "load_bundle_weights",
     "one_line",
@@ -41,6 +44,8 @@ __all__ = [
 # the metadata.json key of a repository bundle that names the shared config folders it is assembled from
 SHARED_CONFIGS_KEY = "shared_configs"
 RUNS = ("train", "evaluate", "inference", "multi_gpu_train")
+# a shared file named <stem>_wiring.yaml is the generic part of the config <stem>.yaml that a bundle also has
+WIRING_SUFFIX = "_wiring"
 
 
 def shared_config_folders(root: str | os.PathLike) -> list[Path]:
@@ -66,10 +71,12 @@ def shared_config_folders(root: str | os.PathLike) -> list[Path]:
 def config_parts(root: str | os.PathLike, name: str) -> list[Path]:
     """The files that make up the config ``name`` of a bundle, in reading order.
 
-    The bundle's own ``configs/<name>`` (its dataset values), then ``<folder>/<name>`` of each shared folder
-    (:func:`shared_config_folders`), those that exist. The parts of one config define disjoint ids
-    (``tests/test_bundles.py``), so their order changes no value and their concatenation is the same config
-    (:func:`assembled_configs`).
+    The bundle's own ``configs/<name>`` (its dataset values), then, in each shared folder
+    (:func:`shared_config_folders`), ``<name>`` itself (a whole config the bundle does not have) or
+    ``<stem>_wiring.yaml`` (the generic part that follows the bundle's own ``<name>``: MONAI's ``ckpt_export`` keys
+    the files of a run by their names, so two parts may not share one), those that exist. The parts of one config
+    define disjoint ids (``tests/test_bundles.py``), so their order changes no value and their concatenation is the
+    same config (:func:`assembled_configs`).
 
     Args:
         root: bundle folder.
@@ -78,14 +85,21 @@ def config_parts(root: str | os.PathLike, name: str) -> list[Path]:
     Returns:
         the existing parts (empty: the bundle has no such config).
     """
-    candidates = [Path(root) / "configs" / name] + [folder / name for folder in shared_config_folders(root)]
+    rel = Path(name)
+    wiring = rel.with_name(f"{rel.stem}{WIRING_SUFFIX}{rel.suffix}")
+    candidates = [Path(root) / "configs" / rel]
+    for folder in shared_config_folders(root):
+        candidates += [folder / rel, folder / wiring]
     return [c for c in candidates if c.is_file()]
 
 
 def config_names(root: str | os.PathLike) -> list[str]:
     """Every YAML config of a bundle (its own and its shared ones), relative to ``configs/``, sorted."""
     folders = [Path(root) / "configs"] + shared_config_folders(root)
-    return sorted({p.relative_to(f).as_posix() for f in folders if f.is_dir() for p in f.rglob("*.yaml")})
+    names = {p.relative_to(f).as_posix() for f in folders if f.is_dir() for p in f.rglob("*.yaml")}
+    return sorted(
+        {n.replace(f"{WIRING_SUFFIX}.yaml", ".yaml") if n.endswith(f"{WIRING_SUFFIX}.yaml") else n for n in names}
+    )
 
 
 def bundle_methods(root: str | os.PathLike) -> list[str]:
@@ -113,7 +127,7 @@ def bundle_run_files(
       the network, transforms, prepare-batch and inferer of training).
 
     For a bundle of this repository, e.g. the synthetic bundle's evaluation of ``lci``:
-    ``["bundles/synthetic_forecasting/configs/train.yaml", "bundles/_shared/forecasting/train.yaml",
+    ``["bundles/synthetic_forecasting/configs/train.yaml", "bundles/_shared/forecasting/train_wiring.yaml",
     "bundles/_shared/forecasting/methods/lci.yaml", "bundles/_shared/forecasting/evaluate.yaml"]``; for a packed
     bundle every part is its own (``configs/train.yaml``, ``configs/methods/lci.yaml``, ``configs/evaluate.yaml``).
 
@@ -196,11 +210,38 @@ def assembled_configs(root: str | os.PathLike) -> dict[str, bytes]:
         out[f"configs/{name}"] = "".join(t if t.endswith("\n") else t + "\n" for t in texts).encode("utf-8")
     meta_path = Path(root) / "configs" / "metadata.json"
     if meta_path.is_file():
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        text = meta_path.read_text(encoding="utf-8")
+        meta = json.loads(text)
         if SHARED_CONFIGS_KEY in meta:
             del meta[SHARED_CONFIGS_KEY]
-            out["configs/metadata.json"] = (json.dumps(meta, indent=4, ensure_ascii=False) + "\n").encode("utf-8")
+            # the key's own line goes (the file keeps its layout); any other layout is written anew
+            lines = [line for line in text.splitlines(keepends=True) if f'"{SHARED_CONFIGS_KEY}":' not in line]
+            kept = "".join(lines)
+            try:
+                same = json.loads(kept) == meta
+            except ValueError:
+                same = False
+            out["configs/metadata.json"] = (kept if same else json.dumps(meta, indent=4) + "\n").encode("utf-8")
     return out
+
+
+def copy_bundle_configs(root: str | os.PathLike, dest: str | os.PathLike) -> Path:
+    """Write a self-contained ``configs/`` folder of a bundle into ``dest`` (its own files, then
+    :func:`assembled_configs` over them): ``dest/configs`` needs no shared folder.
+
+    Args:
+        root: bundle folder.
+        dest: the new bundle folder (created; an existing ``dest/configs`` is refused by ``shutil.copytree``).
+
+    Returns:
+        ``dest/configs``.
+    """
+    configs = Path(dest) / "configs"
+    shutil.copytree(Path(root) / "configs", configs)
+    for rel, data in assembled_configs(root).items():
+        (Path(dest) / rel).parent.mkdir(parents=True, exist_ok=True)
+        (Path(dest) / rel).write_bytes(data)
+    return configs
 
 
 def read_bundle_config(root: Path, files: Sequence[Path]) -> ConfigParser:

@@ -5,7 +5,8 @@ Nothing of the model is rebuilt here: the network (``network_def``), the forecas
 validation inferer, so that every method overlay applies), the batch preparation (``prepare_batch``, which applies
 ``time_scale``), the variant's transforms (``variant_transforms``: grid embedding and LOCF for the discrete variant),
 the intensity normalisation (``load_transforms``) and the sizes (``num_slots``, ``variant``) all come from the bundle's
-``configs/train.yaml`` + ``configs/inference.yaml`` (plus an optional method overlay), parsed with MONAI's
+``configs/train.yaml`` + ``configs/inference.yaml`` with their shared parts (plus an optional method overlay; the
+files of :func:`~monai_tfm.apps.bundle_loading.bundle_config_files`), parsed with MONAI's
 ``ConfigParser``. Which scans are context is the rule of the bundle's transforms (:meth:`GridEmbedd.context_indices`
 for a time grid, :class:`TimeRange` for a continuous model); padding is :func:`padded_slots`'. A user's scans become its
 input in :mod:`monai_tfm.apps.scans` (reading, resampling, normalising) and the command around it is

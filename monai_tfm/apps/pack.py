@@ -7,6 +7,12 @@ are left out. It is reproducible: entries in sorted order, a fixed timestamp (19
 compression, so packing the same files twice gives the same bytes (and the same checksum). Unzipped anywhere, the
 folder works offline with ``monai-tfm forecast --bundle <folder>/<bundle name>``.
 
+The zip is self-contained: a bundle of this repository is its own files plus the shared ones its metadata names
+(``bundles/_shared/``, :func:`monai_tfm.apps.bundle_loading.config_parts`); each config is packed with its parts
+joined into one file (:func:`~monai_tfm.apps.bundle_loading.assembled_configs`), so that ``python -m monai.bundle run
+training --config_file <folder>/<bundle name>/configs/train.yaml`` works from the unzipped folder alone and a shared
+method overlay is ``configs/methods/<method>.yaml`` there.
+
 A bundle that reads what it knows of its data from the prepared folder (``bundles/series_forecasting``: time
 scale, range and grid through :func:`monai_tfm.data.series_settings`) is packed with ``dataset_dir``: the settings
 of that folder go into the zip as ``configs/dataset_settings.json``, so the unzipped bundle forecasts without the
@@ -25,6 +31,7 @@ from pathlib import Path
 
 import torch
 
+from monai_tfm.apps.bundle_loading import assembled_configs, bundle_run_files
 from monai_tfm.data.series import DATASET_SETTINGS_FILE, series_settings
 from monai_tfm.handlers.checkpoint import read_network_state
 from monai_tfm.utils.errors import MonaiTFMError
@@ -95,14 +102,14 @@ def _weights_bytes(weights: Path) -> bytes:
 
 
 def _dataset_settings_bytes(
-    root: Path, bundle: str | os.PathLike, dataset_dir: str | os.PathLike | None
+    root: Path, bundle: str | os.PathLike, dataset_dir: str | os.PathLike | None, configs: dict[str, bytes]
 ) -> bytes | None:
     """``configs/dataset_settings.json`` of a series bundle from ``dataset_dir`` (None: nothing to add).
 
     A text search for the reader's call is enough here: the bundle configs are ours and either call it or not, and
     resolving the whole config would need the data that a packed bundle is meant to do without.
     """
-    texts = [p.read_text(encoding="utf-8") for p in (root / "configs").glob("*.yaml")]
+    texts = [data.decode("utf-8") for name, data in configs.items() if name.endswith(".yaml") and name.count("/") == 1]
     reads_settings = any(SETTINGS_READER in t for t in texts)
     if dataset_dir is None:
         if reads_settings and not (root / SETTINGS_ENTRY).is_file():
@@ -157,14 +164,16 @@ def pack_bundle(
         FileExistsError: the zip exists and ``overwrite`` is False.
     """
     root = Path(bundle).resolve()
-    for required in ("configs/metadata.json", "configs/inference.yaml"):
-        if not (root / required).is_file():
-            raise PackError(f"'{bundle}' is not a monai_tfm bundle: '{root / required}' does not exist.")
+    if not (root / "configs" / "metadata.json").is_file():
+        raise PackError(f"'{bundle}' is not a monai_tfm bundle: '{root / 'configs' / 'metadata.json'}' does not exist.")
+    bundle_run_files(root, "inference", error=PackError)  # a bundle with an inference
     out = Path(output)
     if out.exists() and not overwrite:
         raise FileExistsError(f"refusing to overwrite existing file '{out}' (pass --overwrite).")
     generated = {WEIGHTS_ENTRY: _weights_bytes(Path(weights) if weights is not None else root / WEIGHTS_ENTRY)}
-    settings = _dataset_settings_bytes(root, bundle, dataset_dir)
+    configs = assembled_configs(root)  # every config with its shared parts: the zip needs no other folder
+    generated.update(configs)
+    settings = _dataset_settings_bytes(root, bundle, dataset_dir, configs)
     if settings is not None:
         generated[SETTINGS_ENTRY] = settings
     files = [rel for rel in bundle_files(root, skip={out.resolve()}) if rel.as_posix() not in generated]

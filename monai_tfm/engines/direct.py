@@ -92,7 +92,6 @@ def require_trainable(network: torch.nn.Module, method: str = "this method") -> 
     """
     if not any(p.requires_grad for p in network.parameters()):
         raise MonaiTFMError(
-            f"{method!r} has no trainable parameters: nothing to train: run evaluating, e.g. python -m monai.bundle "
-            "run evaluating --config_file \"['configs/train.yaml','configs/methods/<method>.yaml',"
-            "'configs/evaluate.yaml']\" (no weights file needed)."
+            f"{method!r} has no trainable parameters: nothing to train: run evaluating, e.g. monai-tfm evaluate "
+            f"--bundle BUNDLE --method {method} (no weights file needed)."
         )

@@ -7,12 +7,12 @@
     generate("bundles/acdc_cine_generation", n=8, class_name="DCM", mask="m.nii.gz", steps=5, output="out/")
 
 The network (``network_def``), the sampler (``sampler``), the classes (``class_names``), the mask labels
-(``num_labels``) and the image size come from the bundle's ``configs/inference.yaml`` (plus an optional method
-overlay, e.g. ``methods/ddpm.yaml``), parsed with MONAI's ``ConfigParser``. Outputs are NIfTI files on the [0, 1]
-intensity scale of the training images (``<class>_000.nii.gz``, ...) with PNG previews, written atomically and never
-over existing files unless ``overwrite``. With ``--mask`` the mask (NIfTI, label values ``0 .. num_labels``) is
-resized to the model grid if needed (nearest neighbour, MONAI ``Resize``) and the samples get its (resized) affine;
-without a mask they get the bundle's ``output_spacing``.
+(``num_labels``) and the image size come from the bundle's ``configs/train.yaml`` + ``configs/inference.yaml`` (an
+overlay; plus an optional method overlay, e.g. ``methods/ddpm.yaml``), parsed with MONAI's ``ConfigParser``. Outputs
+are NIfTI files on the [0, 1] intensity scale of the training images (``<class>_000.nii.gz``, ...) with PNG
+previews, written atomically and never over existing files unless ``overwrite``. With ``--mask`` the mask (NIfTI,
+label values ``0 .. num_labels``) is resized to the model grid if needed (nearest neighbour, MONAI ``Resize``) and
+the samples get its (resized) affine; without a mask they get the bundle's ``output_spacing``.
 
 Expected input problems raise :class:`GenerationError` (a ``ValueError``) with a one-line message that names the
 file, option or value.
@@ -124,7 +124,7 @@ def read_mask(path: str | os.PathLike, spatial_size: Sequence[int], num_labels: 
 
 
 class BundleGenerator:
-    """A generation bundle's network and sampler, parsed once from ``configs/inference.yaml``.
+    """A generation bundle's network and sampler, parsed once from its inference configs (:func:`bundle_config_files`).
 
     Args:
         bundle: bundle folder.

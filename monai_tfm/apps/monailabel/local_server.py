@@ -173,7 +173,7 @@ def demo_study(root: str | os.PathLike, bundle: str | os.PathLike, num_scans: in
 
     Args:
         root: a scratch folder (gets ``bundle/`` and ``studies/``).
-        bundle: the bundle to copy (its ``configs/``).
+        bundle: the bundle to copy (its ``configs/``, made self-contained).
         num_scans: scans of the series ``p1`` (``p1_t0`` ... at times ``k / 11``), 16 x 14 x 6 voxels, intensities
             about 30..730, on an anisotropic rotated grid.
 
@@ -184,13 +184,14 @@ def demo_study(root: str | os.PathLike, bundle: str | os.PathLike, num_scans: in
     import torch
     from monai.bundle import ConfigParser
 
+    from monai_tfm.apps.bundle_loading import bundle_config_files, copy_bundle_configs
     from monai_tfm.data.synthetic import make_heart_series
 
     root = Path(root)
     copy = root / "bundle"
-    shutil.copytree(Path(bundle) / "configs", copy / "configs")
+    copy_bundle_configs(bundle, copy)  # self-contained: the copy's configs need no shared folder
     parser = ConfigParser()
-    parser.read_config([str(copy / "configs" / n) for n in ("train.yaml", "inference.yaml")])
+    parser.read_config([str(f) for f in bundle_config_files(copy, None, ValueError)])
     (copy / "models").mkdir()
     torch.save(parser.get_parsed_content("network_def").state_dict(), copy / "models" / "model.pt")
     studies = root / "studies"
