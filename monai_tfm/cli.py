@@ -231,16 +231,21 @@ class Commands:
             bundle: bundle folder (default: the built-in synthetic bundle).
             run: ``train``, ``evaluate``, ``inference`` or ``multi_gpu_train``.
             method: method overlay.
-            overlays: further overlays relative to ``configs/`` (one name, or a list), e.g.
-                ``protocols/continuous_time.yaml``.
+            overlays: further overlays (one, or a list): names relative to ``configs/``, e.g.
+                ``protocols/continuous_time.yaml``, or paths of other files (another bundle's overlay).
 
         Returns:
             the files as a Python list literal (paths relative to the current folder where they lie under it).
         """
         import os
 
+        from monai_tfm.apps.bundle_loading import config_parts
+
+        root = _default_bundle(bundle)
         overlays = [overlays] if isinstance(overlays, str) else list(overlays)
-        files = bundle_configs(_default_bundle(bundle), method, run=str(run), overlays=overlays)
+        # a name of the bundle's configs, else a file path (another bundle's overlay)
+        overlays = [o if config_parts(root, str(o)) or not Path(o).is_file() else Path(o).resolve() for o in overlays]
+        files = bundle_configs(root, method, run=str(run), overlays=overlays)
         shown = [
             os.path.relpath(f) if not os.path.relpath(f).startswith("..") else str(Path(f).resolve()) for f in files
         ]

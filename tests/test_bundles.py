@@ -1,129 +1,151 @@
 # Copyright (c) monai_tfm contributors. Licensed under the Apache License, Version 2.0.
-"""Every bundle: its metadata verifies; the forecasting bundles share one ``inference.yaml`` (an overlay read after
-their ``train.yaml``, which holds every dataset-specific value), and every method overlay builds the same network in
-training and in inference (the files ``monai-tfm forecast`` reads), so trained weights load for forecasting.
+"""Every bundle: its metadata verifies, its workflows have MONAI's required properties, and every overlay builds the
+same network in training and in inference (the files ``monai-tfm forecast`` reads), so trained weights load.
+
+The bundles of this repository are assembled from their own files plus shared folders (``bundles/_shared/``, named in
+each bundle's metadata as ``shared_configs``; :func:`monai_tfm.apps.bundle_loading.bundle_run_files` is the one rule
+of which files make up a run). The shared text is stored once: no bundle holds a copy of a shared file, every shared
+folder serves several bundles, and the parts of one config define disjoint ids, so that joining them into one file
+(``monai-tfm pack``) or reading them in any order gives the same config.
 """
 
 from __future__ import annotations
 
-import importlib.util
-import shutil
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
+from helpers import workflow
 from monai.bundle import ConfigParser, verify_metadata
 
-from monai_tfm.apps.bundle_loading import bundle_config_files
+from monai_tfm.apps.bundle_loading import (
+    bundle_config_files,
+    bundle_methods,
+    bundle_run_files,
+    config_names,
+    config_parts,
+    shared_config_folders,
+)
 
 __all__: list[str] = []
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLES = REPO / "bundles"
+SHARED = BUNDLES / "_shared"
 SCHEMA = BUNDLES / "schema" / "monai_tfm_meta_schema_v1.json"
 ALL = sorted(p.parent.parent.name for p in BUNDLES.glob("*/configs/metadata.json"))
-_spec = importlib.util.spec_from_file_location("bundle_wiring", REPO / "tools" / "bundle_wiring.py")
-bundle_wiring = importlib.util.module_from_spec(_spec)
-sys.modules["bundle_wiring"] = bundle_wiring  # dataclasses look their module up
-_spec.loader.exec_module(bundle_wiring)
-FORECASTING = bundle_wiring.forecasting_bundles(BUNDLES)
-OVERLAYS = [(b, p.stem) for b in FORECASTING for p in sorted((BUNDLES / b / "configs" / "methods").glob("*.yaml"))]
+FORECASTING = [b for b in ALL if b.endswith("_forecasting")]
+# base configs of a bundle that has no train.yaml (the SSL bundle: pretraining, then finetuning)
+BASES = {"acdc_cine_longitudinal_ssl": ("pretrain.yaml", "finetune.yaml")}
+# MONAI's property check parses the properties, data included: here for the bundles with built-in data (tiny); the
+# dataset bundles check theirs on tiny prepared data in tests/test_{acdc_bundle,isles,lumiere,series,ssl,generation}.py
+BUILT_IN_DATA = {
+    "synthetic_forecasting": {"num_train": 2, "num_val": 1, "num_test": 1, "spatial_size": [16, 16, 8]},
+    "synthetic_generation": {"num_train": 8, "num_val": 4},
+}
 
 
 def test_the_bundle_lists_are_found():
     assert {"synthetic_forecasting", "acdc_cine_forecasting", "series_forecasting"} <= set(FORECASTING)
-    assert set(FORECASTING) <= set(ALL) and len(OVERLAYS) >= 5 * len(FORECASTING)
+    assert {"synthetic_generation", "acdc_cine_generation", "acdc_cine_longitudinal_ssl"} <= set(ALL)
+    assert all(len(bundle_methods(BUNDLES / b)) >= 10 for b in FORECASTING)
 
 
-@pytest.mark.parametrize("bundle", ALL)
-def test_metadata_verifies(bundle):
-    verify_metadata(meta_file=str(BUNDLES / bundle / "configs" / "metadata.json"), filepath=str(SCHEMA))
-
-
-def _network(files: list[Path]) -> torch.nn.Module:
+def _network_shapes(files: list[Path]) -> dict[str, tuple[int, ...]]:
     parser = ConfigParser()
     parser.read_config([str(f) for f in files])
     net = parser.get_parsed_content("network_def")
     assert isinstance(net, torch.nn.Module)
-    return net
+    return {k: tuple(v.shape) for k, v in net.state_dict().items()}
 
 
-@pytest.mark.parametrize("bundle,method", OVERLAYS, ids=[f"{b}-{m}" for b, m in OVERLAYS])
-def test_overlay_builds_the_same_network_for_training_and_inference(bundle, method):
-    configs = BUNDLES / bundle / "configs"
-    trained = {
-        k: tuple(v.shape)
-        for k, v in _network([configs / "train.yaml", configs / "methods" / f"{method}.yaml"]).state_dict().items()
-    }
-    served_files = bundle_config_files(BUNDLES / bundle, method, ValueError)
-    assert [f.name for f in served_files] == ["train.yaml", "inference.yaml", f"{method}.yaml"]
-    served = {k: tuple(v.shape) for k, v in _network(served_files).state_dict().items()}
-    assert served == trained
+def _overlays(root: Path) -> list[tuple[str | None, tuple[str, ...]]]:
+    """(method, other overlays) of every overlay of a bundle: each method, each protocol and other overlay."""
+    others = [
+        n
+        for n in config_names(root)
+        if "/" in n and not n.startswith("methods/") or n == "volumes_3d.yaml"  # protocols/..., volumes_3d.yaml
+    ]
+    return [(None, ())] + [(m, ()) for m in bundle_methods(root)] + [(None, (o,)) for o in others]
 
 
-PARTS = bundle_wiring.generic_parts()
+@pytest.mark.parametrize("bundle", ALL)
+def test_bundle(bundle, tmp_path):
+    """verify_metadata; check_properties of its training (and inference) workflow where its data is built in; every
+    overlay builds the same network for training and for inference."""
+    root = BUNDLES / bundle
+    meta = root / "configs" / "metadata.json"
+    verify_metadata(meta_file=str(meta), filepath=str(SCHEMA))
+    if bundle in BUILT_IN_DATA:
+        small = {"bundle_root": str(root), "output_dir": str(tmp_path / "run"), **BUILT_IN_DATA[bundle]}
+        small.update({"dataset_dir": str(tmp_path / "data")} if bundle in FORECASTING else {})
+        train = workflow(bundle_run_files(root, "train"), "train", "training", meta, **small)
+        assert train.check_properties() == []
+        if bundle in FORECASTING:
+            infer = workflow(bundle_config_files(root, None, ValueError), "infer", "run", meta, **small)
+            assert infer.check_properties() == []
+    if bundle in BASES:  # pretraining builds its own network; finetuning's is the one its inference serves
+        pretrain, finetune = BASES[bundle]
+        assert _network_shapes(bundle_run_files(root, "train", base=pretrain))
+        trained = _network_shapes(bundle_run_files(root, "train", base=finetune))
+        assert _network_shapes(bundle_run_files(root, "inference", base=finetune)) == trained
+        return
+    for method, overlays in _overlays(root):
+        trained = _network_shapes(bundle_run_files(root, "train", method=method, overlays=overlays))
+        served_files = bundle_run_files(root, "inference", method=method, overlays=overlays)
+        assert served_files == bundle_config_files(root, method, ValueError) or overlays
+        assert _network_shapes(served_files) == trained, (method, overlays)
+        for files in (served_files, bundle_run_files(root, "evaluate", method=method, overlays=overlays)):
+            assert len({f.stem for f in files}) == len(files), f"two files of one name (ckpt_export refuses): {files}"
 
 
-def test_the_generic_parts_cover_every_shared_file():
-    """The rule of tools/bundle_wiring.py names the whole files, train.yaml's shared tail and the method overlays."""
-    names = {(p.relpath, p.from_mark) for p in PARTS}
-    for name in ("evaluate.yaml", "inference.yaml", "multi_gpu_train.yaml"):
-        assert (f"configs/{name}", False) in names
-    assert ("configs/train.yaml", True) in names
-    overlays = {p.relpath for p in PARTS if "/methods/" in p.relpath}
-    assert {"configs/methods/lci.yaml", "configs/methods/cronos_discrete.yaml"} <= overlays
-    assert "configs/methods/tfm.yaml" not in overlays  # it holds each dataset's width and slice axis
-    assert all(len(p.bundles) >= 2 for p in PARTS)
+def test_the_shared_text_is_stored_once():
+    """Every shared folder serves two or more bundles and each of its files is read by one of them at least; no
+    bundle holds a copy of a shared file, and no two shared folders hold the same file."""
+    users: dict[Path, list[str]] = {}
+    for bundle in ALL:
+        for folder in shared_config_folders(BUNDLES / bundle):
+            assert folder.is_dir() and folder.parent == SHARED, f"{bundle}: shared folder {folder} is not in {SHARED}"
+            users.setdefault(folder, []).append(bundle)
+    folders = sorted(p for p in SHARED.iterdir() if p.is_dir())
+    assert sorted(users) == folders, "a folder of bundles/_shared that no bundle names"
+    texts: dict[str, str] = {}
+    for folder in folders:
+        assert len(users[folder]) >= 2, f"{folder.name} serves only {users[folder]}: move it into the bundle"
+        for path in sorted(folder.rglob("*.yaml")):
+            text = path.read_text()
+            assert text not in texts, f"{path} is a copy of {texts.get(text)}"
+            texts[text] = str(path)
+    for bundle in ALL:
+        for path in sorted((BUNDLES / bundle / "configs").rglob("*.yaml")):
+            assert path.read_text() not in texts, f"{path} is a copy of {texts.get(path.read_text())}"
 
 
-@pytest.mark.parametrize("part", PARTS, ids=[f"{p.relpath}{'-tail' if p.from_mark else ''}" for p in PARTS])
-def test_forecasting_bundles_share_the_generic_wiring(part):
-    """The generic wiring is the same text everywhere (a fix is one edit, copied by tools/bundle_wiring.py --write)."""
-    assert part.differing() == [], f"{part.relpath} differs: run python tools/bundle_wiring.py --write"
-
-
-def test_bundle_wiring_copies_one_edit_to_every_bundle(tmp_path):
-    """An edit of the generic tail of one bundle's train.yaml and of one shared overlay reaches the others; their
-    dataset parts stay theirs; with two different edits the tool asks which is right and changes nothing."""
-    root = tmp_path / "bundles"
-    for b in FORECASTING:
-        shutil.copytree(BUNDLES / b / "configs", root / b / "configs")
-    edited = root / FORECASTING[0] / "configs"
-    (edited / "train.yaml").write_text((edited / "train.yaml").read_text() + "# a wiring fix\n")
-    (edited / "methods" / "lci.yaml").write_text((edited / "methods" / "lci.yaml").read_text() + "# fix\n")
-    heads = {
-        b: (root / b / "configs" / "train.yaml").read_text().split(bundle_wiring.SHARED_MARK)[0] for b in FORECASTING
-    }
-    assert bundle_wiring.main(["--bundles", str(root)]) == 1  # the check sees the edits
-    assert bundle_wiring.main(["--bundles", str(root), "--write"]) == 0
-    for b in FORECASTING:
-        train = (root / b / "configs" / "train.yaml").read_text()
-        assert train.endswith("# a wiring fix\n") and train.startswith(heads[b])
-        assert (root / b / "configs" / "methods" / "lci.yaml").read_text().endswith("# fix\n")
-    assert bundle_wiring.main(["--bundles", str(root)]) == 0
-    for b, text in ((FORECASTING[0], "# one\n"), (FORECASTING[1], "# two\n")):
-        path = root / b / "configs" / "inference.yaml"
-        path.write_text(path.read_text() + text)
-    before = {b: (root / b / "configs" / "inference.yaml").read_text() for b in FORECASTING}
-    assert bundle_wiring.main(["--bundles", str(root), "--write"]) == 1
-    assert {b: (root / b / "configs" / "inference.yaml").read_text() for b in FORECASTING} == before
-    with pytest.raises(SystemExit) as bad:  # a usage error, before anything is written
-        bundle_wiring.main(["--bundles", str(root), "--write", "--source", "no_such_bundle"])
-    assert bad.value.code == 2
-    assert {b: (root / b / "configs" / "inference.yaml").read_text() for b in FORECASTING} == before
-    assert bundle_wiring.main(["--bundles", str(root), "--write", "--source", FORECASTING[1]]) == 0
-    assert all((root / b / "configs" / "inference.yaml").read_text().endswith("# two\n") for b in FORECASTING)
+@pytest.mark.parametrize("bundle", ALL)
+def test_the_parts_of_a_config_define_disjoint_ids(bundle):
+    """A bundle's own part and the shared parts of one config never set the same id (nor one inside another's), so
+    the order of the parts and joining them into one file change nothing."""
+    root = BUNDLES / bundle
+    for name in config_names(root):
+        seen: dict[str, Path] = {}
+        for part in config_parts(root, name):
+            tops = {key.lstrip("+").split("#")[0].split("::")[0] for key in yaml.safe_load(part.read_text()) or {}}
+            for top in sorted(tops):
+                assert top not in seen, f"{bundle}: '{top}' of {part} is also set by {seen[top]}"
+                seen[top] = part
 
 
 @pytest.mark.parametrize("bundle", FORECASTING)
 def test_train_yaml_holds_the_inference_settings(bundle):
-    """What inference.yaml reads but does not define comes from the bundle's train.yaml, with usable values."""
-    parser = ConfigParser()
-    parser.read_config([str(f) for f in bundle_config_files(BUNDLES / bundle, None, ValueError)])
+    """What inference.yaml reads but does not define comes from the bundle's own train.yaml, with usable values."""
+    root = BUNDLES / bundle
+    own = yaml.safe_load((root / "configs" / "train.yaml").read_text())
     keys = ("ckpt_path", "infer_split", "target_time", "context_lead", "load_transforms", "variant_transforms")
-    keys += ("train_data", "val_data", "eval_split", "eval_draws", "report_title", "train_protocol", "max_steps")
+    keys += ("train_data", "val_data", "eval_split", "eval_draws", "report_title", "train_protocol", "network_def")
     for key in keys:
-        assert key in parser, f"{bundle}: no '{key}'"
+        assert key in own, f"{bundle}: no '{key}' in its configs/train.yaml"
+    parser = ConfigParser()
+    parser.read_config([str(f) for f in bundle_config_files(root, None, ValueError)])
     assert float(parser.get_parsed_content("context_lead")) >= 0
     assert parser.get_parsed_content("infer_split") in ("test", "validation", "training")
