@@ -109,7 +109,6 @@ class TestLoss:
         with pytest.raises(ValueError, match="prediction"):
             FlowMatchingPrepareBatch(prediction="x0")
 
-
     def test_log_reduction_is_mean_log_of_sample_errors(self):
         # by hand: each sample's MSE over its counted frames, then the mean of the logs; a sample with no counted
         # frame is left out; a bad name or eps is refused
