@@ -64,3 +64,25 @@ def test_the_self_contained_copy_merges_to_the_recorded_config(bundle, tmp_path)
         if bundle_equivalence.digest(bundle_equivalence.merged_config(files)) != digest:
             differ.append(name)
     assert differ == [], f"{bundle}: the self-contained copy's configs differ from the recorded ones: {differ}"
+
+
+@pytest.mark.parametrize("bundle", sorted(b for b in RECORDED if b != "series_forecasting"))
+def test_monai_tfm_pack_writes_the_self_contained_configs(bundle, tmp_path):
+    """The zip of ``monai-tfm pack`` holds exactly the self-contained configs checked above (series_forecasting needs
+    a prepared dataset to pack: tests/test_series.py packs it)."""
+    import zipfile
+
+    import torch
+
+    from monai_tfm.apps.pack import pack_bundle
+
+    torch.save({"w": torch.zeros(1)}, tmp_path / "w.pt")
+    zipped = pack_bundle(REPO / "bundles" / bundle, tmp_path / "b.zip", weights=tmp_path / "w.pt")
+    expected = assembled_configs(REPO / "bundles" / bundle)
+    with zipfile.ZipFile(zipped) as zf:
+        packed = {n[len(bundle) + 1 :]: zf.read(n) for n in zf.namelist() if n.startswith(f"{bundle}/configs/")}
+    assert {n: d for n, d in packed.items() if n in expected} == expected
+    own = {
+        p.relative_to(REPO / "bundles" / bundle).as_posix() for p in (REPO / "bundles" / bundle / "configs").rglob("*")
+    }
+    assert set(packed) == set(expected) | {n for n in own if "." in Path(n).name}

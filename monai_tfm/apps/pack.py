@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from monai_tfm.apps.bundle_loading import assembled_configs, bundle_run_files
+from monai_tfm.apps.bundle_loading import assembled_configs, config_parts
 from monai_tfm.data.series import DATASET_SETTINGS_FILE, series_settings
 from monai_tfm.handlers.checkpoint import read_network_state
 from monai_tfm.utils.errors import MonaiTFMError
@@ -166,7 +166,8 @@ def pack_bundle(
     root = Path(bundle).resolve()
     if not (root / "configs" / "metadata.json").is_file():
         raise PackError(f"'{bundle}' is not a monai_tfm bundle: '{root / 'configs' / 'metadata.json'}' does not exist.")
-    bundle_run_files(root, "inference", error=PackError)  # a bundle with an inference
+    if not config_parts(root, "inference.yaml"):
+        raise PackError(f"'{bundle}' is not a monai_tfm bundle: it has no inference.yaml ('{root / 'configs'}').")
     out = Path(output)
     if out.exists() and not overwrite:
         raise FileExistsError(f"refusing to overwrite existing file '{out}' (pass --overwrite).")
