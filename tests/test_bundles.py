@@ -149,3 +149,28 @@ def test_train_yaml_holds_the_inference_settings(bundle):
     parser.read_config([str(f) for f in bundle_config_files(root, None, ValueError)])
     assert float(parser.get_parsed_content("context_lead")) >= 0
     assert parser.get_parsed_content("infer_split") in ("test", "validation", "training")
+
+
+def test_monai_tfm_configs_prints_the_run_files(capsys, monkeypatch):
+    """``monai-tfm configs`` prints bundle_run_files as MONAI's --config_file list (relative to the working folder);
+    an unknown method is a one-line error listing the shared and own overlays."""
+    import ast
+
+    from helpers import assert_one_line_error, run_cli
+
+    monkeypatch.chdir(REPO)
+    root = BUNDLES / "acdc_cine_forecasting"
+    ssl_overlay = "bundles/acdc_cine_longitudinal_ssl/configs/forecasting_encoder_init.yaml"
+    for argv, files in (
+        (["--run", "evaluate", "--method", "lci"], bundle_run_files(root, "evaluate", "lci")),
+        (
+            ["--overlays", "protocols/continuous_time.yaml"],
+            bundle_run_files(root, overlays=["protocols/continuous_time.yaml"]),
+        ),
+        (["--overlays", ssl_overlay], bundle_run_files(root, overlays=[REPO / ssl_overlay])),
+    ):
+        rc, out, err = run_cli(["configs", "bundles/acdc_cine_forecasting", *argv], capsys)
+        assert rc == 0, err
+        assert [REPO / f for f in ast.literal_eval(out.strip())] == files
+    rc, _, err = run_cli(["configs", "bundles/acdc_cine_forecasting", "--method", "nope"], capsys)
+    assert_one_line_error(rc, err, "unknown method 'nope'", "'lci'", "'tfm'")
