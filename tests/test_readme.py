@@ -37,7 +37,7 @@ RULES: list[tuple[str, str | None]] = [
     (r"^python -m monai\.bundle run training .*--resume true", f"{DATA} {NET} --max_epochs 2 --val_draws 1"),
     (r"^python -m monai\.bundle run training .*--compile true", f"{TRAIN} --output_dir runs/switches"),
     (r"^python -m monai\.bundle run (training|evaluating) ", f"{TRAIN} --eval_draws 2"),
-    (r"^python -m monai\.bundle run --config_file \"\['\$B/train\.yaml','\$B/inference\.yaml'\]\"", f"{DATA} {NET}"),
+    (r"^python -m monai\.bundle run --config_file \"\$\(monai-tfm configs \$B --run inference\)\"", f"{DATA} {NET}"),
     (r"^python -m monai\.bundle (verify_metadata|ckpt_export|verify_net_in_out) ", ""),
     (r"^torchrun ", f"--backend gloo {TRAIN}"),
     (r"^monai-tfm synthetic ", DATA),

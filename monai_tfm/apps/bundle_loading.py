@@ -1,5 +1,6 @@
 # Copyright (c) monai_tfm contributors. Licensed under the Apache License, Version 2.0.
-"""Loading a trained bundle for an application (``monai-tfm forecast``, ``monai-tfm generate``).
+"""Loading a trained bundle for an application (``monai-tfm forecast``, ``monai-tfm generate``), and the one rule of
+which config files make up a bundle's run (:func:`bundle_run_files`; docs/DESIGN.md, "Bundle layering").
 
 One home for what both applications do before their own work: find the inference configs and a method overlay,
 apply command-line config overrides, check the device, and load the weights. Each problem is raised as the calling
@@ -173,9 +174,8 @@ def bundle_run_files(
 def bundle_config_files(root: Path, method: str | None, error: type[Exception]) -> list[Path]:
     """The config files of a bundle's inference, in reading order: :func:`bundle_run_files` with ``run="inference"``.
 
-    The same order as ``python -m monai.bundle run --config_file "[<train.yaml parts>, <inference.yaml parts>]"``
-    (a forecasting bundle's ``inference.yaml`` is an overlay on ``train.yaml``; a generation bundle's re-defines every
-    id it uses, so reading ``train.yaml`` first changes nothing there).
+    The same order as ``python -m monai.bundle run --config_file "$(monai-tfm configs BUNDLE --run inference)"``
+    (``inference.yaml`` is an overlay on ``train.yaml``: the network, sampler or inferer and transforms of training).
 
     Args:
         root: bundle folder.

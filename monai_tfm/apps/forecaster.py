@@ -104,7 +104,7 @@ class BundleForecaster:
     """A bundle's network, inferer and transforms, parsed once from its inference configs, for many forecasts.
 
     Args:
-        bundle: bundle folder (with ``configs/inference.yaml``, read after ``configs/train.yaml``).
+        bundle: bundle folder (with ``inference.yaml``, read after ``train.yaml``: :func:`bundle_config_files`).
         options: the model options (:class:`ForecastOptions`; default: the bundle's own settings).
         kwargs: :class:`ForecastOptions` fields instead of ``options``, e.g. ``method="tfm"``.
 

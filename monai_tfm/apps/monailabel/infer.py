@@ -88,7 +88,8 @@ class ForecastInferTask(BasicInferTask):
     The forecast is written on the grid (shape and affine) of the requested image, so a viewer can overlay it there.
 
     Args:
-        bundle: bundle folder (with ``configs/inference.yaml`` and ``models/model.pt``).
+        bundle: bundle folder (with an inference config, :func:`~monai_tfm.apps.bundle_loading.bundle_config_files`, and
+            ``models/model.pt``).
         studies: the studies folder with the ``<name>.series.json`` sidecars.
         method: method overlay of the bundle (None: the bundle's method).
         weights: weights file (default ``<bundle>/models/model.pt``).
