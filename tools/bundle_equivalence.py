@@ -6,11 +6,13 @@ Each run is named ``base|run|method|overlays`` (e.g. ``train.yaml|evaluate|lci|p
 its config files are read in order with ``monai.bundle.ConfigParser().read_config(files)`` and ``parser.config`` (the
 merged raw dict: nothing parsed or instantiated) is recorded as the SHA-256 of its canonical JSON (sorted keys).
 ``tests/test_bundle_equivalence.py`` rebuilds every run with :func:`monai_tfm.apps.bundle_loading.bundle_run_files`
-and compares. The fixture was written from the layout before the shared folders (one folder per bundle, every file a
-copy), with that layout's file rule, :func:`copied_layout_files`::
+and compares. The fixture was first written (commit 8bd47ee) from the layout before the shared folders (one folder per
+bundle, every file a copy) with that layout's file rule, :func:`copied_layout_files`; the shared layout reproduced it.
+A deliberate change of a config value changes its runs' digests: check with ``--dump`` that only the intended values
+changed, then record the new reference with ``--write`` (the current layout, through ``bundle_run_files``)::
 
-    python tools/bundle_equivalence.py --write     # only meaningful on that layout: it defines the reference
-    python tools/bundle_equivalence.py --dump DIR  # the merged dicts of the current layout as JSON files (to diff)
+    python tools/bundle_equivalence.py --dump DIR  # the merged dicts of the recorded runs as JSON files (to diff)
+    python tools/bundle_equivalence.py --write     # record the current layout's runs as the reference
 """
 
 from __future__ import annotations
@@ -100,38 +102,36 @@ def digest(config: dict[str, Any]) -> str:
     return hashlib.sha256(canonical(config).encode("utf-8")).hexdigest()
 
 
-def _copied_layout_runs() -> dict[str, list[str]]:
+def _current_runs() -> dict[str, list[str]]:
+    """Every run of every bundle under ``bundles/`` (methods, protocols and ``volumes_3d.yaml``, own or shared)."""
+    from monai_tfm.apps.bundle_loading import bundle_methods, config_names
+
     out = {}
     for meta in sorted(BUNDLES.glob("*/configs/metadata.json")):
         root = meta.parent.parent
-        methods = sorted(p.stem for p in (root / "configs" / "methods").glob("*.yaml"))
-        extras = sorted(p.relative_to(root / "configs").as_posix() for p in (root / "configs").glob("protocols/*.yaml"))
-        extras += ["volumes_3d.yaml"] if (root / "configs" / "volumes_3d.yaml").is_file() else []
-        out[root.name] = run_names(root.name, methods, extras)
+        names = config_names(root)
+        extras = [n for n in names if n.startswith("protocols/")] + [n for n in names if n == "volumes_3d.yaml"]
+        out[root.name] = run_names(root.name, bundle_methods(root), extras)
     return out
 
 
 def main(argv: list[str] | None = None, files_of: Callable[..., list[Path]] | None = None) -> int:
-    """Write the fixture from the copied layout (``--write``) or dump the current merged dicts (``--dump DIR``)."""
+    """Write the fixture from the current layout (``--write``) or dump the current merged dicts (``--dump DIR``)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--write", action="store_true", help="write the fixture (copied layout only)")
+    parser.add_argument("--write", action="store_true", help="record the current layout's runs as the reference")
     parser.add_argument("--dump", type=Path, help="write each merged dict of the fixture's runs as JSON here")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if files_of is None:
+        from monai_tfm.apps.bundle_loading import bundle_run_files
+
+        files_of = bundle_run_files_for_name(bundle_run_files)
     if args.write:
-        record = {}
-        for bundle, names in _copied_layout_runs().items():
-            record[bundle] = {
-                n: digest(merged_config(copied_layout_files(BUNDLES / bundle, *split_name(n)))) for n in names
-            }
+        record = {b: {n: digest(merged_config(files_of(b, n))) for n in names} for b, names in _current_runs().items()}
         FIXTURE.parent.mkdir(parents=True, exist_ok=True)
         FIXTURE.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
         logger.info("%d runs of %d bundles -> %s", sum(map(len, record.values())), len(record), FIXTURE)
     if args.dump:
-        if files_of is None:
-            from monai_tfm.apps.bundle_loading import bundle_run_files
-
-            files_of = bundle_run_files_for_name(bundle_run_files)
         for bundle, names in json.loads(FIXTURE.read_text()).items():
             for name in names:
                 out = args.dump / bundle / (name.replace("|", "__").replace("/", "_") + ".json")
