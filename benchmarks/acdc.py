@@ -59,6 +59,20 @@ FLIPS = [
     }
     for axis in (1, 2)
 ]
+# frames as channels (C = 1 squeezed) so that one MONAI affine moves every frame alike, then the channel back
+AFFINE = [
+    {"_target_": "SqueezeDimd", "keys": "series", "dim": 1},
+    {
+        "_target_": "RandAffined",
+        "keys": "series",
+        "prob": 0.5,
+        "rotate_range": [0.0, 0.0, 0.26],
+        "scale_range": [0.1, 0.1, 0.0],
+        "translate_range": [3, 3, 0],
+        "padding_mode": "border",
+    },
+    {"_target_": "Lambdad", "keys": "series", "func": "$lambda x: x.unsqueeze(1)"},
+]
 # name -> (method overlay, extra overlay files, overrides)
 RUNS = {
     "cronos_discrete": ("cronos_discrete", [], {}),
@@ -103,6 +117,11 @@ RUNS = {
     ),
     # the loss of each sample in the log domain (mean of log MSE_b, like the mean per-sample PSNR of the evaluation)
     "recipe_log_loss": ("cronos_discrete", [], {"train#loss#sample_reduction": "log"}),
+    # half of the training samples at tau = 0, where a few-step Euler forecast takes its first (largest) step
+    "recipe_tau0_half": ("cronos_discrete", [], {"train#prepare_batch#tau_zero_prob": 0.5}),
+    # a small random in-plane affine (rotation up to 15 degrees, scale +-10 %, shift up to 3 voxels), the same for
+    # every frame of the series, half of the time (MONAI RandAffined on the frames as channels)
+    "recipe_affine": ("cronos_discrete", [], {"train_augmentation": AFFINE}),
     # TFM's UNet told the target time
     "recipe_tfm_target_time": ("tfm", [], {"network_def#use_target_time": True}),
     # twice the samples per optimiser step
