@@ -9,7 +9,8 @@ run folders) and ``docs/results/acdc_examples.png``. Finished runs are skipped w
 
 Budgets (one per invocation): ``--epochs`` (whole epochs), ``--budget-steps N`` (optimiser steps; the lr schedule
 spans them) or ``--budget-seconds S`` (a wall-clock budget of training steps: each method's seconds per step is
-measured by a short calibration run on the same machine and threads, and S is turned into that method's steps). The
+measured by a short calibration run on the same machine and threads, and S is turned into that method's steps;
+``--seconds-as-steps N`` gives the step count instead, when S was timed on another machine than this one). The
 main CPU budget of the quality study: ``--spatial-size 64,64,8 --channels 16 --batch-size 2 --threads 2
 --budget-steps 1600`` (about what the authors' CRONOS does in 15 CPU minutes at that setting).
 
@@ -122,6 +123,12 @@ RUNS = {
     # a small random in-plane affine (rotation up to 15 degrees, scale +-10 %, shift up to 3 voxels), the same for
     # every frame of the series, half of the time (MONAI RandAffined on the frames as channels)
     "recipe_affine": ("cronos_discrete", [], {"train_augmentation": AFFINE}),
+    # the two screen winners together
+    "recipe_tau0_affine": (
+        "cronos_discrete",
+        [],
+        {"train#prepare_batch#tau_zero_prob": 0.5, "train_augmentation": AFFINE},
+    ),
     # TFM's UNet told the target time
     "recipe_tfm_target_time": ("tfm", [], {"network_def#use_target_time": True}),
     # twice the samples per optimiser step
@@ -540,6 +547,13 @@ def main() -> None:
     budget = parser.add_mutually_exclusive_group()
     budget.add_argument("--budget-steps", type=int, default=None, help="optimiser steps per run (instead of epochs)")
     budget.add_argument("--budget-seconds", type=float, default=None, help="seconds of training steps per run")
+    parser.add_argument(
+        "--seconds-as-steps",
+        type=int,
+        default=None,
+        help="with --budget-seconds: the step count those seconds stand for, fixed beforehand instead of calibrated "
+        "here (a budget timed on the machine that timed the reference, reused on another machine)",
+    )
     parser.add_argument("--threads", type=int, default=None, help="CPU threads of every run (OMP_NUM_THREADS)")
     parser.add_argument(
         "--reference-solver",
@@ -571,6 +585,8 @@ def main() -> None:
     )
     parser.add_argument("--figure", default=str(REPO / "docs" / "results" / "acdc_examples.png"))
     args = parser.parse_args()
+    if args.seconds_as_steps is not None and (not args.budget_seconds or args.seconds_as_steps < 1):
+        parser.error("--seconds-as-steps N needs --budget-seconds S and N >= 1")
     work = (REPO / args.work).resolve()
     work.mkdir(parents=True, exist_ok=True)
     archive = (REPO / args.archive).resolve() if args.archive else None
@@ -803,6 +819,8 @@ def main() -> None:
         """The run's step budget: --budget-steps, or --budget-seconds over its calibrated seconds per step."""
         if not args.budget_seconds:
             return args.budget_steps
+        if args.seconds_as_steps:
+            return args.seconds_as_steps
         calib = work / f"calibration_{name}"
         if _read_json(calib / "budget.json") is None:
             kw = {**common, **overrides, "fold": fold, "output_dir": str(calib), "max_steps": CALIBRATION_STEPS}
@@ -845,6 +863,7 @@ def main() -> None:
                     "wall_train_s": wall,
                     "budget_steps": max_steps,
                     "budget_seconds": args.budget_seconds,
+                    "seconds_as_steps": args.seconds_as_steps,
                     "steps_done": state.get("steps_timed"),
                     "train_step_seconds": state.get("train_seconds"),
                     "threads": state.get("threads"),
