@@ -129,6 +129,12 @@ RUNS = {
         [],
         {"train#prepare_batch#tau_zero_prob": 0.5, "train_augmentation": AFFINE},
     ),
+    # ... for continuous CRONOS (paired with cronos_continuous)
+    "recipe_continuous_tau0_affine": (
+        "cronos_continuous",
+        [],
+        {"train#prepare_batch#tau_zero_prob": 0.5, "train_augmentation": AFFINE},
+    ),
     # TFM's UNet told the target time
     "recipe_tfm_target_time": ("tfm", [], {"network_def#use_target_time": True}),
     # twice the samples per optimiser step
