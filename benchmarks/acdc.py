@@ -9,7 +9,8 @@ run folders) and ``docs/results/acdc_examples.png``. Finished runs are skipped w
 
 Budgets (one per invocation): ``--epochs`` (whole epochs), ``--budget-steps N`` (optimiser steps; the lr schedule
 spans them) or ``--budget-seconds S`` (a wall-clock budget of training steps: each method's seconds per step is
-measured by a short calibration run on the same machine and threads, and S is turned into that method's steps). The
+measured by a short calibration run on the same machine and threads, and S is turned into that method's steps;
+``--seconds-as-steps N`` gives the step count instead, when S was timed on another machine than this one). The
 main CPU budget of the quality study: ``--spatial-size 64,64,8 --channels 16 --batch-size 2 --threads 2
 --budget-steps 1600`` (about what the authors' CRONOS does in 15 CPU minutes at that setting).
 
@@ -60,6 +61,20 @@ FLIPS = [
     }
     for axis in (1, 2)
 ]
+# frames as channels (C = 1 squeezed) so that one MONAI affine moves every frame alike, then the channel back
+AFFINE = [
+    {"_target_": "SqueezeDimd", "keys": "series", "dim": 1},
+    {
+        "_target_": "RandAffined",
+        "keys": "series",
+        "prob": 0.5,
+        "rotate_range": [0.0, 0.0, 0.26],
+        "scale_range": [0.1, 0.1, 0.0],
+        "translate_range": [3, 3, 0],
+        "padding_mode": "border",
+    },
+    {"_target_": "Lambdad", "keys": "series", "func": "$lambda x: x.unsqueeze(1)"},
+]
 # name -> (method overlay, extra overlay files, overrides)
 RUNS = {
     "cronos_discrete": ("cronos_discrete", [], {}),
@@ -104,6 +119,23 @@ RUNS = {
     ),
     # the loss of each sample in the log domain (mean of log MSE_b, like the mean per-sample PSNR of the evaluation)
     "recipe_log_loss": ("cronos_discrete", [], {"train#loss#sample_reduction": "log"}),
+    # half of the training samples at tau = 0, where a few-step Euler forecast takes its first (largest) step
+    "recipe_tau0_half": ("cronos_discrete", [], {"train#prepare_batch#tau_zero_prob": 0.5}),
+    # a small random in-plane affine (rotation up to 15 degrees, scale +-10 %, shift up to 3 voxels), the same for
+    # every frame of the series, half of the time (MONAI RandAffined on the frames as channels)
+    "recipe_affine": ("cronos_discrete", [], {"train_augmentation": AFFINE}),
+    # the two screen winners together
+    "recipe_tau0_affine": (
+        "cronos_discrete",
+        [],
+        {"train#prepare_batch#tau_zero_prob": 0.5, "train_augmentation": AFFINE},
+    ),
+    # ... for continuous CRONOS (paired with cronos_continuous)
+    "recipe_continuous_tau0_affine": (
+        "cronos_continuous",
+        [],
+        {"train#prepare_batch#tau_zero_prob": 0.5, "train_augmentation": AFFINE},
+    ),
     # TFM's UNet told the target time
     "recipe_tfm_target_time": ("tfm", [], {"network_def#use_target_time": True}),
     # twice the samples per optimiser step
@@ -521,6 +553,13 @@ def main() -> None:
     budget = parser.add_mutually_exclusive_group()
     budget.add_argument("--budget-steps", type=int, default=None, help="optimiser steps per run (instead of epochs)")
     budget.add_argument("--budget-seconds", type=float, default=None, help="seconds of training steps per run")
+    parser.add_argument(
+        "--seconds-as-steps",
+        type=int,
+        default=None,
+        help="with --budget-seconds: the step count those seconds stand for, fixed beforehand instead of calibrated "
+        "here (a budget timed on the machine that timed the reference, reused on another machine)",
+    )
     parser.add_argument("--threads", type=int, default=None, help="CPU threads of every run (OMP_NUM_THREADS)")
     parser.add_argument(
         "--reference-solver",
@@ -552,6 +591,8 @@ def main() -> None:
     )
     parser.add_argument("--figure", default=str(REPO / "docs" / "results" / "acdc_examples.png"))
     args = parser.parse_args()
+    if args.seconds_as_steps is not None and (not args.budget_seconds or args.seconds_as_steps < 1):
+        parser.error("--seconds-as-steps N needs --budget-seconds S and N >= 1")
     work = (REPO / args.work).resolve()
     work.mkdir(parents=True, exist_ok=True)
     archive = (REPO / args.archive).resolve() if args.archive else None
@@ -784,6 +825,8 @@ def main() -> None:
         """The run's step budget: --budget-steps, or --budget-seconds over its calibrated seconds per step."""
         if not args.budget_seconds:
             return args.budget_steps
+        if args.seconds_as_steps:
+            return args.seconds_as_steps
         calib = work / f"calibration_{name}"
         if _read_json(calib / "budget.json") is None:
             kw = {**common, **overrides, "fold": fold, "output_dir": str(calib), "max_steps": CALIBRATION_STEPS}
@@ -826,6 +869,7 @@ def main() -> None:
                     "wall_train_s": wall,
                     "budget_steps": max_steps,
                     "budget_seconds": args.budget_seconds,
+                    "seconds_as_steps": args.seconds_as_steps,
                     "steps_done": state.get("steps_timed"),
                     "train_step_seconds": state.get("train_seconds"),
                     "threads": state.get("threads"),

@@ -54,6 +54,23 @@ class TestPrepareBatch:
         _, real, _, _ = FlowMatchingPrepareBatch("discrete", loss_frames="real")(batch)
         assert real["weight"].tolist() == batch["context_mask"].float().tolist()
 
+    def test_tau_zero_prob(self):
+        # about that share of the samples at tau = 0, the others uniform; the seeded per-sample draws too; p outside
+        # [0, 1) is refused
+        n = 4000
+        batch = {**_batch(), "context": torch.rand(2, 4, 1, 2, 2, 2), "target": torch.rand(2, 1, 2, 2, 2)}
+        big = {k: v.repeat_interleave(n // 2, dim=0) for k, v in batch.items()}
+        g = torch.Generator().manual_seed(5)
+        tau = FlowMatchingPrepareBatch(generator=g, tau_zero_prob=0.3)(big)[3]["tau"]
+        assert abs(float((tau == 0).float().mean()) - 0.3) < 0.03
+        assert 0.4 < float(tau[tau > 0].mean()) < 0.6
+        seeded = FlowMatchingPrepareBatch(seed=1, tau_zero_prob=0.5)
+        taus = torch.cat([seeded(batch)[3]["tau"] for seeded.epoch in range(200)])
+        assert 0.35 < float((taus == 0).float().mean()) < 0.65
+        for bad in (-0.1, 1.0):
+            with pytest.raises(ValueError, match="tau_zero_prob"):
+                FlowMatchingPrepareBatch(tau_zero_prob=bad)
+
     def test_continuous_training_batch(self):
         batch = _batch()
         _, targets, _, kwargs = FlowMatchingPrepareBatch("continuous", time_scale=2.0)(batch)
