@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 from helpers import REPO, SHARED_ACDC, lci_metrics_from_draws, workflow
-from monai.bundle import verify_metadata
+from monai.bundle import ConfigParser, verify_metadata
 
 from monai_tfm.apps.bundle_loading import bundle_run_files
 from monai_tfm.data import fold_split
@@ -164,8 +164,6 @@ def test_step_budget(two_patients, tmp_path):
 @needs_shared
 def test_extra_train_phases(two_patients, tmp_path):
     """`extra_train_phases` adds the diastole of the training patients to the training items, not to validation."""
-    from monai.bundle import ConfigParser
-
     parser = ConfigParser()
     parser.read_config([str(f) for f in bundle_run_files(BUNDLE)])
     for key, value in _small(two_patients, tmp_path, extra_train_phases=["diastole_reversed"]).items():
@@ -176,3 +174,23 @@ def test_extra_train_phases(two_patients, tmp_path):
     assert [e["subject"] for e in train[len(plain_train) :]] == [e["subject"] for e in plain_train]
     assert {e["metadata"]["phases"] for e in train[len(plain_train) :]} == {"diastole_reversed"}
     assert (tmp_path / "prepared_diastole_reversed" / "datalist.json").is_file()
+
+
+@pytest.mark.parametrize("method, share", [("cronos_discrete", 0.5), ("cronos_continuous", 0.0), ("tfm", 0.0)])
+def test_tau_zero_share_by_method(method, share):
+    # the bundle's discrete CRONOS trains half of its samples at tau = 0 (docs/results/acdc_recipe_tau0.md); the
+    # other flow methods keep the papers' uniform tau; the training prepare-batch draws accordingly
+    parser = ConfigParser()
+    parser.read_config([str(f) for f in bundle_run_files(BUNDLE, method=method)])
+    prepare = parser.get_parsed_content("train#prepare_batch")
+    assert prepare.tau_zero_prob == share
+    n = 2000
+    batch = {
+        "context": torch.rand(n, 11, 1, 2, 2, 2),
+        "context_time": torch.linspace(0, 1, 11).repeat(n, 1),
+        "context_mask": torch.ones(n, 11, dtype=torch.bool),
+        "target": torch.rand(n, 1, 2, 2, 2),
+        "target_time": torch.ones(n),
+    }
+    tau = prepare(batch)[3]["tau"]
+    assert abs(float((tau == 0).float().mean()) - share) < 0.05
