@@ -132,7 +132,9 @@ RUNS = {
         [],
         {"train#prepare_batch#tau_zero_prob": 0.5, "train_augmentation": AFFINE},
     ),
-    # ... for continuous CRONOS (paired with cronos_continuous)
+    # half of the training samples at tau = 0 for continuous CRONOS (paired with cronos_continuous)
+    "recipe_continuous_tau0_half": ("cronos_continuous", [], {"tau_zero_prob": 0.5}),
+    # ... with the affine augmentation (paired with cronos_continuous)
     "recipe_continuous_tau0_affine": (
         "cronos_continuous",
         [],
