@@ -460,6 +460,22 @@ def _wall_clock_section(work: Path, names: list[str], folds: list[int], tag: str
     rows, trained_by = _budget_rows(work, names, folds, tag, wtag)
     if not rows:
         return []
+    given = sorted(
+        {
+            f"{n}: {info['seconds_as_steps']} steps"
+            for n in names
+            for f in folds
+            if (info := _read_json(work / f"{n}{wtag}_fold{f}" / "run_info.json") or {}).get("seconds_as_steps")
+        }
+    )
+    given_text = (
+        " Runs whose step count was given instead of calibrated here (`--seconds-as-steps`: the steps those seconds "
+        "bought on the machine that timed the reference, reused on a faster one with the same step cost): "
+        + "; ".join(given)
+        + "."
+        if given
+        else ""
+    )
     ref_text = (
         f"the authors' CRONOS above needed a median {sorted(ref_seconds)[len(ref_seconds) // 2]:.0f} s of training "
         f"steps for its budget (folds: {', '.join(f'{x:.0f}' for x in ref_seconds)} s)"
@@ -473,7 +489,7 @@ def _wall_clock_section(work: Path, names: list[str], folds: list[int], tag: str
         "method's median step time from a 40-step calibration on the same machine and threads, turned into a step "
         f"budget), the same setting as the table above otherwise; {ref_text}. Gains paired per patient as above; "
         f"the last columns pair each run with `{REFERENCE}` and with the same method at the main budget on the same "
-        f"(patient, draw). Trained by {'; '.join(sorted(trained_by))}.",
+        f"(patient, draw). Trained by {'; '.join(sorted(trained_by))}.{given_text}",
         "",
         *_budget_table(rows),
     ]
@@ -771,26 +787,33 @@ def main() -> None:
             ]
         recipes = [n for n in names if n.startswith("recipe_") and results.get(n)]
         if recipes and results.get(RECIPE_BASE):
-            base_rows = _per_sample_rows([work / f"{RECIPE_BASE}{tag}_fold{f}" for f in ablation_folds])
+            # each change is paired with the papers' recipe of its own method (a continuous-CRONOS recipe with
+            # cronos_continuous, the others with RECIPE_BASE)
+            base_of = {
+                n: RUNS[n][0] if RUNS[n][0] in RUNS and RUNS[n][0] != RECIPE_BASE else RECIPE_BASE for n in recipes
+            }
+            base_rows = {
+                b: _per_sample_rows([work / f"{b}{tag}_fold{f}" for f in ablation_folds]) for b in set(base_of.values())
+            }
             md += [
                 f"## Training-recipe screen (discrete CRONOS, one change at a time; fold(s) {ablation_folds})",
                 "",
-                f"Paired per-patient gain of each change over `{RECIPE_BASE}` (the papers' recipe: uniform tau, no "
-                "augmentation; same patients and draws), "
+                "Paired per-patient gain of each change over the same method with the papers' recipe (uniform tau, "
+                f"no augmentation; `{RECIPE_BASE}` unless the base column says otherwise; same patients and draws), "
                 "mean [bootstrap 95% CI] (patients better / patients), and the recipe's own gain over LCI. A screen: "
                 "the ablation folds only and one seed; a change is adopted only after all five folds confirm it. "
                 "Training wall times below are not speed figures when runs shared the machine with other work.",
                 "",
-                f"| change | PSNR vs {RECIPE_BASE} | SSIM vs {RECIPE_BASE} | PSNR vs LCI | SSIM vs LCI |",
-                "|---|---|---|---|---|",
+                "| change | base | PSNR vs base | SSIM vs base | PSNR vs LCI | SSIM vs LCI |",
+                "|---|---|---|---|---|---|",
             ]
             for n in recipes:
                 rows = _per_sample_rows([work / f"{n}{tag}_fold{f}" for f in ablation_folds])
-                joined = _paired_rows(rows, base_rows)
+                joined = _paired_rows(rows, base_rows[base_of[n]])
                 cells = [_gain_cell(joined, m) for m in ("psnr", "ssim")] + [
                     _gain_cell(rows, m) for m in ("psnr", "ssim")
                 ]
-                md.append(f"| {n} ({RUNS[n][2]}) | " + " | ".join(cells) + " |")
+                md.append(f"| {n} ({RUNS[n][2]}) | {base_of[n]} | " + " | ".join(cells) + " |")
             md.append("")
         md += [
             "## Training wall time per run (s)",
