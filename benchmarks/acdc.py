@@ -796,7 +796,7 @@ def main() -> None:
                 b: _per_sample_rows([work / f"{b}{tag}_fold{f}" for f in ablation_folds]) for b in set(base_of.values())
             }
             md += [
-                f"## Training-recipe screen (discrete CRONOS, one change at a time; fold(s) {ablation_folds})",
+                f"## Training-recipe screen (one change at a time; fold(s) {ablation_folds})",
                 "",
                 "Paired per-patient gain of each change over the same method with the papers' recipe (uniform tau, "
                 f"no augmentation; `{RECIPE_BASE}` unless the base column says otherwise; same patients and draws), "
