@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 
 import pytest
@@ -67,7 +68,9 @@ def test_quickstart_shows_its_table_once_with_progress(tmp_path, capsys, monkeyp
     table_line = next(line for line in summary.read_text().splitlines() if line.startswith("| model"))
     shown = captured.out + captured.err + "\n".join(records)
     assert shown.count(table_line) == 1
-    assert "forecasting: [2/2] 100%" in captured.err  # the evaluation's bar over its 2 batches of 2 forecasts
+    # the evaluation's bar over its 2 batches of 2 forecasts; which states tqdm draws depends on the machine's speed
+    # (a state within its refresh interval of the last one is skipped and the closed bar is cleared)
+    assert re.search(r"forecasting: \[[12]/2\]", captured.err), captured.err
 
 
 @pytest.mark.parametrize("kind", ["package error", "file error", "bug: ValueError", "bug: TypeError"])
