@@ -413,16 +413,17 @@ def _head_to_head_section(work: Path, names: list[str], folds: list[int], tag: s
 
 def _budget_rows(
     work: Path, names: list[str], folds: list[int], tag: str, btag: str, others: dict[str, str] | None = None
-) -> tuple[list[str], set[str]]:
+) -> tuple[list[str], set[str], set[str]]:
     """Table rows of the main runs trained at another budget (run tag ``btag``): their gain over LCI, and paired on
     the same (patient, draw) with ``reference_cronos`` and with the same method at the page's budget (``tag``) and
     at every budget of ``others`` (run tag -> column label).
 
     Returns:
-        the rows and the commits/devices that trained the runs.
+        the rows, the commits/devices that trained the runs, and ``"<run>: N steps"`` for the runs whose step count
+        was given (``--seconds-as-steps``) instead of calibrated.
     """
     ref_rows = _per_sample_rows([work / f"{REFERENCE}{tag}_fold{f}" for f in folds])
-    rows, trained_by = [], set()
+    rows, trained_by, given = [], set(), set()
     for n in names:
         if n not in MAIN or n == REFERENCE:
             continue
@@ -432,6 +433,7 @@ def _budget_rows(
         dirs = [work / f"{n}{btag}_fold{f}" for f in done]
         infos = [_read_json(d / "run_info.json") or {} for d in dirs]
         trained_by |= {f"{i.get('commit', '?')} on {i.get('device', '?')}" for i in infos}
+        given |= {f"{n}: {i['seconds_as_steps']} steps" for i in infos if i.get("seconds_as_steps")}
         steps = sorted(int(i.get("steps_done") or 0) for i in infos)
         per = _per_sample_rows(dirs)
         pairs = [ref_rows] + [
@@ -440,7 +442,7 @@ def _budget_rows(
         gains = " | ".join(_gain_cell(per, m) for m in ("psnr", "ssim", "nrmse"))
         versus = " | ".join(_gain_cell(_paired_rows(per, other), "psnr") if other else "-" for other in pairs)
         rows.append(f"| {n}{btag} | {len(dirs)} | {steps[len(steps) // 2]} | {gains} | {versus} |")
-    return rows, trained_by
+    return rows, trained_by, given
 
 
 def _budget_table(rows: list[str], other_labels: tuple[str, ...] = ()) -> list[str]:
@@ -457,21 +459,13 @@ def _wall_clock_section(work: Path, names: list[str], folds: list[int], tag: str
         for s in (_read_json(work / f"{REFERENCE}{tag}_fold{f}" / "summary.json") for f in folds)
         if s and s.get("training", {}).get("seconds")
     ]
-    rows, trained_by = _budget_rows(work, names, folds, tag, wtag)
+    rows, trained_by, given = _budget_rows(work, names, folds, tag, wtag)
     if not rows:
         return []
-    given = sorted(
-        {
-            f"{n}: {info['seconds_as_steps']} steps"
-            for n in names
-            for f in folds
-            if (info := _read_json(work / f"{n}{wtag}_fold{f}" / "run_info.json") or {}).get("seconds_as_steps")
-        }
-    )
     given_text = (
         " Runs whose step count was given instead of calibrated here (`--seconds-as-steps`: the steps those seconds "
         "bought on the machine that timed the reference, reused on a faster one with the same step cost): "
-        + "; ".join(given)
+        + "; ".join(sorted(given))
         + "."
         if given
         else ""
@@ -501,7 +495,7 @@ def _step_budget_section(
     """Markdown of the main runs of a finished ``--budget-steps steps`` invocation (a longer CPU budget), paired with
     the runs at the page's budget and, when the page has them, with the ``wall_clock`` (``--budget-seconds``) runs."""
     others = {f"_sec{wall_clock:g}": f"{wall_clock:g} s"} if wall_clock else {}
-    rows, trained_by = _budget_rows(work, names, folds, tag, f"_steps{steps}", others)
+    rows, trained_by, _ = _budget_rows(work, names, folds, tag, f"_steps{steps}", others)
     if not rows:
         return []
     return [
@@ -789,9 +783,7 @@ def main() -> None:
         if recipes and results.get(RECIPE_BASE):
             # each change is paired with the papers' recipe of its own method (a continuous-CRONOS recipe with
             # cronos_continuous, the others with RECIPE_BASE)
-            base_of = {
-                n: RUNS[n][0] if RUNS[n][0] in RUNS and RUNS[n][0] != RECIPE_BASE else RECIPE_BASE for n in recipes
-            }
+            base_of = {n: RUNS[n][0] if RUNS[n][0] in RUNS else RECIPE_BASE for n in recipes}
             base_rows = {
                 b: _per_sample_rows([work / f"{b}{tag}_fold{f}" for f in ablation_folds]) for b in set(base_of.values())
             }
