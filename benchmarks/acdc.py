@@ -77,7 +77,7 @@ AFFINE = [
 ]
 # name -> (method overlay, extra overlay files, overrides)
 RUNS = {
-    # the papers' recipe (uniform tau; the runs archived under this name); the bundle's discrete default trains half
+    # the papers' recipe (uniform tau; the runs archived under this name); the bundle's discrete default trains
     # 90 % of its samples at tau = 0, its runs are `recipe_tau0_p90` below
     "cronos_discrete": ("cronos_discrete", [], {"tau_zero_prob": 0.0}),
     "cronos_continuous": ("cronos_continuous", [], {}),
