@@ -134,6 +134,7 @@ RUNS = {
     ),
     # half of the training samples at tau = 0 for continuous CRONOS (paired with cronos_continuous)
     "recipe_continuous_tau0_half": ("cronos_continuous", [], {"tau_zero_prob": 0.5}),
+    # 90 % of them (paired with cronos_continuous)
     "recipe_continuous_tau0_p90": ("cronos_continuous", [], {"tau_zero_prob": 0.9}),
     # ... with the affine augmentation (paired with cronos_continuous)
     "recipe_continuous_tau0_affine": (
@@ -146,8 +147,8 @@ RUNS = {
     "recipe_tau0_p97": ("cronos_discrete", [], {"train#prepare_batch#tau_zero_prob": 0.97}),
     # half at tau = 0 with the authors' path noise sigma = 0.01 (the noise alone screened +0.09 dB [+0.00, +0.18])
     "recipe_tau0_sigma": ("cronos_discrete", [], {"train#prepare_batch#tau_zero_prob": 0.5, "sigma": 0.01}),
-    # half of TFM's training samples at tau = 0 (paired with tfm)
-    "recipe_tfm_tau0_half": ("tfm", [], {"tau_zero_prob": 0.5}),
+    # 90 % of TFM's training samples at tau = 0 (paired with tfm)
+    "recipe_tfm_tau0_p90": ("tfm", [], {"tau_zero_prob": 0.9}),
     # TFM's UNet told the target time
     "recipe_tfm_target_time": ("tfm", [], {"network_def#use_target_time": True}),
     # twice the samples per optimiser step
