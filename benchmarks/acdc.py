@@ -180,9 +180,17 @@ BUILT_ON = {
     "recipe_tau0_p90_sigma": "recipe_tau0_p90",
 }
 REFERENCE = "reference_cronos"  # the authors' CRONOS through the comparison harness (optional)
-# recipe_tau0_p90: discrete CRONOS with the bundle's default recipe (90 % of the training samples at tau = 0);
-# recipe_tau0_half: the previous default (half of them)
-MAIN = ("cronos_discrete", "recipe_tau0_half", "recipe_tau0_p90", "cronos_continuous", "tfm", REFERENCE)
+# recipe_tau0_p90, recipe_continuous_tau0_p90: the CRONOS variants with the bundle's default recipe (90 % of the
+# training samples at tau = 0); recipe_tau0_half: the previous discrete default (half of them)
+MAIN = (
+    "cronos_discrete",
+    "recipe_tau0_half",
+    "recipe_tau0_p90",
+    "cronos_continuous",
+    "recipe_continuous_tau0_p90",
+    "tfm",
+    REFERENCE,
+)
 # the main tables evaluate with the papers' 10 Euler steps (CRONOS sec. 4); the bundle's default solver, where it
 # differs, is evaluated as well (DEFAULT_EVAL) and reported in its own table
 PAPERS_SOLVER = {"solver": "euler", "solver_steps": 10}
