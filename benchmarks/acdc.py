@@ -180,8 +180,8 @@ BUILT_ON = {
     "recipe_tau0_p90_sigma": "recipe_tau0_p90",
 }
 REFERENCE = "reference_cronos"  # the authors' CRONOS through the comparison harness (optional)
-# recipe_tau0_p90, recipe_continuous_tau0_p90: the CRONOS variants with the bundle's default recipe (90 % of the
-# training samples at tau = 0); recipe_tau0_half: the previous discrete default (half of them)
+# recipe_tau0_p90, recipe_continuous_tau0_p90, recipe_tfm_tau0_p90: the flow methods with the bundle's default recipe
+# (90 % of the training samples at tau = 0); recipe_tau0_half: the previous discrete default (half of them)
 MAIN = (
     "cronos_discrete",
     "recipe_tau0_half",
@@ -189,6 +189,7 @@ MAIN = (
     "cronos_continuous",
     "recipe_continuous_tau0_p90",
     "tfm",
+    "recipe_tfm_tau0_p90",
     REFERENCE,
 )
 # the main tables evaluate with the papers' 10 Euler steps (CRONOS sec. 4); the bundle's default solver, where it
