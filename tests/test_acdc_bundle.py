@@ -176,10 +176,10 @@ def test_extra_train_phases(two_patients, tmp_path):
     assert (tmp_path / "prepared_diastole_reversed" / "datalist.json").is_file()
 
 
-@pytest.mark.parametrize("method, share", [("cronos_discrete", 0.9), ("cronos_continuous", 0.9), ("tfm", 0.0)])
+@pytest.mark.parametrize("method, share", [("cronos_discrete", 0.9), ("cronos_continuous", 0.9), ("tfm", 0.9)])
 def test_tau_zero_share_by_method(method, share):
-    # the bundle's CRONOS variants train 90 % of their samples at tau = 0 (docs/results/acdc_recipe_tau0.md); TFM
-    # keeps the papers' uniform tau; the training prepare-batch draws accordingly
+    # the bundle's flow methods train 90 % of their samples at tau = 0 (docs/results/acdc_recipe_tau0.md); the
+    # training prepare-batch draws accordingly
     parser = ConfigParser()
     parser.read_config([str(f) for f in bundle_run_files(BUNDLE, method=method)])
     prepare = parser.get_parsed_content("train#prepare_batch")
