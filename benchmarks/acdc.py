@@ -512,23 +512,11 @@ def _wall_clock_section(work: Path, names: list[str], folds: list[int], tag: str
         f"(patient, draw). Trained by {'; '.join(sorted(trained_by))}.{given_text}",
         "",
         *_budget_table(rows),
-        *_default_solver_rows(work, names, folds, wtag),
+        *_default_solver_table(_default_solver_rows(work, names, folds, wtag, wtag)),
     ]
 
 
-def _default_solver_rows(work: Path, names: list[str], folds: list[int], btag: str) -> list:
-    """The runs at another budget (run tag ``btag``) evaluated with the bundle's solver (``DEFAULT_EVAL``, written
-    when this script ran at that budget: it evaluates its main runs that way too), as gains over LCI."""
-    rows = []
-    for n in names:
-        dirs = [work / f"{n}{btag}_fold{f}" for f in folds if _summary(work / f"{n}{btag}_fold{f}", DEFAULT_EVAL)]
-        if n in MAIN and dirs:
-            per = _per_sample_rows(dirs, DEFAULT_EVAL)
-            rows.append(
-                f"| {n}{btag} | {len(dirs)} | "
-                + " | ".join(_gain_cell(per, m) for m in ("psnr", "ssim", "nrmse"))
-                + " |"
-            )
+def _default_solver_table(rows: list[str]) -> list[str]:
     if not rows:
         return []
     return [
@@ -539,6 +527,22 @@ def _default_solver_rows(work: Path, names: list[str], folds: list[int], btag: s
         *rows,
         "",
     ]
+
+
+def _default_solver_rows(work: Path, names: list[str], folds: list[int], btag: str, label_tag: str = "") -> list:
+    """Table rows (gains over LCI) of the main runs with run tag ``btag`` evaluated with the bundle's solver
+    (``DEFAULT_EVAL``: this script evaluates its main runs that way too, at whatever budget it ran); each row is
+    labelled with the run name plus ``label_tag``."""
+    rows = []
+    for n in names:
+        if n not in MAIN:
+            continue
+        dirs = [work / f"{n}{btag}_fold{f}" for f in folds if _summary(work / f"{n}{btag}_fold{f}", DEFAULT_EVAL)]
+        if dirs:
+            per = _per_sample_rows(dirs, DEFAULT_EVAL)
+            cells = " | ".join(_gain_cell(per, m) for m in ("psnr", "ssim", "nrmse"))
+            rows.append(f"| {n}{label_tag} | {len(dirs)} | {cells} |")
+    return rows
 
 
 def _step_budget_section(
@@ -777,16 +781,7 @@ def main() -> None:
                 "",
                 "| method | folds | PSNR gain | SSIM gain | NRMSE decrease |",
                 "|---|---|---|---|---|",
-                *[
-                    f"| {n} | {sum(1 for v in default_results[n].values() if v)} | "
-                    + " | ".join(
-                        _gain_cell(_per_sample_rows([work / f"{n}{tag}_fold{f}" for f in folds], DEFAULT_EVAL), m)
-                        for m in ("psnr", "ssim", "nrmse")
-                    )
-                    + " |"
-                    for n in names
-                    if n in default_results
-                ],
+                *_default_solver_rows(work, [n for n in names if n in default_results], folds, tag),
                 "",
             ]
         ablations = [n for n in ("cronos_discrete_no_locf",) if n in names and results.get(n)]
@@ -833,8 +828,8 @@ def main() -> None:
             ]
         recipes = [n for n in names if n.startswith("recipe_") and results.get(n)]
         if recipes and results.get(RECIPE_BASE):
-            # each change is paired with the papers' recipe of its own method (a continuous-CRONOS recipe with
-            # cronos_continuous, the others with RECIPE_BASE)
+            # each change is paired with the run it changes: BUILT_ON's entry, else the papers' recipe of its own
+            # method (a continuous-CRONOS recipe with cronos_continuous, a TFM one with tfm, the others RECIPE_BASE)
             base_of = {n: BUILT_ON.get(n, RUNS[n][0] if RUNS[n][0] in RUNS else RECIPE_BASE) for n in recipes}
             base_rows = {
                 b: _per_sample_rows([work / f"{b}{tag}_fold{f}" for f in ablation_folds]) for b in set(base_of.values())
