@@ -664,6 +664,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.seconds_as_steps is not None and (not args.budget_seconds or args.seconds_as_steps < 1):
         parser.error("--seconds-as-steps N needs --budget-seconds S and N >= 1")
+    unknown = [n for n in args.runs.split(",") if n != REFERENCE and n not in RUNS]
+    if unknown:  # before any folder is made or data prepared
+        parser.error(f"--runs: unknown run(s) {unknown}; known: {[*RUNS, REFERENCE]}")
     work = (REPO / args.work).resolve()
     work.mkdir(parents=True, exist_ok=True)
     archive = (REPO / args.archive).resolve() if args.archive else None
@@ -906,8 +909,6 @@ def main() -> None:
 
     for fold in folds:
         for name in names:
-            if name != REFERENCE and name not in RUNS:
-                raise SystemExit(f"unknown run {name!r}; known: {[*RUNS, REFERENCE]}")
             if name not in MAIN and fold not in ablation_folds:
                 continue
             out = work / f"{name}{tag}_fold{fold}"
