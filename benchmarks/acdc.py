@@ -80,8 +80,10 @@ RUNS = {
     # the papers' recipe (uniform tau; the runs archived under this name); the bundle's discrete default trains
     # 90 % of its samples at tau = 0, its runs are `recipe_tau0_p90` below
     "cronos_discrete": ("cronos_discrete", [], {"tau_zero_prob": 0.0}),
-    "cronos_continuous": ("cronos_continuous", [], {}),
-    "tfm": ("tfm", [], {}),
+    # the papers' recipe of the other two flow methods (uniform tau, as archived; their bundle default is 0.9, the
+    # recipe_*_tau0_p90 runs)
+    "cronos_continuous": ("cronos_continuous", [], {"tau_zero_prob": 0.0}),
+    "tfm": ("tfm", [], {"tau_zero_prob": 0.0}),
     "cronos_discrete_no_locf": ("cronos_discrete", [], {"fill": "zeros"}),
     "ct_protocol_discrete": ("cronos_discrete", ["protocols/continuous_time.yaml"], {}),
     "ct_protocol_continuous": ("cronos_continuous", ["protocols/continuous_time.yaml"], {}),
@@ -148,6 +150,10 @@ RUNS = {
     # 90 % at tau = 0 with the authors' path noise sigma = 0.01 (the noise alone screened +0.09 dB [+0.00, +0.18]; at
     # tau = 0 it is a small Gaussian noise on the context; paired with recipe_tau0_p90)
     "recipe_tau0_p90_sigma": ("cronos_discrete", [], {"train#prepare_batch#tau_zero_prob": 0.9, "sigma": 0.01}),
+    # on top of the discrete default (90 % at tau = 0; paired with recipe_tau0_p90): twice the learning rate, and a
+    # fifth UNet level (channel_mult 1, 1, 2, 4, 8: a 4 x 4 x 4 bottleneck at 64 x 64 x 8, about 1.1x the step cost)
+    "recipe_p90_lr2e-3": ("cronos_discrete", [], {"tau_zero_prob": 0.9, "learning_rate": 0.002}),
+    "recipe_p90_deep": ("cronos_discrete", [], {"tau_zero_prob": 0.9, "network_def#channel_mult": [1, 1, 2, 4, 8]}),
     # 90 % of TFM's training samples at tau = 0 (paired with tfm)
     "recipe_tfm_tau0_p90": ("tfm", [], {"tau_zero_prob": 0.9}),
     # TFM's UNet told the target time
@@ -178,6 +184,8 @@ BUILT_ON = {
     "recipe_tau0_p90": "recipe_tau0_half",
     "recipe_tau0_p97": "recipe_tau0_p90",
     "recipe_tau0_p90_sigma": "recipe_tau0_p90",
+    "recipe_p90_lr2e-3": "recipe_tau0_p90",
+    "recipe_p90_deep": "recipe_tau0_p90",
 }
 REFERENCE = "reference_cronos"  # the authors' CRONOS through the comparison harness (optional)
 # recipe_tau0_p90, recipe_continuous_tau0_p90, recipe_tfm_tau0_p90: the flow methods with the bundle's default recipe
@@ -346,13 +354,13 @@ def _paired_rows(rows: list[dict], base_rows: list[dict]) -> list[dict]:
 
 
 def nfe_quality(run_dirs: list[Path], base_dirs: list[Path] | None = None) -> list[dict]:
-    """Quality and cost of every evaluation-only solver setting of trained discrete CRONOS runs (:data:`NFE`).
+    """Quality and cost of every evaluation-only solver setting of trained runs (:data:`NFE`).
 
     The reference is the main evaluation (``eval_validation``: 10-step Euler); each setting is paired with it per
     (patient, draw), and the gain is pooled over the runs (folds) with a per-patient bootstrap CI.
 
     Args:
-        run_dirs: run folders of ``cronos_discrete`` (one per fold) with their ``eval_<setting>`` folders.
+        run_dirs: run folders of one run (one per fold) with their ``eval_<setting>`` folders.
         base_dirs: the runs whose 10-step Euler evaluation the gains are paired with (default: ``run_dirs``; another
             recipe's runs compare that recipe's solver settings with the default model).
 
@@ -653,6 +661,12 @@ def main() -> None:
         help="also report the main runs of a finished '--budget-steps N' invocation (same --work or archive) "
         "against LCI, this page's reference_cronos runs and the same method at this page's budget",
     )
+    parser.add_argument(
+        "--solver-runs",
+        default="cronos_discrete",
+        help="runs whose evaluation-only solver settings (--solver-settings) are evaluated on the ablation folds",
+    )
+    parser.add_argument("--solver-settings", default=",".join(NFE), help=f"a subset of {list(NFE)}")
     parser.add_argument("--reference-tools", default=str(REPO.parent / "shared" / "tools" / "reference"))
     parser.add_argument("--out", default=str(REPO / "docs" / "results" / "acdc.md"))
     parser.add_argument(
@@ -667,6 +681,12 @@ def main() -> None:
     unknown = [n for n in args.runs.split(",") if n != REFERENCE and n not in RUNS]
     if unknown:  # before any folder is made or data prepared
         parser.error(f"--runs: unknown run(s) {unknown}; known: {[*RUNS, REFERENCE]}")
+    unknown = [n for n in args.solver_runs.split(",") if n and n not in RUNS]
+    if unknown:
+        parser.error(f"--solver-runs: unknown run(s) {unknown}; known: {list(RUNS)}")
+    unknown = [n for n in args.solver_settings.split(",") if n and n not in NFE]
+    if unknown:
+        parser.error(f"--solver-settings: unknown setting(s) {unknown}; known: {list(NFE)}")
     work = (REPO / args.work).resolve()
     work.mkdir(parents=True, exist_ok=True)
     archive = (REPO / args.archive).resolve() if args.archive else None
@@ -675,6 +695,8 @@ def main() -> None:
     folds = [int(f) for f in args.folds.split(",")]
     ablation_folds = [int(f) for f in args.ablation_folds.split(",") if f.strip()]
     names = args.runs.split(",")
+    solver_runs = [n for n in args.solver_runs.split(",") if n]
+    solver_settings = {n: NFE[n] for n in args.solver_settings.split(",") if n}
     info = provenance()
     prepared = work / ("prepared" + (f"_{args.spatial_size.replace(',', 'x')}" if args.spatial_size else ""))
     t0 = time.perf_counter()
@@ -699,7 +721,7 @@ def main() -> None:
         else (f"_sec{args.budget_seconds:g}" if args.budget_seconds else "")
     )
     results: dict = {}
-    nfe_results: dict = {}
+    nfe_results: dict = {}  # run -> solver setting -> fold -> summary (evaluation only)
     default_results: dict = {}  # main runs evaluated with the bundle's default solver (when not the papers')
     default_solver = bundle_solver()
     run_infos: dict = {}  # (name, fold) -> provenance and training wall time of the run (its run_info.json)
@@ -797,10 +819,13 @@ def main() -> None:
                 "`no_locf`: empty grid slots stay zero instead of last-observation-carried-forward (trained that way).",
                 "",
             ]
-        nfe = nfe_quality([work / f"cronos_discrete{tag}_fold{f}" for f in ablation_folds]) if nfe_results else []
-        if len(nfe) > 1:
+        for solver_run in [n for n in solver_runs if nfe_results.get(n)]:
+            nfe = nfe_quality([work / f"{solver_run}{tag}_fold{f}" for f in ablation_folds])
+            if len(nfe) < 2:
+                continue
+            label = "discrete CRONOS" if solver_run == "cronos_discrete" else solver_run
             md += [
-                f"## Solver steps and aggregation (discrete CRONOS, evaluation only; folds {ablation_folds})",
+                f"## Solver steps and aggregation ({label}, evaluation only; folds {ablation_folds})",
                 "",
                 "| setting | NFE per forecast | ms per forecast | nrmse | ssim | psnr | PSNR vs euler_10 "
                 "| SSIM vs euler_10 |",
@@ -881,8 +906,9 @@ def main() -> None:
             if result
         ]
         runs += [
-            {"run": f"cronos_discrete_{abl}", "fold": fold, "evaluation_only": True, "metrics": _means(result)}
-            for abl, per_fold in nfe_results.items()
+            {"run": f"{name}_{abl}", "fold": fold, "evaluation_only": True, "metrics": _means(result)}
+            for name, per_setting in nfe_results.items()
+            for abl, per_fold in per_setting.items()
             for fold, result in per_fold.items()
             if result
         ]
@@ -954,9 +980,9 @@ def main() -> None:
                 default_results.setdefault(name, {})[fold] = _evaluate_as(
                     out, files, kw, DEFAULT_EVAL, DEFAULT_EVAL, default_solver, args.report_only
                 )
-            if name == "cronos_discrete" and fold in ablation_folds:
-                for abl, ov in NFE.items():
-                    nfe_results.setdefault(abl, {})[fold] = _evaluate_as(
+            if name in solver_runs and fold in ablation_folds:
+                for abl, ov in solver_settings.items():
+                    nfe_results.setdefault(name, {}).setdefault(abl, {})[fold] = _evaluate_as(
                         out, files, kw, f"eval_{abl}", abl, ov, args.report_only
                     )
             write()
