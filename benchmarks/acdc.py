@@ -213,6 +213,8 @@ BUILT_ON = {
     "recipe_p90_warm20": "recipe_tau0_p90",
     "recipe_p90_warm20_lr2e-3": "recipe_tau0_p90",
 }
+# another training seed of a run (same data, folds and evaluation draws): name -> the seed-0 run
+SEED_OF = {"seed1_cronos_continuous": "cronos_continuous", "seed1_continuous_tau0_p90": "recipe_continuous_tau0_p90"}
 REFERENCE = "reference_cronos"  # the authors' CRONOS through the comparison harness (optional)
 # recipe_tau0_p90, recipe_continuous_tau0_p90, recipe_tfm_tau0_p90: the flow methods with the bundle's default recipe
 # (90 % of the training samples at tau = 0); recipe_tau0_half: the previous discrete default (half of them)
@@ -604,6 +606,47 @@ def _step_budget_section(
     ]
 
 
+def _seeds_section(work: Path, names: list[str], folds: list[int], tag: str) -> list[str]:
+    """Markdown: each other-seed run against its seed-0 run (:data:`SEED_OF`) on the folds both finished.
+
+    Args:
+        work: the work folder.
+        names: other-seed runs of this invocation.
+        folds: folds of the page.
+        tag: budget tag of the run folders.
+
+    Returns:
+        the section's lines (none when no pair has a fold in common).
+    """
+    lines = []
+    for name in names:
+        base = SEED_OF[name]
+        both = [f for f in folds if _summary(work / f"{name}{tag}_fold{f}") and _summary(work / f"{base}{tag}_fold{f}")]
+        if not both:
+            continue
+        for eval_name, solver in (("eval_validation", "10-step Euler"), (DEFAULT_EVAL, "the bundle's default solver")):
+            per = {n: _per_sample_rows([work / f"{n}{tag}_fold{f}" for f in both], eval_name) for n in (base, name)}
+            if not all(per.values()):
+                continue
+            if not lines:
+                lines = [
+                    "## Training seeds",
+                    "",
+                    "The same recipe trained with another `train_seed` (initialisation, data order, tau draws); same "
+                    "folds and evaluation draws. Gains: per patient, pooled over the folds both finished, mean "
+                    "[bootstrap 95% CI] (patients better / patients).",
+                    "",
+                    "| run | seed-0 run | folds | solver | seed 0 PSNR vs LCI | this seed PSNR vs LCI "
+                    "| this seed vs seed 0 | SSIM: seed 0 vs LCI | this seed vs LCI |",
+                    "|---|---|---|---|---|---|---|---|---|",
+                ]
+            cells = [_gain_cell(per[base], "psnr"), _gain_cell(per[name], "psnr")]
+            cells += [_gain_cell(_paired_rows(per[name], per[base]), "psnr")]
+            cells += [_gain_cell(per[base], "ssim"), _gain_cell(per[name], "ssim")]
+            lines.append(f"| {name} | {base} | {both} | {solver} | " + " | ".join(cells) + " |")
+    return lines + [""] if lines else []
+
+
 def _gain_cell(rows: list[dict], metric: str) -> str:
     return gain_text(paired_gain(rows, metric), metric) if rows else "-"
 
@@ -752,7 +795,7 @@ def main() -> None:
     )
     results: dict = {}
     nfe_results: dict = {}  # run -> solver setting -> fold -> summary (evaluation only)
-    default_results: dict = {}  # main runs evaluated with the bundle's default solver (when not the papers')
+    default_results: dict = {}  # main and other-seed runs evaluated with the bundle's solver (when not the papers')
     default_solver = bundle_solver()
     run_infos: dict = {}  # (name, fold) -> provenance and training wall time of the run (its run_info.json)
 
@@ -825,7 +868,7 @@ def main() -> None:
             md += _wall_clock_section(work, names, folds, tag, f"_sec{args.wall_clock_rows:g}", args.wall_clock_rows)
         if args.step_budget_rows:
             md += _step_budget_section(work, names, folds, tag, args.step_budget_rows, args.wall_clock_rows)
-        if default_results:
+        if any(n in MAIN for n in default_results):
             solver = default_solver
             md += [
                 f"### With the bundle's default solver ({solver['solver']}, {solver['solver_steps']} steps)",
@@ -912,6 +955,7 @@ def main() -> None:
                 ]
                 md.append(f"| {n} ({RUNS[n][2]}) | {base_of[n]} | " + " | ".join(cells) + " |")
             md.append("")
+        md += _seeds_section(work, [n for n in names if n in SEED_OF], folds, tag)
         md += [
             "## Training wall time per run (s)",
             "",
@@ -1006,7 +1050,8 @@ def main() -> None:
             results.setdefault(name, {})[fold] = _summary(out)
 
             files = _files(method, extra, True)
-            if name in MAIN and default_solver != PAPERS_SOLVER and _summary(out) is not None:
+            # the main runs and the other seeds of a run (the seeds table) are also scored with the bundle's solver
+            if (name in MAIN or name in SEED_OF) and default_solver != PAPERS_SOLVER and _summary(out) is not None:
                 default_results.setdefault(name, {})[fold] = _evaluate_as(
                     out, files, kw, DEFAULT_EVAL, DEFAULT_EVAL, default_solver, args.report_only
                 )
