@@ -174,8 +174,9 @@ RUNS = {
         [],
         {"tau_zero_prob": 0.9, "warmup_fraction": 0.2, "learning_rate": 0.002},
     ),
-    # a second training seed of the continuous default (the spread between seeds; same evaluation draws)
+    # a second training seed of the continuous and discrete defaults (the spread between seeds; same evaluation draws)
     "seed1_continuous_tau0_p90": ("cronos_continuous", [], {"tau_zero_prob": 0.9, "train_seed": 1}),
+    "seed1_tau0_p90": ("cronos_discrete", [], {"tau_zero_prob": 0.9, "train_seed": 1}),
     # 90 % of TFM's training samples at tau = 0 (paired with tfm)
     "recipe_tfm_tau0_p90": ("tfm", [], {"tau_zero_prob": 0.9}),
     # TFM's UNet told the target time
@@ -214,7 +215,11 @@ BUILT_ON = {
     "recipe_p90_warm20_lr2e-3": "recipe_tau0_p90",
 }
 # another training seed of a run (same data, folds and evaluation draws): name -> the seed-0 run
-SEED_OF = {"seed1_cronos_continuous": "cronos_continuous", "seed1_continuous_tau0_p90": "recipe_continuous_tau0_p90"}
+SEED_OF = {
+    "seed1_cronos_continuous": "cronos_continuous",
+    "seed1_continuous_tau0_p90": "recipe_continuous_tau0_p90",
+    "seed1_tau0_p90": "recipe_tau0_p90",
+}
 REFERENCE = "reference_cronos"  # the authors' CRONOS through the comparison harness (optional)
 # recipe_tau0_p90, recipe_continuous_tau0_p90, recipe_tfm_tau0_p90: the flow methods with the bundle's default recipe
 # (90 % of the training samples at tau = 0); recipe_tau0_half: the previous discrete default (half of them)
