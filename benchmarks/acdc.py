@@ -75,6 +75,10 @@ AFFINE = [
     },
     {"_target_": "Lambdad", "keys": "series", "func": "$lambda x: x.unsqueeze(1)"},
 ]
+# the bundle's default share of training samples at tau = 0, for the runs built on that default
+P90 = {"tau_zero_prob": 0.9}
+# a fifth UNet level: a 4 x 4 x 4 bottleneck at 64 x 64 x 8, 3.7x the parameters, about 1.1x the step cost
+FIFTH_LEVEL = {"network_def#channel_mult": [1, 1, 2, 4, 8]}
 # name -> (method overlay, extra overlay files, overrides)
 RUNS = {
     # the papers' recipe (uniform tau; the runs archived under this name); the bundle's discrete default trains
@@ -150,37 +154,25 @@ RUNS = {
     # 90 % at tau = 0 with the authors' path noise sigma = 0.01 (the noise alone screened +0.09 dB [+0.00, +0.18]; at
     # tau = 0 it is a small Gaussian noise on the context; paired with recipe_tau0_p90)
     "recipe_tau0_p90_sigma": ("cronos_discrete", [], {"train#prepare_batch#tau_zero_prob": 0.9, "sigma": 0.01}),
-    # on top of the discrete default (90 % at tau = 0; paired with recipe_tau0_p90): twice the learning rate, and a
-    # fifth UNet level (channel_mult 1, 1, 2, 4, 8: a 4 x 4 x 4 bottleneck at 64 x 64 x 8, about 1.1x the step cost)
-    "recipe_p90_lr2e-3": ("cronos_discrete", [], {"tau_zero_prob": 0.9, "learning_rate": 0.002}),
-    "recipe_p90_deep": ("cronos_discrete", [], {"tau_zero_prob": 0.9, "network_def#channel_mult": [1, 1, 2, 4, 8]}),
+    # recipe_p90_*: on top of the discrete default (90 % at tau = 0; paired with recipe_tau0_p90, see BUILT_ON): twice
+    # the learning rate, and a fifth UNet level (FIFTH_LEVEL)
+    "recipe_p90_lr2e-3": ("cronos_discrete", [], {**P90, "learning_rate": 0.002}),
+    "recipe_p90_deep": ("cronos_discrete", [], {**P90, **FIFTH_LEVEL}),
     # the fifth level with AdamW's second-moment average over about 100 steps instead of 1000 (beta2 0.99), or with a
     # 20 % learning-rate warm-up instead of 5 %: both against the loss spike after which the deeper UNet collapses
-    "recipe_p90_deep_beta99": (
-        "cronos_discrete",
-        [],
-        {"tau_zero_prob": 0.9, "network_def#channel_mult": [1, 1, 2, 4, 8], "train#optimizer#betas": [0.9, 0.99]},
-    ),
-    "recipe_p90_deep_warm20": (
-        "cronos_discrete",
-        [],
-        {"tau_zero_prob": 0.9, "network_def#channel_mult": [1, 1, 2, 4, 8], "warmup_fraction": 0.2},
-    ),
+    "recipe_p90_deep_beta99": ("cronos_discrete", [], {**P90, **FIFTH_LEVEL, "train#optimizer#betas": [0.9, 0.99]}),
+    "recipe_p90_deep_warm20": ("cronos_discrete", [], {**P90, **FIFTH_LEVEL, "warmup_fraction": 0.2}),
     # the default with the 20 % warm-up (the fifth level with it did not collapse)
-    "recipe_p90_warm20": ("cronos_discrete", [], {"tau_zero_prob": 0.9, "warmup_fraction": 0.2}),
+    "recipe_p90_warm20": ("cronos_discrete", [], {**P90, "warmup_fraction": 0.2}),
     # twice the learning rate with the 20 % warm-up (with 5 % it collapsed)
-    "recipe_p90_warm20_lr2e-3": (
-        "cronos_discrete",
-        [],
-        {"tau_zero_prob": 0.9, "warmup_fraction": 0.2, "learning_rate": 0.002},
-    ),
+    "recipe_p90_warm20_lr2e-3": ("cronos_discrete", [], {**P90, "warmup_fraction": 0.2, "learning_rate": 0.002}),
     # window attention in the UNet bottleneck (about no extra step cost at 64 x 64 x 8); GroupNorm of 4 groups
     # instead of 8 (4 channels per group at width 16)
-    "recipe_p90_attention": ("cronos_discrete", [], {"tau_zero_prob": 0.9, "network_def#attention": True}),
-    "recipe_p90_groups4": ("cronos_discrete", [], {"tau_zero_prob": 0.9, "network_def#norm_groups": 4}),
+    "recipe_p90_attention": ("cronos_discrete", [], {**P90, "network_def#attention": True}),
+    "recipe_p90_groups4": ("cronos_discrete", [], {**P90, "network_def#norm_groups": 4}),
     # a second training seed of the continuous and discrete defaults (the spread between seeds; same evaluation draws)
-    "seed1_continuous_tau0_p90": ("cronos_continuous", [], {"tau_zero_prob": 0.9, "train_seed": 1}),
-    "seed1_tau0_p90": ("cronos_discrete", [], {"tau_zero_prob": 0.9, "train_seed": 1}),
+    "seed1_continuous_tau0_p90": ("cronos_continuous", [], {**P90, "train_seed": 1}),
+    "seed1_tau0_p90": ("cronos_discrete", [], {**P90, "train_seed": 1}),
     # 90 % of TFM's training samples at tau = 0 (paired with tfm)
     "recipe_tfm_tau0_p90": ("tfm", [], {"tau_zero_prob": 0.9}),
     # TFM's UNet told the target time
@@ -211,14 +203,7 @@ BUILT_ON = {
     "recipe_tau0_p90": "recipe_tau0_half",
     "recipe_tau0_p97": "recipe_tau0_p90",
     "recipe_tau0_p90_sigma": "recipe_tau0_p90",
-    "recipe_p90_lr2e-3": "recipe_tau0_p90",
-    "recipe_p90_deep": "recipe_tau0_p90",
-    "recipe_p90_deep_beta99": "recipe_tau0_p90",
-    "recipe_p90_deep_warm20": "recipe_tau0_p90",
-    "recipe_p90_warm20": "recipe_tau0_p90",
-    "recipe_p90_warm20_lr2e-3": "recipe_tau0_p90",
-    "recipe_p90_attention": "recipe_tau0_p90",
-    "recipe_p90_groups4": "recipe_tau0_p90",
+    **{n: "recipe_tau0_p90" for n in RUNS if n.startswith("recipe_p90_")},
 }
 # another training seed of a run (same data, folds and evaluation draws): name -> the seed-0 run
 SEED_OF = {
@@ -392,6 +377,15 @@ def _paired_rows(rows: list[dict], base_rows: list[dict]) -> list[dict]:
     return joined
 
 
+def _setting_eval(run_dir: Path, setting: str, default_solver: dict) -> str:
+    """The evaluation folder of solver setting ``setting`` (:data:`NFE`) of a run: ``eval_<setting>``, unless only the
+    bundle's default solver evaluation (``DEFAULT_EVAL``) has it (the setting is that solver)."""
+    own = f"eval_{setting}"
+    if _summary(run_dir, own) is None and NFE.get(setting) == default_solver and _summary(run_dir, DEFAULT_EVAL):
+        return DEFAULT_EVAL
+    return own
+
+
 def nfe_quality(run_dirs: list[Path], base_dirs: list[Path] | None = None) -> list[dict]:
     """Quality and cost of every evaluation-only solver setting of trained runs (:data:`NFE`).
 
@@ -412,10 +406,10 @@ def nfe_quality(run_dirs: list[Path], base_dirs: list[Path] | None = None) -> li
     base_rows = _per_sample_rows(base_dirs or run_dirs)
     default_solver = bundle_solver()
     for name in ("euler_10", *NFE):
-        eval_name = "eval_validation" if name == "euler_10" else f"eval_{name}"
-        # a setting that is the bundle's default solver may have been evaluated as DEFAULT_EVAL instead
-        candidates = [eval_name, *([DEFAULT_EVAL] if NFE.get(name) == default_solver else [])]
-        found = [(d, e) for d in run_dirs for e in [next((e for e in candidates if _summary(d, e)), None)] if e]
+        evals = [
+            (d, "eval_validation" if name == "euler_10" else _setting_eval(d, name, default_solver)) for d in run_dirs
+        ]
+        found = [(d, e) for d, e in evals if _summary(d, e)]
         per = [_summary(d, e) for d, e in found]
         if not per:
             continue
@@ -1067,12 +1061,9 @@ def main() -> None:
                     out, files, kw, DEFAULT_EVAL, DEFAULT_EVAL, default_solver, args.report_only
                 )
             if name in solver_runs and fold in ablation_folds:
-                for abl, ov in solver_settings.items():
-                    if ov == default_solver and _summary(out, DEFAULT_EVAL) is not None:
-                        nfe_results.setdefault(name, {}).setdefault(abl, {})[fold] = _summary(out, DEFAULT_EVAL)
-                        continue  # evaluated already with the bundle's default solver
+                for abl, ov in solver_settings.items():  # (a setting evaluated already is not evaluated again)
                     nfe_results.setdefault(name, {}).setdefault(abl, {})[fold] = _evaluate_as(
-                        out, files, kw, f"eval_{abl}", abl, ov, args.report_only
+                        out, files, kw, _setting_eval(out, abl, default_solver), abl, ov, args.report_only
                     )
             write()
     if "cronos_discrete" in names and not args.no_figure and (work / f"cronos_discrete_fold{folds[0]}").is_dir():
