@@ -184,6 +184,10 @@ RUNS = {
     "recipe_p90_warm1": ("cronos_discrete", [], {**P90, "warmup_fraction": 0.01}),
     # 1.4x the learning rate (between the default 1e-3 and the 2e-3 that collapses)
     "recipe_p90_lr1.4e-3": ("cronos_discrete", [], {**P90, "learning_rate": 0.0014}),
+    # AdamW weight decay 0.05 instead of 1e-4 (a regulariser: the validation gain saturates while the training loss
+    # still falls); AdamW's second-moment average over about 100 steps instead of 1000 (beta2 0.99)
+    "recipe_p90_wd0.05": ("cronos_discrete", [], {**P90, "weight_decay": 0.05}),
+    "recipe_p90_beta99": ("cronos_discrete", [], {**P90, "train#optimizer#betas": [0.9, 0.99]}),
     # a second training seed of the continuous and discrete defaults (the spread between seeds; same evaluation draws)
     "seed1_continuous_tau0_p90": ("cronos_continuous", [], {**P90, "train_seed": 1}),
     "seed1_tau0_p90": ("cronos_discrete", [], {**P90, "train_seed": 1}),
