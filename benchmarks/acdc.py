@@ -79,6 +79,8 @@ AFFINE = [
 P90 = {"tau_zero_prob": 0.9}
 # a fifth UNet level: a 4 x 4 x 4 bottleneck at 64 x 64 x 8, 3.7x the parameters, about 1.1x the step cost
 FIFTH_LEVEL = {"network_def#channel_mult": [1, 1, 2, 4, 8]}
+# AdamW's second-moment average over about 100 steps instead of 1000 (beta2 0.99 instead of 0.999)
+BETA2_99 = {"train#optimizer#betas": [0.9, 0.99]}
 # name -> (method overlay, extra overlay files, overrides)
 RUNS = {
     # the papers' recipe (uniform tau; the runs archived under this name); the bundle's discrete default trains
@@ -158,9 +160,9 @@ RUNS = {
     # the learning rate, and a fifth UNet level (FIFTH_LEVEL)
     "recipe_p90_lr2e-3": ("cronos_discrete", [], {**P90, "learning_rate": 0.002}),
     "recipe_p90_deep": ("cronos_discrete", [], {**P90, **FIFTH_LEVEL}),
-    # the fifth level with AdamW's second-moment average over about 100 steps instead of 1000 (beta2 0.99), or with a
-    # 20 % learning-rate warm-up instead of 5 %: both against the loss spike after which the deeper UNet collapses
-    "recipe_p90_deep_beta99": ("cronos_discrete", [], {**P90, **FIFTH_LEVEL, "train#optimizer#betas": [0.9, 0.99]}),
+    # the fifth level with BETA2_99, or with a 20 % learning-rate warm-up instead of 5 %: both against the loss spike
+    # after which the deeper UNet collapses
+    "recipe_p90_deep_beta99": ("cronos_discrete", [], {**P90, **FIFTH_LEVEL, **BETA2_99}),
     "recipe_p90_deep_warm20": ("cronos_discrete", [], {**P90, **FIFTH_LEVEL, "warmup_fraction": 0.2}),
     # the default with the 20 % warm-up (the fifth level with it did not collapse)
     "recipe_p90_warm20": ("cronos_discrete", [], {**P90, "warmup_fraction": 0.2}),
@@ -185,9 +187,9 @@ RUNS = {
     # 1.4x the learning rate (between the default 1e-3 and the 2e-3 that collapses)
     "recipe_p90_lr1.4e-3": ("cronos_discrete", [], {**P90, "learning_rate": 0.0014}),
     # AdamW weight decay 0.05 instead of 1e-4 (a regulariser: the validation gain saturates while the training loss
-    # still falls); AdamW's second-moment average over about 100 steps instead of 1000 (beta2 0.99)
+    # still falls); BETA2_99 on the default itself
     "recipe_p90_wd0.05": ("cronos_discrete", [], {**P90, "weight_decay": 0.05}),
-    "recipe_p90_beta99": ("cronos_discrete", [], {**P90, "train#optimizer#betas": [0.9, 0.99]}),
+    "recipe_p90_beta99": ("cronos_discrete", [], {**P90, **BETA2_99}),
     # a second training seed of the continuous and discrete defaults (the spread between seeds; same evaluation draws)
     "seed1_continuous_tau0_p90": ("cronos_continuous", [], {**P90, "train_seed": 1}),
     "seed1_tau0_p90": ("cronos_discrete", [], {**P90, "train_seed": 1}),
@@ -427,8 +429,8 @@ def nfe_quality(run_dirs: list[Path], base_dirs: list[Path] | None = None) -> li
         evals = [
             (d, "eval_validation" if name == "euler_10" else _setting_eval(d, name, default_solver)) for d in run_dirs
         ]
-        found = [(d, e) for d, e in evals if _summary(d, e)]
-        per = [_summary(d, e) for d, e in found]
+        found = [(d, e, summary) for d, e in evals if (summary := _summary(d, e))]  # each summary read once
+        per = [summary for _, _, summary in found]
         if not per:
             continue
         m = [_means(r)["model"] for r in per]
@@ -440,7 +442,7 @@ def nfe_quality(run_dirs: list[Path], base_dirs: list[Path] | None = None) -> li
             **{k: sum(x[k] for x in m) / len(m) for k in METRICS},
         }
         if name != "euler_10" or base_dirs:
-            rows = _paired_rows([r for d, e in found for r in _per_sample_rows([d], e)], base_rows)
+            rows = _paired_rows([r for d, e, _ in found for r in _per_sample_rows([d], e)], base_rows)
             row.update({f"gain_{k}": paired_gain(rows, k) for k in METRICS})
         out.append(row)
     return out
