@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -143,6 +145,21 @@ class TestLoss:
             FlowMatchingLoss("sum")
         with pytest.raises(ValueError, match="eps"):
             FlowMatchingLoss("log", eps=-1.0)
+
+    def test_absolute_distance_is_masked_mean_absolute_error(self):
+        # by hand: |v - u| averaged over the counted frames' voxels (masked mean) and, with "log", per sample
+        pred = torch.zeros(1, 2, 1, 1, 1, 2)
+        u = torch.tensor([1.0, -3.0, 2.0, -2.0]).reshape(1, 2, 1, 1, 1, 2)
+        loss = FlowMatchingLoss(distance="absolute")
+        assert float(loss(pred, {"velocity": u, "weight": torch.tensor([[1.0, 1.0]])})) == pytest.approx(2.0)
+        assert float(loss(pred, {"velocity": u, "weight": torch.tensor([[1.0, 0.0]])})) == pytest.approx(2.0)
+        assert float(loss(pred, {"velocity": u, "weight": torch.tensor([[0.0, 1.0]])})) == pytest.approx(2.0)
+        u2 = torch.tensor([1.0, -3.0, 0.5, -0.5]).reshape(1, 2, 1, 1, 1, 2)
+        assert float(loss(pred, u2)) == pytest.approx(1.25)
+        log = FlowMatchingLoss("log", eps=0.0, distance="absolute")(pred, u2)
+        assert float(log) == pytest.approx(math.log(1.25))
+        with pytest.raises(ValueError, match="distance"):
+            FlowMatchingLoss(distance="huber")
 
 
 class TestInfererWithNetwork:

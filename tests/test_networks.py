@@ -311,3 +311,23 @@ def test_endpoint_prediction_divides_by_remaining_flow(cls):
     torch.testing.assert_close(scripted, e)
     with pytest.raises(ValueError, match="prediction"):
         cls(**kw, prediction="noise")
+
+
+def test_warp_prediction_moves_frames_by_its_displacement():
+    # a warp network whose last layer outputs a constant one-voxel displacement along the first axis and no
+    # residual: its end point is each frame shifted by one voxel (away from the border that the resampling pads),
+    # its velocity that shift over (1 - tau); zero-initialised, it predicts no change; TFMUNet refuses the option
+    kw = dict(num_frames=2, channels=8, channel_mult=(1, 2), norm_groups=4, attention=False, cond_dim=32)
+    net = CronosUNet(**kw, prediction="warp")
+    x, tau = torch.rand(2, 2, 1, 8, 6, 4), torch.tensor([0.0, 0.5])
+    with torch.no_grad():
+        torch.testing.assert_close(net(x, tau), torch.zeros_like(x), atol=1e-6, rtol=0)
+        assert net.out_conv.out_channels == 2 * 1 + 2 * 3
+        net.out_conv.bias[2::3] = 1.0  # channels 2, 5: the first-axis displacement of each frame
+        v = net(x, tau)
+    assert v.shape == x.shape
+    shifted = x[..., 1:, :, :] - x[..., :-1, :, :]
+    torch.testing.assert_close(v[0, ..., :-1, :, :], shifted[0])
+    torch.testing.assert_close(v[1, ..., :-1, :, :], shifted[1] / 0.5)
+    with pytest.raises(ValueError, match="warp"):
+        TFMUNet(**kw, prediction="warp")

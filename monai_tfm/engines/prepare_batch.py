@@ -34,6 +34,7 @@ from monai_tfm.flows.path import (
     endpoint_loss_weight,
     flowed_times,
     interpolate,
+    predicts_endpoint,
     sample_tau,
     target_velocity,
     tie_padding,
@@ -119,7 +120,7 @@ class FlowMatchingPrepareBatch(_FlowBatchBase):
         time_scale: multiplies all times (dataset unit to about [0, 1]).
         loss_frames: discrete variant: ``"all"`` slots or ``"real"`` (occupied) slots.
         prediction: the network's parameterisation (:data:`monai_tfm.flows.PREDICTIONS`): ``"velocity"`` (loss on
-            the velocity) or ``"endpoint"`` (loss on the end point the velocity implies).
+            the velocity) or ``"endpoint"`` / ``"warp"`` (loss on the end point the velocity implies).
         generator: optional torch generator for ``tau`` and noise (reproducible tests).
         seed: if given, ``tau`` and the noise of every sample come from a generator keyed by
             ``(seed, epoch, subject, draw)`` (see the module notes): draws independent of the batch composition
@@ -251,7 +252,7 @@ class FlowMatchingPrepareBatch(_FlowBatchBase):
             "velocity": target_velocity(x0, x1),
             "weight": counted_frames(mask, self.variant, self.loss_frames).to(x0.dtype),
         }
-        if self.prediction == "endpoint":
+        if predicts_endpoint(self.prediction):
             targets["scale"] = endpoint_loss_weight(tau).to(x0.dtype)
         # the target time goes to every network (a discrete one uses it only with ``use_target_time``)
         net_kwargs: dict[str, Any] = {"tau": tau, "target_time": tgt_t}

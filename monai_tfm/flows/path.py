@@ -25,6 +25,7 @@ __all__ = [
     "target_velocity",
     "PREDICTIONS",
     "check_prediction",
+    "predicts_endpoint",
     "velocity_from_endpoint",
     "endpoint_loss_weight",
     "flowed_times",
@@ -36,9 +37,10 @@ __all__ = [
 ]
 
 SIGMA_SCHEDULES = ("constant", "bridge")
-# what a velocity network's last layer predicts: the velocity u itself, or the way left to the end point
-# X1 - X_tau, from which the velocity follows as (X1 - X_tau) / (1 - tau)
-PREDICTIONS = ("velocity", "endpoint")
+# what a velocity network's last layer predicts: the velocity u itself, the way left to the end point X1 - X_tau
+# (the velocity follows as (X1 - X_tau) / (1 - tau)), or a displacement field and an intensity residual per frame
+# whose warped frame is the end point ("warp": the way left is warp(X_tau, ddf) + residual - X_tau)
+PREDICTIONS = ("velocity", "endpoint", "warp")
 
 
 def _expand(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -170,6 +172,21 @@ def check_prediction(prediction: str) -> str:
     if prediction not in PREDICTIONS:
         raise MonaiTFMError(f"unknown prediction {prediction!r}; expected one of {PREDICTIONS}.")
     return prediction
+
+
+def predicts_endpoint(prediction: str) -> bool:
+    """Whether a parameterisation predicts the end point (and so trains on the end-point error).
+
+    Args:
+        prediction: one of :data:`PREDICTIONS`.
+
+    Returns:
+        ``True`` for ``"endpoint"`` and ``"warp"``, ``False`` for ``"velocity"``.
+
+    Raises:
+        ValueError: an unknown name.
+    """
+    return check_prediction(prediction) != "velocity"
 
 
 def velocity_from_endpoint(remaining: torch.Tensor, tau: torch.Tensor, min_remaining: float = 1e-3) -> torch.Tensor:

@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Sequence
 
 import torch
+from monai.networks.blocks import Warp
 from torch import nn
 
 from monai_tfm.flows.path import velocity_from_endpoint
@@ -39,7 +41,9 @@ class FrameVelocityNet(nn.Module):
 
     Subclasses set ``spatial_dims``, ``num_frames``, ``in_channels`` (ints), ``endpoint_prediction`` (bool: the
     backbone predicts the remaining way ``X1 - X_tau`` and ``forward`` turns it into the velocity,
-    :func:`monai_tfm.flows.velocity_from_endpoint`) and ``time_cond`` (a
+    :func:`monai_tfm.flows.velocity_from_endpoint`), ``warp_prediction`` (bool: the backbone's ``(B, K*C, *S)``
+    output is followed by ``K * spatial_dims`` displacement channels, and the way left is the frame warped by its
+    displacement plus the first ``K*C`` channels, minus the frame) and ``time_cond`` (a
     :class:`~monai_tfm.networks.blocks.TimeConditioning`), and implement :meth:`down_strides` (tuples, for callers),
     :meth:`stride_lists` (the same as lists, used by ``forward``) and :meth:`backbone`, which maps the frames stacked
     along channels ``(B, K*C, *S)`` and the conditioning vector to ``(B, K*C, *S)``.
@@ -112,6 +116,35 @@ class FrameVelocityNet(nn.Module):
         spatial = [int(s) for s in x.shape[3:]]
         cond = self.time_cond(tau, frame_times, frame_mask, target_time, batch_size=b).to(x.dtype)
         v = self.backbone(x.reshape([b, -1] + spatial), cond, self.stride_lists(spatial))
+        if self.warp_prediction:
+            v = self._warped_remaining(x, v)
         if self.endpoint_prediction:  # the last layer predicts X1 - X_tau (see monai_tfm.flows.PREDICTIONS)
             v = velocity_from_endpoint(v, broadcast_tau(tau, b, device=x.device, dtype=x.dtype))
         return v.reshape(x.shape)
+
+    @torch.jit.unused
+    def _warped_remaining(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """The way left of a ``"warp"`` network: ``warp(X_tau, ddf) + residual - X_tau`` per frame.
+
+        The displacement (in voxels) moves the frame's intensities as the heart moves, the residual adds what no
+        displacement explains (compare the learned registration of Balakrishnan et al., *VoxelMorph*, IEEE TMI 2019).
+        MONAI's :class:`~monai.networks.blocks.Warp` resamples (linear, border padding).
+
+        Args:
+            x: ``(B, K, C, *S)`` the frames.
+            out: ``(B, K*C + K*spatial_dims, *S)`` the backbone's output: residuals, then displacements.
+
+        Returns:
+            ``(B, K*C, *S)`` the way left to the end point.
+        """
+        b, k, c = x.shape[0], x.shape[1], x.shape[2]
+        spatial = list(x.shape[3:])
+        residual = out[:, : k * c].reshape(x.shape)
+        ddf = out[:, k * c :].reshape([b * k, len(spatial)] + spatial)
+        warped = Warp(mode="bilinear", padding_mode="border")(x.reshape([b * k, c] + spatial), ddf).reshape(x.shape)
+        return (warped + residual - x).reshape([b, k * c] + spatial)
+
+
+# TorchScript types the stub of an unused method from its runtime annotations (strings here): evaluate them, as for
+# CronosUNet._checkpointed
+FrameVelocityNet._warped_remaining.__annotations__ = typing.get_type_hints(FrameVelocityNet._warped_remaining)

@@ -20,7 +20,7 @@ import torch.utils.checkpoint
 from monai.networks.layers import Conv
 from torch import nn
 
-from monai_tfm.flows.path import check_prediction
+from monai_tfm.flows.path import check_prediction, predicts_endpoint
 from monai_tfm.networks.base import FrameVelocityNet
 from monai_tfm.networks.blocks.attention import WindowAttention
 from monai_tfm.networks.blocks.film import FiLMResBlock
@@ -76,8 +76,10 @@ class CronosUNet(FrameVelocityNet):
         spatial_size: if given, the stride pattern is fixed from this size; otherwise it is computed from every
             input's size.
         film_mode: FiLM form, ``"paper"`` (``alpha * GN(h) + beta + h``, default) or ``"scale_shift"``.
-        prediction: what the last layer predicts, ``"velocity"`` (the paper) or ``"endpoint"`` (the remaining way
-            ``X1 - X_tau``; forward still returns the velocity: :func:`monai_tfm.flows.velocity_from_endpoint`).
+        prediction: what the last layer predicts, ``"velocity"`` (the paper), ``"endpoint"`` (the remaining way
+            ``X1 - X_tau``; forward still returns the velocity: :func:`monai_tfm.flows.velocity_from_endpoint`) or
+            ``"warp"`` (a displacement field and an intensity residual per frame whose warped frame is the end
+            point: :class:`~monai_tfm.networks.base.FrameVelocityNet`).
         activation_checkpointing: in training mode, recompute the activations of every residual block in the
             backward pass instead of storing them (``torch.utils.checkpoint``): less memory, about one more forward
             pass of compute, the same gradients. Not available in a TorchScript module in training mode.
@@ -114,7 +116,8 @@ class CronosUNet(FrameVelocityNet):
         if len(channel_mult) < 1:
             raise MonaiTFMError("channel_mult needs at least one scale.")
         self.spatial_dims = spatial_dims
-        self.endpoint_prediction = check_prediction(prediction) == "endpoint"
+        self.endpoint_prediction = predicts_endpoint(prediction)
+        self.warp_prediction = check_prediction(prediction) == "warp"
         self.num_frames = num_frames
         self.in_channels = in_channels
         self.min_size = min_size
@@ -168,7 +171,8 @@ class CronosUNet(FrameVelocityNet):
             self.up_blocks.append(FiLMResBlock(spatial_dims, 2 * w, w, cond_dim, norm_groups, film_mode))
 
         self.head = nn.Sequential(conv(widths[0], channels, kernel_size=3, padding=1), nn.SiLU())
-        self.out_conv = conv(channels, io_channels, kernel_size=1)
+        # a warp network also predicts a displacement per frame (its channels follow the K*C residual channels)
+        self.out_conv = conv(channels, io_channels + (num_frames * spatial_dims if self.warp_prediction else 0), 1)
         nn.init.zeros_(self.out_conv.weight)
         nn.init.zeros_(self.out_conv.bias)
 

@@ -179,7 +179,10 @@ class TFMUNet(FrameVelocityNet):
         self.num_levels = len(channel_mult)
         self.num_res_blocks = num_res_blocks
         self.min_size = min_size
-        self.endpoint_prediction = check_prediction(prediction) == "endpoint"
+        if check_prediction(prediction) == "warp":
+            raise MonaiTFMError("TFMUNet predicts the velocity or the end point; 'warp' is a CronosUNet option.")
+        self.endpoint_prediction = prediction == "endpoint"
+        self.warp_prediction = False
         self.slice_axis = None if spatial_dims == 2 else slice_axis
         self._down_mask = down_axis_mask(spatial_dims, self.slice_axis)  # a list: the same for TorchScript
         self._down_axes = tuple(a for a, allowed in enumerate(self._down_mask) if allowed)
