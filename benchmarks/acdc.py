@@ -192,8 +192,10 @@ RUNS = {
     "recipe_p90_beta99": ("cronos_discrete", [], {**P90, **BETA2_99}),
     # an L1 loss instead of the squared error (mostly an image regression at tau = 0)
     "recipe_p90_l1": ("cronos_discrete", [], {**P90, "train#loss#distance": "absolute"}),
-    # the end point as the frame warped by a predicted displacement plus a residual (about 1.36x the step cost)
+    # the end point as the frame warped by a predicted displacement plus a residual (about 1.23x the step cost)
     "recipe_p90_warp": ("cronos_discrete", [], {**P90, "prediction": "warp"}),
+    # the loss over slots weighted by their distance in time to the target, exp(-|t - t_k| / 0.5) (frame times 0..1)
+    "recipe_p90_distance0.5": ("cronos_discrete", [], {**P90, "loss_distance_scale": 0.5}),
     # a second training seed of the continuous and discrete defaults (the spread between seeds; same evaluation draws)
     "seed1_continuous_tau0_p90": ("cronos_continuous", [], {**P90, "train_seed": 1}),
     "seed1_tau0_p90": ("cronos_discrete", [], {**P90, "train_seed": 1}),

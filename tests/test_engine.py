@@ -42,6 +42,20 @@ def _net(mode, k=4, seed=0):
 
 
 class TestPrepareBatch:
+    def test_distance_weighting_of_the_loss_frames(self):
+        # by hand: the discrete variant counts every slot, each weighing exp(-|t_target - t_k| / scale); the real
+        # frames of the "real" option keep their zeros; a scale that is not positive is refused
+        batch = _batch()
+        _, targets, _, _ = FlowMatchingPrepareBatch("discrete", distance_scale=0.5)(batch)
+        times = [0.0, 0.2, 0.4, 0.6]
+        expected = torch.tensor([[math.exp(-abs(t_target - t) / 0.5) for t in times] for t_target in (0.9, 1.0)])
+        torch.testing.assert_close(targets["weight"], expected)
+        _, real, _, _ = FlowMatchingPrepareBatch("discrete", loss_frames="real", distance_scale=0.5)(batch)
+        torch.testing.assert_close(real["weight"], expected * batch["context_mask"])
+        assert torch.equal(FlowMatchingPrepareBatch("discrete")(batch)[1]["weight"], torch.ones(2, 4))
+        with pytest.raises(ValueError, match="scale"):
+            FlowMatchingPrepareBatch("discrete", distance_scale=0.0)
+
     def test_discrete_training_batch(self):
         batch = _batch()
         g = torch.Generator().manual_seed(1)

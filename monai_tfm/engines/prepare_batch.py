@@ -31,6 +31,7 @@ from monai.engines import PrepareBatch
 from monai_tfm.flows.path import (
     broadcast_target,
     check_prediction,
+    distance_weights,
     endpoint_loss_weight,
     flowed_times,
     interpolate,
@@ -130,9 +131,13 @@ class FlowMatchingPrepareBatch(_FlowBatchBase):
             on a nearly deterministic forecast that step makes most of the way; a non-uniform ``tau`` density puts
             more of the training there (compare the logit-normal ``tau`` of Esser et al., *Scaling Rectified Flow
             Transformers*, ICML 2024).
+        distance_scale: if given, each counted frame's loss weight is ``exp(-|t_target - t_k| / distance_scale)``
+            (:func:`monai_tfm.flows.distance_weights`; scaled times): the frames nearest the target in time count most.
+            ``None`` (default, the papers): every counted frame counts the same.
 
     Raises:
-        ValueError: both ``generator`` and ``seed`` given, or ``tau_zero_prob`` outside [0, 1).
+        ValueError: both ``generator`` and ``seed`` given, ``tau_zero_prob`` outside [0, 1), or a
+            ``distance_scale`` that is not positive.
     """
 
     def __init__(
@@ -146,6 +151,7 @@ class FlowMatchingPrepareBatch(_FlowBatchBase):
         seed: int | None = None,
         prediction: str = "velocity",
         tau_zero_prob: float = 0.0,
+        distance_scale: float | None = None,
     ) -> None:
         super().__init__(variant, time_scale, loss_frames)
         self.prediction = check_prediction(prediction)
@@ -154,6 +160,9 @@ class FlowMatchingPrepareBatch(_FlowBatchBase):
         if not 0.0 <= float(tau_zero_prob) < 1.0:
             raise MonaiTFMError(f"tau_zero_prob must be in [0, 1), got {tau_zero_prob!r}.")
         self.tau_zero_prob = float(tau_zero_prob)
+        if distance_scale is not None:
+            distance_weights(torch.zeros(1, 1), torch.zeros(1), float(distance_scale))  # validates the scale
+        self.distance_scale = None if distance_scale is None else float(distance_scale)
         self.sigma = float(sigma)
         self.sigma_schedule = sigma_schedule
         self.generator = generator
@@ -252,6 +261,8 @@ class FlowMatchingPrepareBatch(_FlowBatchBase):
             "velocity": target_velocity(x0, x1),
             "weight": counted_frames(mask, self.variant, self.loss_frames).to(x0.dtype),
         }
+        if self.distance_scale is not None:
+            targets["weight"] = targets["weight"] * distance_weights(ctx_t, tgt_t, self.distance_scale).to(x0.dtype)
         if predicts_endpoint(self.prediction):
             targets["scale"] = endpoint_loss_weight(tau).to(x0.dtype)
         # the target time goes to every network (a discrete one uses it only with ``use_target_time``)

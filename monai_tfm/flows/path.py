@@ -29,6 +29,7 @@ __all__ = [
     "velocity_from_endpoint",
     "endpoint_loss_weight",
     "flowed_times",
+    "distance_weights",
     "select_frames",
     "last_context_image",
     "reduce_frames",
@@ -222,6 +223,25 @@ def endpoint_loss_weight(tau: torch.Tensor) -> torch.Tensor:
         ``(B,)`` weights.
     """
     return (1.0 - tau) ** 2
+
+
+def distance_weights(context_time: torch.Tensor, target_time: torch.Tensor, scale: float) -> torch.Tensor:
+    """Per-frame loss weights that decay with the frame's distance in time to the target, ``exp(-|t - t_k| / scale)``.
+
+    Args:
+        context_time: ``(B, K)`` frame (slot) times.
+        target_time: ``(B,)`` target times, in the same unit.
+        scale: decay length (> 0), in that unit.
+
+    Returns:
+        ``(B, K)`` weights in (0, 1].
+
+    Raises:
+        ValueError: a scale that is not positive.
+    """
+    if not scale > 0:
+        raise MonaiTFMError(f"the distance weighting scale must be > 0, got {scale!r}.")
+    return torch.exp(-(target_time.reshape(-1, 1) - context_time).abs() / scale)
 
 
 def flowed_times(context_time: torch.Tensor, target_time: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
