@@ -196,6 +196,10 @@ RUNS = {
     "recipe_p90_warp": ("cronos_discrete", [], {**P90, "prediction": "warp"}),
     # the loss over slots weighted by their distance in time to the target, exp(-|t - t_k| / 0.5) (frame times 0..1)
     "recipe_p90_distance0.5": ("cronos_discrete", [], {**P90, "loss_distance_scale": 0.5}),
+    # two seeds of the default for an ensemble at the same total budget (each with half of the steps;
+    # benchmarks/acdc_ensemble.py averages them)
+    "ensemble_half_seed0": ("cronos_discrete", [], {**P90}),
+    "ensemble_half_seed1": ("cronos_discrete", [], {**P90, "train_seed": 1}),
     # a second training seed of the continuous and discrete defaults (the spread between seeds; same evaluation draws)
     "seed1_continuous_tau0_p90": ("cronos_continuous", [], {**P90, "train_seed": 1}),
     "seed1_tau0_p90": ("cronos_discrete", [], {**P90, "train_seed": 1}),
