@@ -9,8 +9,9 @@ every other run (per-sample metrics, per-patient paired bootstrap CIs). Each mem
         --member "runs/nfe/recipe_tau0_p90_sec1100_fold{fold}" --member "runs/lane_p*/seed1_tau0_p90_sec1100_fold{fold}"
 
 ``--member`` is a run folder pattern (``{fold}`` and shell-style wildcards; it must match one folder with
-``models/model.pt`` per fold). The evaluations go to ``--work`` (one folder per fold and member / ensemble) and the
-page to ``--out``.
+``models/model.pt`` per fold). ``--baseline`` (same form) adds a run that every row is also paired with, e.g. one
+model trained with the ensemble's whole budget. The evaluations go to ``--work`` (one folder per fold and member /
+ensemble / baseline) and the page to ``--out``.
 """
 
 from __future__ import annotations
@@ -101,6 +102,7 @@ def evaluate_members(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--member", action="append", required=True, help="run folder pattern with {fold}")
+    parser.add_argument("--baseline", default=None, help="run folder pattern with {fold}: a run to pair every row with")
     parser.add_argument("--method", default="cronos_discrete", help="bundle method of every member")
     parser.add_argument("--folds", default="0,1")
     parser.add_argument("--label", default="", help="what the members are (page title)")
@@ -128,7 +130,7 @@ def main() -> None:
         **solver,
     }
     work = REPO / args.work
-    names = [f"member{i}" for i in range(len(args.member))] + ["ensemble"]
+    names = [f"member{i}" for i in range(len(args.member))] + ["ensemble"] + (["baseline"] if args.baseline else [])
     dirs: dict[str, list[Path]] = {n: [] for n in names}
     for fold in folds:
         members = [_member_dir(p, fold) for p in args.member]
@@ -140,7 +142,12 @@ def main() -> None:
         out = work / f"ensemble_fold{fold}"
         evaluate_members(args.method, kw, [m / "models/model.pt" for m in members], out / "eval")
         dirs["ensemble"].append(out)
+        if args.baseline:
+            out = work / f"baseline_fold{fold}"
+            evaluate_members(args.method, kw, [_member_dir(args.baseline, fold) / "models/model.pt"], out / "eval")
+            dirs["baseline"].append(out)
     rows = {n: acdc._per_sample_rows(d, "eval") for n, d in dirs.items()}
+    refs = ["member0"] + (["baseline"] if args.baseline else [])
     prov = provenance()
     lines = page_header(f"ACDC: an ensemble of trained runs ({args.label or 'members below'})", "", prov)
     lines += [
@@ -148,20 +155,24 @@ def main() -> None:
         f"(the bundle's); {args.threads} CPU thread(s). Members (run folders, `{{fold}}` per fold):",
         "",
         *[f"* member{i}: `{p}`" for i, p in enumerate(args.member)],
+        *([f"* baseline: `{args.baseline}`"] if args.baseline else []),
         "",
         "The ensemble averages the members' velocities at every solver step. Gains: mean [95 % per-patient paired "
         "bootstrap CI] (median; patients better / patients).",
         "",
-        "| run | PSNR gain over LCI (dB) | SSIM gain over LCI | PSNR vs member0 (dB) | SSIM vs member0 |",
-        "|---|---|---|---|---|",
+        "| run | PSNR gain over LCI (dB) | SSIM gain over LCI | "
+        + " | ".join(f"PSNR vs {r} (dB) | SSIM vs {r}" for r in refs)
+        + " |",
+        "|---|---|---|" + "---|---|" * len(refs),
     ]
     table = []
     for n in names:
-        paired = acdc._paired_rows(rows[n], rows["member0"])
         cells = [acdc._gain_cell(rows[n], "psnr"), acdc._gain_cell(rows[n], "ssim")]
-        cells += ["-", "-"] if n == "member0" else [acdc._gain_cell(paired, "psnr"), acdc._gain_cell(paired, "ssim")]
+        for r in refs:
+            paired = acdc._paired_rows(rows[n], rows[r])
+            cells += ["-", "-"] if n == r else [acdc._gain_cell(paired, "psnr"), acdc._gain_cell(paired, "ssim")]
         lines.append(f"| {n} | " + " | ".join(cells) + " |")
-        table.append({"run": n, "psnr_vs_lci": cells[0], "ssim_vs_lci": cells[1], "psnr_vs_member0": cells[2]})
+        table.append({"run": n, **{f"psnr_vs_{k}": c for k, c in zip(["lci", *refs], cells[::2])}})
     write_results(Path(args.out), lines + [""], prov, args, table)
     print("\n".join(lines))  # noqa: T201  (benchmark script output)
 
