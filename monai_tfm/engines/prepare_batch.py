@@ -257,12 +257,10 @@ class FlowMatchingPrepareBatch(_FlowBatchBase):
         x1 = broadcast_target(target, x0.shape[1])
         tau, noise = self._draw(batchdata, x0)
         x_tau = interpolate(x0, x1, tau, self.sigma, self.sigma_schedule, noise)
-        targets = {
-            "velocity": target_velocity(x0, x1),
-            "weight": counted_frames(mask, self.variant, self.loss_frames).to(x0.dtype),
-        }
+        weight = counted_frames(mask, self.variant, self.loss_frames).to(x0.dtype)
         if self.distance_scale is not None:
-            targets["weight"] = targets["weight"] * distance_weights(ctx_t, tgt_t, self.distance_scale).to(x0.dtype)
+            weight = weight * distance_weights(ctx_t, tgt_t, self.distance_scale).to(x0.dtype)
+        targets = {"velocity": target_velocity(x0, x1), "weight": weight}
         if predicts_endpoint(self.prediction):
             targets["scale"] = endpoint_loss_weight(tau).to(x0.dtype)
         # the target time goes to every network (a discrete one uses it only with ``use_target_time``)

@@ -23,7 +23,7 @@ import torch
 from monai.networks.layers import Conv
 from torch import nn
 
-from monai_tfm.flows.path import check_prediction
+from monai_tfm.flows.path import check_prediction, predicts_endpoint
 from monai_tfm.networks.base import FrameVelocityNet
 from monai_tfm.networks.blocks.attention import WindowAttention
 from monai_tfm.networks.blocks.interfaces import StridedModule, TensorModule
@@ -181,7 +181,7 @@ class TFMUNet(FrameVelocityNet):
         self.min_size = min_size
         if check_prediction(prediction) == "warp":
             raise MonaiTFMError("TFMUNet predicts the velocity or the end point; 'warp' is a CronosUNet option.")
-        self.endpoint_prediction = prediction == "endpoint"
+        self.endpoint_prediction = predicts_endpoint(prediction)
         self.warp_prediction = False
         self.slice_axis = None if spatial_dims == 2 else slice_axis
         self._down_mask = down_axis_mask(spatial_dims, self.slice_axis)  # a list: the same for TorchScript
