@@ -28,7 +28,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import acdc  # noqa: E402
-from common import REPO, page_header, provenance, write_results  # noqa: E402
+from common import REPO, int_list, page_header, provenance, write_results  # noqa: E402
 
 __all__ = ["MeanVelocity", "evaluate_members", "main"]
 
@@ -60,10 +60,10 @@ class MeanVelocity(nn.Module):
         return torch.stack([net(*args, **kwargs) for net in self.networks]).mean(dim=0)
 
 
-def _member_dir(pattern: str, fold: int) -> Path:
+def _member_dir(option: str, pattern: str, fold: int) -> Path:
     matches = [Path(p) for p in sorted(glob.glob(pattern.format(fold=fold))) if (Path(p) / "models/model.pt").is_file()]
     if len(matches) != 1:
-        raise SystemExit(f"--member {pattern!r}: fold {fold} matches {len(matches)} trained run folders, expected 1.")
+        raise SystemExit(f"{option} {pattern!r}: fold {fold} matches {len(matches)} trained run folders, expected 1.")
     return matches[0]
 
 
@@ -104,11 +104,11 @@ def main() -> None:
     parser.add_argument("--member", action="append", required=True, help="run folder pattern with {fold}")
     parser.add_argument("--baseline", default=None, help="run folder pattern with {fold}: a run to pair every row with")
     parser.add_argument("--method", default="cronos_discrete", help="bundle method of every member")
-    parser.add_argument("--folds", default="0,1")
+    parser.add_argument("--folds", type=int_list, default=[0, 1], help="comma-separated folds")
     parser.add_argument("--label", default="", help="what the members are (page title)")
     parser.add_argument("--src", default=str(REPO.parent / "shared" / "data" / "acdc_cine"))
     parser.add_argument("--prepared-dir", default="runs/report_p90/prepared_64x64x8")
-    parser.add_argument("--spatial-size", default="64,64,8")
+    parser.add_argument("--spatial-size", type=int_list, default=[64, 64, 8], help="prepared grid x,y,z")
     parser.add_argument("--channels", type=int, default=16)
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1)
@@ -118,12 +118,11 @@ def main() -> None:
     if len(args.member) < 2:
         parser.error("an ensemble needs at least two --member patterns")
     torch.set_num_threads(args.threads)
-    folds = [int(f) for f in args.folds.split(",")]
     solver = acdc.bundle_solver()
     common = {
         "dataset_dir": args.src,
         "prepared_dir": str(REPO / args.prepared_dir),
-        "spatial_size": [int(v) for v in args.spatial_size.split(",")],
+        "spatial_size": args.spatial_size,
         "network_def#channels": args.channels,
         "batch_size": args.batch_size,
         "overwrite": True,
@@ -132,8 +131,15 @@ def main() -> None:
     work = REPO / args.work
     names = [f"member{i}" for i in range(len(args.member))] + ["ensemble"] + (["baseline"] if args.baseline else [])
     dirs: dict[str, list[Path]] = {n: [] for n in names}
-    for fold in folds:
-        members = [_member_dir(p, fold) for p in args.member]
+    # every run folder is found before anything is evaluated
+    found = {
+        fold: (
+            [_member_dir("--member", p, fold) for p in args.member],
+            _member_dir("--baseline", args.baseline, fold) if args.baseline else None,
+        )
+        for fold in args.folds
+    }
+    for fold, (members, baseline) in found.items():
         kw = {**common, "fold": fold, "output_dir": str(work / f"unused_fold{fold}")}
         for i, member in enumerate(members):
             out = work / f"member{i}_fold{fold}"
@@ -142,16 +148,17 @@ def main() -> None:
         out = work / f"ensemble_fold{fold}"
         evaluate_members(args.method, kw, [m / "models/model.pt" for m in members], out / "eval")
         dirs["ensemble"].append(out)
-        if args.baseline:
+        if baseline is not None:
             out = work / f"baseline_fold{fold}"
-            evaluate_members(args.method, kw, [_member_dir(args.baseline, fold) / "models/model.pt"], out / "eval")
+            evaluate_members(args.method, kw, [baseline / "models/model.pt"], out / "eval")
             dirs["baseline"].append(out)
     rows = {n: acdc._per_sample_rows(d, "eval") for n, d in dirs.items()}
     refs = ["member0"] + (["baseline"] if args.baseline else [])
     prov = provenance()
     lines = page_header(f"ACDC: an ensemble of trained runs ({args.label or 'members below'})", "", prov)
     lines += [
-        f"Method {args.method}; folds {args.folds}; solver {solver['solver']} with {solver['solver_steps']} steps "
+        f"Method {args.method}; folds {','.join(map(str, args.folds))}; solver {solver['solver']} with "
+        f"{solver['solver_steps']} steps "
         f"(the bundle's); {args.threads} CPU thread(s). Members (run folders, `{{fold}}` per fold):",
         "",
         *[f"* member{i}: `{p}`" for i, p in enumerate(args.member)],

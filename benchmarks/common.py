@@ -123,6 +123,24 @@ def run_bundle(
     return time.perf_counter() - t0
 
 
+def int_list(text: str) -> list[int]:
+    """An argparse type: comma-separated integers (``"0,1,2"``); anything else is a usage error (exit 2).
+
+    Args:
+        text: the option's value.
+
+    Returns:
+        the integers.
+
+    Raises:
+        argparse.ArgumentTypeError: a value that is not a comma-separated list of integers.
+    """
+    try:
+        return [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
 def parse_overrides(parser: argparse.ArgumentParser, items: list[str]) -> dict[str, Any]:
     """``--set KEY=VALUE`` options as bundle overrides (JSON values, else the text); a malformed item is a usage error.
 
