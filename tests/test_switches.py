@@ -10,7 +10,7 @@ import pytest
 from helpers import REPO, assert_one_line_error, run_cli
 
 from monai_tfm.handlers import check_run_folder
-from monai_tfm.utils import as_bool, check_outputs_free
+from monai_tfm.utils import as_bool, as_float, check_outputs_free
 
 BUNDLE = REPO / "bundles" / "synthetic_forecasting"
 
@@ -29,6 +29,28 @@ def test_as_bool_false(word):
 def test_as_bool_refuses_other_values(word):
     with pytest.raises(ValueError, match=r"--amp: expected true or false"):
         as_bool(word, "amp")
+
+
+@pytest.mark.parametrize("value, expected", [(0.5, 0.5), ("0.5", 0.5), (" 2 ", 2.0), (3, 3.0), ("-1e-3", -1e-3)])
+def test_as_float_reads_numbers_and_their_text(value, expected):
+    assert as_float(value, "x") == expected
+
+
+@pytest.mark.parametrize("value", ["abc", "", None, True, "nan", float("inf"), [0.5]])
+def test_as_float_refuses_other_values(value):
+    with pytest.raises(ValueError, match=r"^--loss_distance_scale must be a number, got"):
+        as_float(value, "loss_distance_scale")
+
+
+def test_prepare_batch_options_are_one_line_errors():
+    # a word where a number belongs is refused with the option's name (not a bare float() traceback)
+    from monai_tfm.engines import FlowMatchingPrepareBatch
+
+    with pytest.raises(ValueError, match="--loss_distance_scale must be a number, got 'abc'"):
+        FlowMatchingPrepareBatch(distance_scale="abc")
+    with pytest.raises(ValueError, match="--tau_zero_prob must be a number, got 'half'"):
+        FlowMatchingPrepareBatch(tau_zero_prob="half")
+    assert FlowMatchingPrepareBatch(distance_scale="0.5", tau_zero_prob="0.9").distance_scale == 0.5
 
 
 def _tree(folder: Path) -> dict[str, str]:

@@ -41,6 +41,7 @@ from monai_tfm.flows.path import (
     tie_padding,
 )
 from monai_tfm.utils.errors import MonaiTFMError
+from monai_tfm.utils.options import as_float
 
 __all__ = ["VARIANTS", "FlowMatchingPrepareBatch", "ForecastPrepareBatch", "counted_frames"]
 
@@ -157,12 +158,12 @@ class FlowMatchingPrepareBatch(_FlowBatchBase):
         self.prediction = check_prediction(prediction)
         if generator is not None and seed is not None:
             raise MonaiTFMError("give either a generator or a per-sample seed, not both.")
-        if not 0.0 <= float(tau_zero_prob) < 1.0:
+        self.tau_zero_prob = as_float(tau_zero_prob, "tau_zero_prob")
+        if not 0.0 <= self.tau_zero_prob < 1.0:
             raise MonaiTFMError(f"tau_zero_prob must be in [0, 1), got {tau_zero_prob!r}.")
-        self.tau_zero_prob = float(tau_zero_prob)
-        if distance_scale is not None:
-            distance_weights(torch.zeros(1, 1), torch.zeros(1), float(distance_scale))  # validates the scale
-        self.distance_scale = None if distance_scale is None else float(distance_scale)
+        self.distance_scale = None if distance_scale is None else as_float(distance_scale, "loss_distance_scale")
+        if self.distance_scale is not None:
+            distance_weights(torch.zeros(1, 1), torch.zeros(1), self.distance_scale)  # validates the scale (> 0)
         self.sigma = float(sigma)
         self.sigma_schedule = sigma_schedule
         self.generator = generator

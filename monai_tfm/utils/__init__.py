@@ -16,11 +16,12 @@ from .io import (
     check_files_free,
     check_outputs_free,
 )
-from .options import as_bool, positive_int
+from .options import as_bool, as_float, positive_int
 
 __all__ = [
     "distributed",
     "as_bool",
+    "as_float",
     "positive_int",
     "atomic_path",
     "atomic_save_nifti",

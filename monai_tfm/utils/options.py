@@ -5,7 +5,7 @@
 ``bool('false')`` is ``True``: a run asked not to overwrite would replace a trained model. Every switch of the
 package and of its bundles goes through :func:`as_bool`, which accepts real booleans and the usual spellings and
 refuses anything else with a one-line error naming the option; counts (``--steps``, ``--samples``, ...) go
-through :func:`positive_int`.
+through :func:`positive_int`, real numbers (a probability, a scale) through :func:`as_float`.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import torch
 
 from monai_tfm.utils.errors import MonaiTFMError
 
-__all__ = ["TRUE_WORDS", "FALSE_WORDS", "as_bool", "positive_int", "per_sample_list"]
+__all__ = ["TRUE_WORDS", "FALSE_WORDS", "as_bool", "as_float", "positive_int", "per_sample_list"]
 
 TRUE_WORDS = ("true", "1", "yes", "on")
 FALSE_WORDS = ("false", "0", "no", "off")
@@ -51,6 +51,36 @@ def as_bool(value: Any, name: str = "option", error: type[Exception] = MonaiTFME
     raise error(f"--{name}: expected true or false (or 1/0, yes/no), got {value!r}.")
 
 
+def _number(value: Any) -> float | None:
+    """``value`` as a float (a number or its text), or None for anything else (a bool, a word, None)."""
+    if isinstance(value, bool):
+        return None
+    try:
+        return float(str(value).strip()) if isinstance(value, str) else float(value)
+    except (TypeError, ValueError, OverflowError):
+        return None
+
+
+def as_float(value: Any, name: str = "option", error: type[Exception] = MonaiTFMError) -> float:
+    """A real-number option as a finite float: ``0.5`` or ``"0.5"``; not ``True``, ``"half"``, ``nan`` or ``inf``.
+
+    Args:
+        value: the value given (from the command line: a number or a string).
+        name: the option's name, used in the error message.
+        error: the exception class raised.
+
+    Returns:
+        the number.
+
+    Raises:
+        ValueError: (``error``) anything that is not a finite number, naming the option.
+    """
+    number = _number(value)
+    if number is None or not math.isfinite(number):
+        raise error(f"--{name} must be a number, got {value!r}.")
+    return number
+
+
 def positive_int(value: Any, name: str = "option", error: type[Exception] = MonaiTFMError) -> int:
     """A count option as an int >= 1: ``3``, ``3.0`` or ``"3"``; not ``2.5``, ``0``, ``True`` or ``"three"``.
 
@@ -65,12 +95,7 @@ def positive_int(value: Any, name: str = "option", error: type[Exception] = Mona
     Raises:
         ValueError: (``error``) anything that is not a whole number >= 1, naming the option.
     """
-    number = None
-    if not isinstance(value, bool):
-        try:
-            number = float(str(value).strip()) if isinstance(value, str) else float(value)
-        except (TypeError, ValueError, OverflowError):
-            number = None
+    number = _number(value)
     if number is None or not math.isfinite(number) or not number.is_integer() or number < 1:
         raise error(f"--{name} must be a positive integer, got {value!r}.")
     return int(number)
